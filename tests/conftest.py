@@ -1,0 +1,28 @@
+"""Shared test setup.
+
+Eight virtual CPU devices are requested before JAX is imported anywhere, so the multi-device tests
+(meshes of 8) run on one CPU, as the conventions require. Everything else runs on device 0.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with 64-bit floats enabled."""
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

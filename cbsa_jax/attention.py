@@ -35,6 +35,7 @@ import numpy as np
 
 from cbsa_jax import _checks
 from cbsa_jax.coding_rate import rate_scale
+from cbsa_jax.interpret import softmax_map, tssa_membership
 from cbsa_jax.representatives import AllTokens, GridPooling, Representatives, SegmentPooling
 from cbsa_jax.unroll import contract
 
@@ -119,13 +120,6 @@ def _temperature(tau, p: int):
     return tau
 
 
-def _softmax_weights(queries, keys, tau) -> jax.Array:
-    """softmax over keys of `queries keys^T / tau`, in float32 or wider: `[..., a, b]`."""
-    dtype = _checks.compute_dtype(queries, keys)
-    logits = jnp.einsum("...ap,...bp->...ab", queries, keys, preferred_element_type=dtype)
-    return jax.nn.softmax(logits / tau, axis=-1)
-
-
 def _mix(weights, values) -> jax.Array:
     """`weights @ values` with the weights cast to the values' dtype (f32 accumulation)."""
     return jnp.matmul(weights.astype(values.dtype), values,
@@ -143,7 +137,7 @@ def _scale(step, out):
 def softmax_contraction(q: jax.Array, tau=None) -> jax.Array:
     """`softmax(Q Q^T / tau) Q`, the learned surrogate of the contraction (tau = sqrt(p))."""
     tau = _temperature(tau, q.shape[-1])
-    return _mix(_softmax_weights(q, q, tau), q)
+    return _mix(softmax_map(q, q, tau), q)
 
 
 def exact_contraction(q: jax.Array, eps) -> jax.Array:
@@ -229,7 +223,7 @@ def contract_and_broadcast(
         q0 = representatives.pool(w)
 
     needs_s = extraction is not Extraction.NONE or broadcast is Broadcast.ATTENTION
-    s = _softmax_weights(q0, w, tau) if needs_s else None
+    s = softmax_map(q0, w, tau) if needs_s else None
     if extraction is Extraction.NONE:
         q = q0
     elif extraction is Extraction.STEP:
@@ -250,7 +244,7 @@ def contract_and_broadcast(
     if broadcast is Broadcast.ATTENTION:
         out = _mix(jnp.swapaxes(s, -1, -2), c)
     elif broadcast is Broadcast.TOKEN_SOFTMAX:
-        t = _softmax_weights(w, q0, tau)
+        t = softmax_map(w, q0, tau)
         out = _mix(t, c)
     else:  # EXACT: A^T c with A = P + beta S, P, or beta S
         parts = []
@@ -311,7 +305,7 @@ def softmax(q, k, v, *, implementation: str | None = None) -> jax.Array:
                          f"k {k.shape}, v {v.shape}")
     if _checks.compute_dtype(q, k, v) == jnp.float64:
         # dot_product_attention always takes its softmax in float32; keep float64 exact
-        return _mix(_softmax_weights(q, k, float(np.sqrt(q.shape[-1]))), v)
+        return _mix(softmax_map(q, k, float(np.sqrt(q.shape[-1]))), v)
     (qb, lead), (kb, _), (vb, _) = _to_bnhp(q), _to_bnhp(k), _to_bnhp(v)
     out = jax.nn.dot_product_attention(qb, kb, vb, implementation=implementation)
     return jnp.swapaxes(out, 1, 2).reshape(lead + q.shape[-3:])
@@ -332,11 +326,8 @@ def tssa(w, temp) -> jax.Array:
     w = _heads_input("w", w)
     h = w.shape[-3]
     temp = _per_head("temp", temp, h)
-    dtype = _checks.compute_dtype(w)
-    wf = w.astype(dtype)
-    norm = jnp.sqrt(jnp.sum(wf * wf, axis=-2, keepdims=True))
-    w_sq_normed = jnp.sum((wf / jnp.maximum(norm, 1e-12)) ** 2, axis=-1)  # [..., H, N]
-    pi = jax.nn.softmax(w_sq_normed * temp[..., 0], axis=-2)  # over heads
+    wf = w.astype(_checks.compute_dtype(w))
+    pi = tssa_membership(wf, temp[..., 0, 0])  # [..., H, N], softmax over heads
     weights = pi / (jnp.sum(pi, axis=-1, keepdims=True) + 1e-8)
     dots = jnp.einsum("...hn,...hnp->...hp", weights, wf * wf)[..., None, :]
     return (-(wf * pi[..., None]) / (1.0 + dots)).astype(w.dtype)
@@ -389,6 +380,6 @@ def agent(q, k=None, v=None, *, representatives: Representatives, step_x=None, t
     representatives.num_representatives(q.shape[-2])
     tau = _temperature(tau, q.shape[-1])
     agents = representatives.pool(q)
-    aggregated = _mix(_softmax_weights(agents, k, tau), v)
-    out = _mix(_softmax_weights(q, agents, tau), aggregated)
+    aggregated = _mix(softmax_map(agents, k, tau), v)
+    out = _mix(softmax_map(q, agents, tau), aggregated)
     return _scale(_per_head("step_x", step_x, q.shape[-3]), out)

@@ -1,10 +1,11 @@
 """Coding rates and the CBSA objective: pure `jax.numpy` functions.
 
-Notation (row-major, as in code): `X [..., N, D]` tokens, `U [D, H, p]` the H subspace bases of one
-layer (the kernel of a bias-free Dense(D -> H*p), reshaped), `A [..., H, m, N]` the coefficients that
-write each head's m representatives as combinations of the tokens, `Q_k = A_k X U_k`.
+Notation (row-major, as in code): `X [..., N, D]` tokens, `U [D, H, p]` the H subspace bases of
+one layer (the kernel of a bias-free Dense(D -> H*p), reshaped), `A [..., H, m, N]` the coefficients
+that write each head's m representatives as combinations of the tokens, `Q_k = A_k X U_k`.
 
-    R(Q; eps) = 1/2 logdet(I_p + alpha Q^T Q) = 1/2 logdet(I_m + alpha Q Q^T),  alpha = p / (m eps^2)
+    R(Q; eps) = 1/2 logdet(I_p + alpha Q^T Q) = 1/2 logdet(I_m + alpha Q Q^T)
+    alpha = p / (m eps^2)
 
 The two determinants are equal (Sylvester); we factor whichever system is smaller with Cholesky,
 always in float32 or wider, so a bfloat16 model still measures its rate accurately.

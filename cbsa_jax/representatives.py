@@ -68,7 +68,7 @@ def _pool_matrix_1d(size: int, out: int) -> np.ndarray:
 
 
 def adaptive_pool_matrix(grid: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
-    """Dense `[rh*rw, gh*gw]` matrix of 2-D adaptive average pooling (row-major cells and tokens)."""
+    """Dense `[rh*rw, gh*gw]` matrix of 2-D adaptive average pooling (row-major cells, tokens)."""
     (gh, gw), (rh, rw) = grid, cells
     return np.kron(_pool_matrix_1d(gh, rh), _pool_matrix_1d(gw, rw))
 
@@ -192,7 +192,8 @@ class GridPooling:
             raise ValueError(f"prefix must be an integer >= 0, got {self.prefix!r}")
         object.__setattr__(self, "selection", Selection(self.selection))
         if self.selection is Selection.REFERENCE and self.prefix < 1:
-            raise ValueError("selection=REFERENCE needs prefix >= 1 (the reference drops one token)")
+            raise ValueError(
+                "selection=REFERENCE needs prefix >= 1 (the reference drops one token)")
 
     def _start(self, n: int) -> int:
         expected = self.prefix + self.grid[0] * self.grid[1]

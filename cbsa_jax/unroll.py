@@ -29,6 +29,7 @@ from cbsa_jax.coding_rate import (
     rate_scale,
     regularized_gram,
 )
+from cbsa_jax.interpret import softmax_map
 
 __all__ = [
     "contract",
@@ -162,10 +163,7 @@ def extraction_weights(Q: jax.Array, W: jax.Array, tau=None) -> jax.Array:
     S W is the gradient of `extraction_objective` in Q.
     """
     _check_queries_and_tokens(Q, W)
-    tau = _temperature(tau, jnp.shape(Q)[-1])
-    dtype = _checks.compute_dtype(Q, W)
-    logits = jnp.einsum("...mp,...np->...mn", Q, W, preferred_element_type=dtype) / tau
-    return jax.nn.softmax(logits.astype(dtype), axis=-1)
+    return softmax_map(jnp.asarray(Q), jnp.asarray(W), _temperature(tau, jnp.shape(Q)[-1]))
 
 
 def extraction_step(Q: jax.Array, W: jax.Array, beta, tau=None) -> jax.Array:

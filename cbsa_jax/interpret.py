@@ -1,0 +1,67 @@
+"""Looking inside: attention maps, per-layer coding rate and sparsity. Pure jnp functions.
+
+Maps are `[..., H, rows, cols]` in float32; every row of a softmax map sums to 1.
+
+- `softmax_map(q, k)`            softmax over keys of `q k^T / sqrt(p)` (MSSA, softmax attention,
+                                 CBSA's token -> representative weights S and its `rep_attention`)
+- `cbsa_effective_map(S)`        `S^T S`: token-to-token map through the representatives, as the
+                                 reference returns it (`return_attn=True`)
+- `agent_effective_map(T, S)`    `T S`: agent attention's token-to-token map (rows sum to 1)
+- `linear_effective_map(w, eps)` `alpha^2 W W^T - alpha I`: the linear (first-order) operator
+- `tssa_membership(w, temp)`     ToST's soft assignment of tokens to heads, `[..., H, N]`
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cbsa_jax import _checks
+from cbsa_jax.coding_rate import rate_scale
+
+__all__ = [
+    "softmax_map",
+    "cbsa_effective_map",
+    "agent_effective_map",
+    "linear_effective_map",
+    "tssa_membership",
+]
+
+
+def softmax_map(q: jax.Array, k: jax.Array, tau=None) -> jax.Array:
+    """softmax over keys of `q k^T / tau` (tau = sqrt(p)).
+
+    `q [..., a, p]`, `k [..., b, p]` -> `[..., a, b]` in float32 or wider.
+    """
+    tau = q.shape[-1] ** 0.5 if tau is None else tau
+    dtype = _checks.compute_dtype(q, k)
+    logits = jnp.einsum("...ap,...bp->...ab", q, k, preferred_element_type=dtype)
+    return jax.nn.softmax(logits / tau, axis=-1)
+
+
+def cbsa_effective_map(weights: jax.Array) -> jax.Array:
+    """`S^T S` for token -> representative weights `S [..., m, N]`: `[..., N, N]`."""
+    s = weights.astype(_checks.compute_dtype(weights))
+    return jnp.einsum("...mi,...mj->...ij", s, s)
+
+
+def agent_effective_map(token_weights: jax.Array, weights: jax.Array) -> jax.Array:
+    """`T S` for `T [..., N, m]` (token-side softmax) and `S [..., m, N]`: `[..., N, N]`."""
+    dtype = _checks.compute_dtype(token_weights, weights)
+    return jnp.matmul(token_weights.astype(dtype), weights.astype(dtype))
+
+
+def linear_effective_map(w: jax.Array, eps) -> jax.Array:
+    """`alpha^2 W W^T - alpha I` (alpha = p / (N eps^2)): the first-order step as a token map."""
+    n, p = w.shape[-2:]
+    alpha = rate_scale(n, p, eps)
+    wf = w.astype(_checks.compute_dtype(w))
+    return alpha**2 * jnp.einsum("...ip,...jp->...ij", wf, wf) - alpha * jnp.eye(n, dtype=wf.dtype)
+
+
+def tssa_membership(w: jax.Array, temp: jax.Array) -> jax.Array:
+    """ToST's `Pi`: softmax over heads of `temp_k ||normalize_tokens(w)_i||^2`, `[..., H, N]`."""
+    wf = w.astype(_checks.compute_dtype(w))
+    norm = jnp.sqrt(jnp.sum(wf * wf, axis=-2, keepdims=True))
+    sq = jnp.sum((wf / jnp.maximum(norm, 1e-12)) ** 2, axis=-1)
+    return jax.nn.softmax(sq * jnp.asarray(temp, wf.dtype)[..., :, None], axis=-2)

@@ -1,0 +1,124 @@
+"""The typed description of a vision transformer, validated when it is made."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from cbsa_jax.representatives import Selection
+
+__all__ = ["AttentionKind", "FFNKind", "PatchEmbedKind", "Pool", "ModelConfig"]
+
+
+class AttentionKind(enum.Enum):
+    CBSA = "cbsa"  # the reference CBSA layer (softmax contraction, S^T broadcast)
+    CBSA_EXACT = "cbsa_exact"  # exact contraction and broadcast, learned step sizes
+    MSSA = "mssa"  # CRATE
+    TSSA = "tssa"  # ToST
+    SOFTMAX = "softmax"  # standard multi-head attention, separate q, k, v
+    LINEAR = "linear"  # first-order CBSA with all tokens: tied linear attention
+    CHANNEL = "channel"  # cross-covariance attention
+    AGENT = "agent"  # agent attention with separate q, k, v
+
+
+class FFNKind(enum.Enum):
+    ISTA = "ista"  # CRATE's sparsification step, no residual
+    MLP = "mlp"  # ViT MLP with residual
+
+
+class PatchEmbedKind(enum.Enum):
+    CONV = "conv"  # the reference's conv3x3-stride-2 + BatchNorm stem (patch 8 or 16)
+    LINEAR = "linear"  # CRATE's LayerNorm -> Dense -> LayerNorm on flattened patches
+
+
+class Pool(enum.Enum):
+    CLS = "cls"
+    MEAN = "mean"
+
+
+_ENUMS = {"attention": AttentionKind, "ffn": FFNKind, "patch_embed": PatchEmbedKind,
+          "pool": Pool, "selection": Selection}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a vision transformer. Strings are accepted for the enum fields.
+
+    Attributes:
+      attention, ffn: the block's layers.
+      dim, depth, heads, dim_head: width D, number of blocks, heads H, head width p.
+      patch_size, patch_embed, channels: the patch embedding.
+      cells: (rh, rw) grid-pooling cells of CBSA / agent attention (m = rh * rw).
+      selection: which tokens pooling reads (`Selection.REFERENCE` for converted checkpoints).
+      eps: distortion of the exact and first-order contractions.
+      mlp_ratio: hidden width of the ViT MLP, in units of dim.
+      pool: cls token or token mean before the head.
+    """
+
+    attention: AttentionKind
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int = 64
+    ffn: FFNKind = FFNKind.ISTA
+    patch_size: int = 16
+    patch_embed: PatchEmbedKind = PatchEmbedKind.CONV
+    channels: int = 3
+    cells: tuple[int, int] = (8, 8)
+    selection: Selection = Selection.PATCHES
+    eps: float = 1.0
+    mlp_ratio: float = 4.0
+    pool: Pool = Pool.CLS
+
+    def __post_init__(self):
+        for name, kind in _ENUMS.items():
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError:
+                allowed = ", ".join(repr(k.value) for k in kind)
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+        for name in ("dim", "depth", "heads", "dim_head", "patch_size", "channels"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        cells = tuple(self.cells) if isinstance(self.cells, list | tuple) else self.cells
+        if not (isinstance(cells, tuple) and len(cells) == 2
+                and all(isinstance(c, int) and c >= 1 for c in cells)):
+            raise ValueError(f"cells must be a pair of positive integers, got {self.cells!r}")
+        object.__setattr__(self, "cells", cells)
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        if self.patch_embed is PatchEmbedKind.CONV and self.patch_size not in (8, 16):
+            raise ValueError(f"patch_size must be 8 or 16 with patch_embed='conv', got "
+                             f"{self.patch_size}; use patch_embed='linear' for other sizes")
+
+    @property
+    def pools_tokens(self) -> bool:
+        return self.attention in (AttentionKind.CBSA, AttentionKind.CBSA_EXACT,
+                                  AttentionKind.AGENT)
+
+    def replace(self, **changes) -> ModelConfig:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown model config fields {unknown}; fields are "
+                             f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+    def grid_for(self, image_size, *, name: str = "image_size") -> tuple[int, int]:
+        """The patch grid (gh, gw) for an image of (height, width); validates divisibility and
+        that the grid has at least as many patches as representative cells."""
+        h, w = image_size
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"{name} (height, width) = ({h}, {w}) must be divisible by the "
+                             f"patch size {p}")
+        grid = (h // p, w // p)
+        if self.pools_tokens and (grid[0] < self.cells[0] or grid[1] < self.cells[1]):
+            raise ValueError(
+                f"{name} ({h}, {w}) gives a {grid[0]}x{grid[1]} patch grid, too few tokens for "
+                f"the {self.cells[0]}x{self.cells[1]} representatives (cells); use larger "
+                f"images, a smaller patch_size or fewer cells")
+        return grid

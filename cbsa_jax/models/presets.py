@@ -1,0 +1,93 @@
+"""The preset registry: named `ModelConfig`s and `create`.
+
+| family | preset names | attention / ffn | widths |
+|---|---|---|---|
+| CBT (the paper) | cbt_{nano,tiny,small,base,large} | CBSA / ISTA | 192, 384, 768, 1024 |
+| CBT, exact step | cbt_exact_{nano,tiny,small} | exact CBSA / ISTA | as CBT |
+| CRATE (official) | crate_{nano,tiny,small,base,large} | MSSA / ISTA | 384, 576, 768, 1024 |
+| CRATE at CBT widths (the reference's) | crate_cbt_{tiny,small,base,large} | MSSA / ISTA | as CBT |
+| ToST at CBT widths (the reference's) | tost_{nano,tiny,small,base,large} | TSSA / ISTA | as CBT |
+| softmax ViT | vit_{nano,tiny,small,base,large} | softmax / MLP | as CBT |
+
+Official CRATE uses the linear patch embedding, the others the conv stem. `nano` presets (dim
+64, depth 4, 4 heads of 16, linear patch embedding of 4 x 4 patches, 4 x 4 representative cells)
+are for CPU runs.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from cbsa_jax.models.config import ModelConfig
+from cbsa_jax.models.vit import VisionTransformer
+
+__all__ = ["PRESETS", "create", "get_config"]
+
+_WIDTHS = {  # dim, depth, heads (head width 64)
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+_NANO = dict(dim=64, depth=4, heads=4, dim_head=16, patch_size=4, patch_embed="linear",
+             cells=(4, 4))
+_CRATE = {  # the official CRATE widths: dim, depth, heads, head width
+    "tiny": (384, 12, 6, 64),
+    "small": (576, 12, 12, 48),
+    "base": (768, 12, 12, 64),
+    "large": (1024, 24, 16, 64),
+}
+
+
+def _family(attention: str, **extra) -> dict[str, ModelConfig]:
+    out = {size: ModelConfig(attention, dim=d, depth=n, heads=h, **extra)
+           for size, (d, n, h) in _WIDTHS.items()}
+    out["nano"] = ModelConfig(attention, **{**_NANO, **extra})
+    return out
+
+
+def _build() -> dict[str, ModelConfig]:
+    presets: dict[str, ModelConfig] = {}
+    for size, cfg in _family("cbsa").items():
+        presets[f"cbt_{size}"] = cfg
+    for size, cfg in _family("cbsa_exact").items():
+        if size in ("nano", "tiny", "small"):
+            presets[f"cbt_exact_{size}"] = cfg
+    for size, cfg in _family("mssa").items():
+        if size != "nano":
+            presets[f"crate_cbt_{size}"] = cfg
+    for size, (d, n, h, p) in _CRATE.items():
+        presets[f"crate_{size}"] = ModelConfig("mssa", dim=d, depth=n, heads=h, dim_head=p,
+                                               patch_embed="linear")
+    presets["crate_nano"] = ModelConfig("mssa", **_NANO)
+    for size, cfg in _family("tssa").items():
+        presets[f"tost_{size}"] = cfg
+    for size, cfg in _family("softmax", ffn="mlp").items():
+        presets[f"vit_{size}"] = cfg
+    return presets
+
+
+PRESETS: dict[str, ModelConfig] = _build()
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+    """The preset's `ModelConfig` with `overrides` applied (validated)."""
+    key = name.lower().replace("-", "_")
+    if key not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; presets are {sorted(PRESETS)}")
+    return PRESETS[key].replace(**overrides) if overrides else PRESETS[key]
+
+
+def create(name: str, *, num_classes: int, image_size=224, seed: int = 0,
+           rngs: nnx.Rngs | None = None, dtype=None, param_dtype=jnp.float32,
+           **overrides) -> VisionTransformer:
+    """Build the preset `name` (e.g. "cbt_tiny") for `num_classes` at `image_size`.
+
+    `overrides` replace `ModelConfig` fields (e.g. `patch_size=8, cells=(4, 4)`); `dtype` is the
+    compute dtype (e.g. `jnp.bfloat16`), `param_dtype` the storage dtype.
+    """
+    config = get_config(name, **overrides)
+    return VisionTransformer(config, num_classes=num_classes, image_size=image_size,
+                             dtype=dtype, param_dtype=param_dtype,
+                             rngs=rngs if rngs is not None else nnx.Rngs(seed))

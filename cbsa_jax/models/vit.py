@@ -1,0 +1,187 @@
+"""Vision transformers built from `cbsa_jax.nn` blocks: CBT, CRATE, ToST and softmax ViTs.
+
+Images are NHWC. The patch embedding is the reference's convolutional stem (conv 3x3 stride 2 +
+BatchNorm, exact GELU between blocks: 4 blocks for patch 16, 3 for patch 8) or CRATE's linear one
+(LayerNorm(patch) -> Dense -> LayerNorm). A cls token is prepended; a learned position embedding
+is added (bicubically interpolated when the image size differs from the one the model was built
+for, also to non-square grids); the head is LayerNorm + Dense on the cls token or the token mean.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cbsa_jax.models.config import AttentionKind, ModelConfig, PatchEmbedKind, Pool
+from cbsa_jax.nn import layers
+
+__all__ = ["ConvPatchEmbed", "LinearPatchEmbed", "VisionTransformer", "build_attention"]
+
+
+class ConvPatchEmbed(nnx.Module):
+    """The reference's convolutional patch embedding: stride-2 conv3x3 + BatchNorm blocks."""
+
+    def __init__(self, dim: int, patch_size: int, channels: int = 3, *, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        if patch_size not in (8, 16):
+            raise ValueError(f"patch_size must be 8 or 16 for the conv patch embedding, got "
+                             f"{patch_size}")
+        widths = [dim // 8, dim // 4, dim // 2, dim] if patch_size == 16 else [dim // 4, dim // 2,
+                                                                               dim]
+        if min(widths) < 1:
+            raise ValueError(f"dim {dim} is too small for the conv patch embedding")
+        ins = [channels, *widths[:-1]]
+        self.dtype = dtype
+        self.convs = nnx.List([
+            nnx.Conv(cin, cout, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
+                     dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                     kernel_metadata={"logical_axes": ("kernel", "kernel", "conv_in", "conv_out")})
+            for cin, cout in zip(ins, widths, strict=True)])
+        self.norms = nnx.List([
+            nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype,
+                          rngs=rngs, scale_metadata={"logical_axes": ("conv_out",)},
+                          bias_metadata={"logical_axes": ("conv_out",)})
+            for cout in widths])
+
+    def __call__(self, images):
+        x = images
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            if i:
+                x = jax.nn.gelu(x, approximate=False)
+            x = norm(conv(x))
+        b, gh, gw, d = x.shape
+        return x.reshape(b, gh * gw, d)
+
+
+class LinearPatchEmbed(nnx.Module):
+    """CRATE's patch embedding: patches flattened as (p1 p2 c), LayerNorm, Dense, LayerNorm."""
+
+    def __init__(self, dim: int, patch_size: int, channels: int = 3, *, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        patch_dim = channels * patch_size * patch_size
+        self.patch_size, self.dtype = patch_size, dtype
+        self.norm_in = nnx.LayerNorm(patch_dim, epsilon=layers.LN_EPS, dtype=dtype,
+                                     param_dtype=param_dtype, rngs=rngs,
+                                     scale_metadata={"logical_axes": ("patch",)},
+                                     bias_metadata={"logical_axes": ("patch",)})
+        self.kernel = layers.param(rngs, layers.DEFAULT_INIT, (patch_dim, dim), ("patch", "embed"),
+                                   param_dtype)
+        self.bias = layers.param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
+        self.norm_out = layers.layer_norm(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, images):
+        b, h, w, c = images.shape
+        p = self.patch_size
+        x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        x = self.norm_in(x.reshape(b, (h // p) * (w // p), p * p * c))
+        kernel, bias = layers._cast(self.dtype or x.dtype, self.kernel[...], self.bias[...])
+        return self.norm_out(x @ kernel + bias)
+
+
+def build_attention(config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Module:
+    """The attention layer of one block for `config.attention`."""
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    d, h, p = config.dim, config.heads, config.dim_head
+    kind = config.attention
+    if kind in (AttentionKind.CBSA, AttentionKind.CBSA_EXACT):
+        exact = kind is AttentionKind.CBSA_EXACT
+        return layers.CBSA(d, h, p, cells=config.cells, prefix_tokens=1,
+                           selection=config.selection,
+                           contraction="exact" if exact else "softmax",
+                           broadcast="exact" if exact else "attention", eps=config.eps, **kw)
+    if kind is AttentionKind.MSSA:
+        return layers.MSSA(d, h, p, **kw)
+    if kind is AttentionKind.TSSA:
+        return layers.TSSA(d, h, p, **kw)
+    if kind is AttentionKind.SOFTMAX:
+        return layers.SoftmaxAttention(d, h, p, **kw)
+    if kind is AttentionKind.LINEAR:
+        return layers.LinearAttention(d, h, p, eps=config.eps, **kw)
+    if kind is AttentionKind.CHANNEL:
+        return layers.ChannelAttention(d, h, p, **kw)
+    return layers.AgentAttention(d, h, p, cells=config.cells, prefix_tokens=1,
+                                 selection=config.selection, **kw)
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(s, int) and s >= 1 for s in pair):
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair, got {v!r}")
+    return pair
+
+
+class VisionTransformer(nnx.Module):
+    """A ViT of `config` for `num_classes` classes at `image_size` (int or (height, width)).
+
+    `model(images)` maps NHWC images `[B, H, W, C]` to float32 logits `[B, num_classes]`;
+    `model(images, capture=True)` returns `(logits, info)` where `info["layers"][l]` holds block
+    l's inputs and outputs and its attention internals (token -> representative `weights` S,
+    `representatives` Q, the `effective_map`, ...), and `info["features"]` the final tokens.
+    Call `model.eval()` for inference (BatchNorm running statistics) and `model.train()` to train.
+    """
+
+    def __init__(self, config: ModelConfig, *, num_classes: int, image_size, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        if not (isinstance(num_classes, int) and num_classes >= 1):
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.config, self.num_classes, self.dtype = config, num_classes, dtype
+        self.image_size = _pair(image_size, "image_size")
+        self.grid = config.grid_for(self.image_size)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        embed = ConvPatchEmbed if config.patch_embed is PatchEmbedKind.CONV else LinearPatchEmbed
+        self.patch_embed = embed(config.dim, config.patch_size, config.channels, **kw)
+        d, n = config.dim, self.grid[0] * self.grid[1]
+        self.cls_token = layers.param(rngs, layers.DEFAULT_INIT, (1, 1, d), (None, None, "embed"),
+                                      param_dtype)
+        self.pos_embedding = layers.param(rngs, layers.DEFAULT_INIT, (1, n + 1, d),
+                                          (None, "tokens", "embed"), param_dtype)
+        self.blocks = nnx.List([
+            layers.Block(d, build_attention(config, **kw), ffn=config.ffn.value,
+                         mlp_ratio=config.mlp_ratio, **kw)
+            for _ in range(config.depth)])
+        self.head_norm = layers.layer_norm(d, **kw)
+        self.head_kernel = layers.param(rngs, layers.DEFAULT_INIT, (d, num_classes),
+                                        ("embed", "classes"), param_dtype)
+        self.head_bias = layers.param(rngs, nnx.initializers.zeros, (num_classes,), ("classes",),
+                                      param_dtype)
+
+    def position_embedding(self, grid: tuple[int, int]) -> jax.Array:
+        """`[1, 1 + gh*gw, D]`: the learned table, bicubically resized to `grid` if needed."""
+        pos = self.pos_embedding[...]
+        if tuple(grid) == self.grid:
+            return pos
+        d = pos.shape[-1]
+        patches = pos[:, 1:].reshape(1, *self.grid, d)
+        resized = jax.image.resize(patches, (1, *grid, d), method="bicubic", antialias=False)
+        return jnp.concatenate([pos[:, :1], resized.reshape(1, -1, d)], axis=1)
+
+    def tokens(self, images) -> tuple[jax.Array, tuple[int, int]]:
+        """Patch-embedded tokens with cls and position embedding: (`[B, 1 + gh*gw, D]`, grid)."""
+        images = jnp.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != self.config.channels:
+            raise ValueError(f"images must have shape [B, H, W, C] (NHWC) with C = "
+                             f"{self.config.channels}, got shape {images.shape}")
+        grid = self.config.grid_for(images.shape[1:3], name="images")
+        if self.dtype is not None:
+            images = images.astype(self.dtype)
+        x = self.patch_embed(images)
+        cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
+        x = jnp.concatenate([cls, x], axis=1)
+        return x + self.position_embedding(grid).astype(x.dtype), grid
+
+    def __call__(self, images, *, capture: bool = False):
+        x, grid = self.tokens(images)
+        captured = []
+        for block in self.blocks:
+            x = block(x, grid=grid, capture=capture)
+            if capture:
+                x, aux = x
+                captured.append(aux)
+        pooled = x[:, 0] if self.config.pool is Pool.CLS else jnp.mean(x, axis=1)
+        pooled = self.head_norm(pooled.astype(jnp.float32))
+        logits = pooled @ self.head_kernel[...].astype(jnp.float32) + self.head_bias[...].astype(
+            jnp.float32)
+        if not capture:
+            return logits
+        return logits, {"layers": captured, "features": x, "grid": grid}

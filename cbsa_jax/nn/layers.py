@@ -1,0 +1,369 @@
+"""Flax NNX layers: each holds parameters and calls the pure functions of `cbsa_jax`.
+
+Every attention layer maps `x [B, N, D] -> [B, N, D]` and accepts two keyword arguments:
+`grid=(gh, gw)`, the patch grid behind the N tokens (layers that pool it need it; a square grid is
+inferred when omitted), and `capture=True`, which returns `(out, aux)` with the layer's internals
+(projections, token -> representative weights, representatives, the effective token-to-token map).
+
+`dtype` is the compute dtype (None: the input's), `param_dtype` the storage dtype. Softmaxes,
+coding-rate solves and normalisation statistics stay in float32 under bfloat16. Every parameter
+carries `logical_axes` metadata for `cbsa_jax.sharding`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cbsa_jax import attention as att
+from cbsa_jax import interpret, unroll
+from cbsa_jax.representatives import GridPooling, SegmentPooling, Selection, square_grid
+
+__all__ = [
+    "RepresentativeInit",
+    "CBSA",
+    "MSSA",
+    "TSSA",
+    "SoftmaxAttention",
+    "LinearAttention",
+    "AgentAttention",
+    "ChannelAttention",
+    "ISTA",
+    "MLP",
+    "Block",
+]
+
+DEFAULT_INIT = nnx.initializers.truncated_normal(0.02)
+LN_EPS = 1e-5  # torch's LayerNorm default, as in the reference
+
+
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...],
+          param_dtype) -> nnx.Param:
+    """A parameter with its logical sharding axes recorded as metadata."""
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {axes} do not match shape {shape}")
+    return nnx.Param(init(rngs.params(), shape, param_dtype), logical_axes=axes)
+
+
+def layer_norm(dim: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(dim, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                         scale_metadata={"logical_axes": ("embed",)},
+                         bias_metadata={"logical_axes": ("embed",)})
+
+
+def _check_dim(x, dim: int) -> None:
+    if x.ndim != 3 or x.shape[-1] != dim:
+        raise ValueError(f"x must have shape [B, N, D] with D = {dim}, got shape {x.shape}")
+
+
+def _cast(dtype, *arrays):
+    return arrays if dtype is None else tuple(jnp.asarray(a, dtype) for a in arrays)
+
+
+class _HeadsProjection(nnx.Module):
+    """Shared pieces: the bias-free head projection(s) `U [D, H, p]` and the output Dense."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, *, dtype, param_dtype,
+                 rngs: nnx.Rngs, projections: int = 1, output: bool = True):
+        for name, v in (("dim", dim), ("heads", heads), ("dim_head", dim_head)):
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.dim, self.heads, self.dim_head = dim, heads, dim_head
+        self.dtype, self.param_dtype = dtype, param_dtype
+        axes = ("embed", "heads", "head_dim")
+        self.proj = nnx.List([param(rngs, DEFAULT_INIT, (dim, heads, dim_head), axes, param_dtype)
+                              for _ in range(projections)])
+        if output:
+            self.out_kernel = param(rngs, DEFAULT_INIT, (heads, dim_head, dim),
+                                    ("heads", "head_dim", "embed"), param_dtype)
+            self.out_bias = param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
+
+    def project_in(self, x, i: int = 0):
+        _check_dim(x, self.dim)
+        x, u = _cast(self.dtype, x, self.proj[i][...])
+        return jnp.einsum("bnd,dhp->bhnp", x, u)
+
+    def project_out(self, y):
+        y, k, b = _cast(self.dtype, y, self.out_kernel[...], self.out_bias[...])
+        return jnp.einsum("bhnp,hpd->bnd", y, k) + b
+
+
+def _finish(out, aux: dict[str, Any], capture: bool):
+    return (out, aux) if capture else out
+
+
+class RepresentativeInit(enum.Enum):
+    GRID = "grid"  # adaptive average pooling of the patch grid to `cells`
+    SEGMENTS = "segments"  # 1-D adaptive pooling of a sequence into `segments`
+    QUERIES = "queries"  # learned queries [H, num_queries, p]
+
+
+class CBSA(_HeadsProjection):
+    """Contract-and-Broadcast Self-Attention.
+
+    `W = x U` (bias-free, U [D, H, p]); representatives start from grid pooling (default 8 x 8
+    cells), 1-D segment pooling or learned queries; one extraction step with a learned per-head
+    `step_rep`; contraction and broadcast as chosen (default: the reference's softmax surrogate
+    and `S^T`); a learned per-head `step_x`; then the output Dense with bias. With
+    `contraction=EXACT, broadcast=EXACT, tied_output=True` the layer is exactly the gradient step
+    `-step_x * grad_X cbsa_objective` (no output Dense).
+
+    Args:
+      dim, heads, dim_head: D, H, p.
+      representatives: a `RepresentativeInit`; `cells`, `segments`, `num_queries` size it.
+      prefix_tokens: leading non-patch tokens (cls) that pooling skips.
+      selection: `Selection.REFERENCE` reproduces the official code's token selection.
+      contraction, broadcast: `cbsa_jax.attention.Contraction` / `Broadcast`.
+      eps: the distortion of the EXACT / FIRST_ORDER contraction.
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 64, *,
+                 representatives: RepresentativeInit | str = RepresentativeInit.GRID,
+                 cells: tuple[int, int] = (8, 8), segments: int = 64, num_queries: int = 64,
+                 prefix_tokens: int = 1, selection: Selection | str = Selection.PATCHES,
+                 contraction: att.Contraction | str = att.Contraction.SOFTMAX,
+                 broadcast: att.Broadcast | str = att.Broadcast.ATTENTION,
+                 eps: float = 1.0, tied_output: bool = False,
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                         output=not tied_output)
+        self.init_kind = RepresentativeInit(representatives)
+        self.cells, self.segments, self.prefix_tokens = tuple(cells), segments, prefix_tokens
+        self.selection = Selection(selection)
+        self.contraction, self.broadcast = att.Contraction(contraction), att.Broadcast(broadcast)
+        self.eps, self.tied_output = eps, tied_output
+        if self.contraction in (att.Contraction.EXACT, att.Contraction.FIRST_ORDER):
+            if not (isinstance(eps, int | float) and eps > 0):
+                raise ValueError(f"eps must be a number > 0, got {eps!r}")
+        if self.init_kind is RepresentativeInit.QUERIES:
+            self.queries = param(rngs, DEFAULT_INIT, (heads, num_queries, dim_head),
+                                 ("heads", "representatives", "head_dim"), param_dtype)
+        normal = nnx.initializers.normal(1.0)  # the reference draws both steps from randn
+        self.step_x = param(rngs, normal, (heads,), ("heads",), param_dtype)
+        self.step_rep = param(rngs, normal, (heads,), ("heads",), param_dtype)
+
+    def rule(self, n: int, grid: tuple[int, int] | None):
+        """The representative rule for n tokens on `grid` (None: learned queries)."""
+        if self.init_kind is RepresentativeInit.QUERIES:
+            return None
+        if self.init_kind is RepresentativeInit.SEGMENTS:
+            return SegmentPooling(self.segments, prefix=self.prefix_tokens)
+        grid = square_grid(n - self.prefix_tokens) if grid is None else tuple(grid)
+        return GridPooling(grid=grid, cells=self.cells, prefix=self.prefix_tokens,
+                           selection=self.selection)
+
+    def __call__(self, x, *, grid=None, capture: bool = False):
+        w = self.project_in(x)
+        rule = self.rule(x.shape[1], grid)
+        reps = rule if rule is not None else _cast(self.dtype or w.dtype, self.queries[...])[0]
+        step_x, step_rep = _cast(jnp.float32, self.step_x[...], self.step_rep[...])
+        res = att.contract_and_broadcast(
+            w, representatives=reps, extraction=att.Extraction.STEP,
+            contraction=self.contraction, broadcast=self.broadcast,
+            step_rep=step_rep, step_x=step_x, eps=self.eps)
+        if self.tied_output:
+            out = unroll.project(res.out, _cast(self.dtype, self.proj[0][...])[0])
+        else:
+            out = self.project_out(res.out)
+        if not capture:
+            return out
+        aux = {"w": w, "initial": res.initial, "representatives": res.representatives,
+               "weights": res.weights,
+               "rep_attention": interpret.softmax_map(res.representatives, res.representatives),
+               "effective_map": interpret.cbsa_effective_map(res.weights)}
+        return out, aux
+
+
+class MSSA(_HeadsProjection):
+    """CRATE's multi-head subspace self-attention: `softmax(W W^T / sqrt(p)) W`, W = x U."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 64, *, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x, *, grid=None, capture: bool = False):
+        w = self.project_in(x)
+        out = self.project_out(att.mssa(w))
+        if not capture:
+            return out
+        return out, {"w": w, "effective_map": interpret.softmax_map(w, w)}
+
+
+class TSSA(_HeadsProjection):
+    """ToST's token statistics self-attention (linear in N), with a learned per-head `temp`."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 64, *, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.temp = param(rngs, nnx.initializers.ones, (heads,), ("heads",), param_dtype)
+
+    def __call__(self, x, *, grid=None, capture: bool = False):
+        w = self.project_in(x)
+        temp = jnp.asarray(self.temp[...], jnp.float32)
+        out = self.project_out(att.tssa(w, temp))
+        if not capture:
+            return out
+        return out, {"w": w, "membership": interpret.tssa_membership(w, temp)}
+
+
+class SoftmaxAttention(_HeadsProjection):
+    """Standard multi-head attention with separate q, k, v projections (optionally biased)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 64, *, qkv_bias: bool = False,
+                 implementation: str | None = None, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                         projections=3)
+        self.implementation = implementation
+        self.qkv_bias = (nnx.List([param(rngs, nnx.initializers.zeros, (heads, dim_head),
+                                         ("heads", "head_dim"), param_dtype) for _ in range(3)])
+                         if qkv_bias else None)
+
+    def __call__(self, x, *, grid=None, capture: bool = False):
+        q, k, v = (self.project_in(x, i) for i in range(3))
+        if self.qkv_bias is not None:
+            q, k, v = (t + _cast(t.dtype, b[...])[0][:, None, :]
+                       for t, b in zip((q, k, v), self.qkv_bias, strict=True))
+        out = self.project_out(att.softmax(q, k, v, implementation=self.implementation))
+        if not capture:
+            return out
+        return out, {"w": q, "effective_map": interpret.softmax_map(q, k)}
+
+
+class LinearAttention(_HeadsProjection):
+    """First-order CBSA with every token a representative: tied linear attention, O(N p^2)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 64, *, eps: float = 1.0, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if not (isinstance(eps, int | float) and eps > 0):
+            raise ValueError(f"eps must be a number > 0, got {eps!r}")
+        self.eps = eps
+        self.step_x = param(rngs, nnx.initializers.ones, (heads,), ("heads",), param_dtype)
+
+    def __call__(self, x, *, grid=None, capture: bool = False):
+        w = self.project_in(x)
+        out = self.project_out(att.linear(w, jnp.asarray(self.step_x[...], jnp.float32),
+                                          eps=self.eps))
+        if not capture:
+            return out
+        return out, {"w": w, "effective_map": interpret.linear_effective_map(w, self.eps)}
+
+
+class ChannelAttention(_HeadsProjection):
+    """Attention across channels: cross-covariance attention (or, with `exact=True`, the exact
+    all-token compression step through a p x p solve)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 64, *, exact: bool = False,
+                 eps: float = 1.0, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if exact and not (isinstance(eps, int | float) and eps > 0):
+            raise ValueError(f"eps must be a number > 0, got {eps!r}")
+        self.exact, self.eps = exact, eps
+        if not exact:  # the exact step has no temperature
+            self.temperature = param(rngs, nnx.initializers.ones, (heads,), ("heads",),
+                                     param_dtype)
+        self.step_x = param(rngs, nnx.initializers.ones, (heads,), ("heads",), param_dtype)
+
+    def __call__(self, x, *, grid=None, capture: bool = False):
+        w = self.project_in(x)
+        step_x = jnp.asarray(self.step_x[...], jnp.float32)
+        if self.exact:
+            y = att.channel(w, step_x, eps=self.eps)
+        else:
+            y = att.channel(w, step_x, temperature=jnp.asarray(self.temperature[...], jnp.float32))
+        return _finish(self.project_out(y), {"w": w}, capture)
+
+
+class AgentAttention(_HeadsProjection):
+    """Agent attention with separate q, k, v projections (the reference's ViT adaptation layer):
+    agents pooled from q aggregate `softmax(A k^T) v`, broadcast back by `softmax(q A^T)`."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 64, *,
+                 cells: tuple[int, int] = (8, 8), prefix_tokens: int = 1,
+                 selection: Selection | str = Selection.PATCHES, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                         projections=3)
+        self.cells, self.prefix_tokens = tuple(cells), prefix_tokens
+        self.selection = Selection(selection)
+
+    def __call__(self, x, *, grid=None, capture: bool = False):
+        q, k, v = (self.project_in(x, i) for i in range(3))
+        grid = square_grid(x.shape[1] - self.prefix_tokens) if grid is None else tuple(grid)
+        rule = GridPooling(grid=grid, cells=self.cells, prefix=self.prefix_tokens,
+                           selection=self.selection)
+        out = self.project_out(att.agent(q, k, v, representatives=rule))
+        if not capture:
+            return out
+        agents = rule.pool(q)
+        s, t = interpret.softmax_map(agents, k), interpret.softmax_map(q, agents)
+        return out, {"w": q, "initial": agents, "weights": s, "token_weights": t,
+                     "effective_map": interpret.agent_effective_map(t, s)}
+
+
+class ISTA(nnx.Module):
+    """CRATE's sparsification step `ReLU(x + eta (x M - x M^T M) - eta lam)` with learned M."""
+
+    def __init__(self, dim: int, *, eta: float = 0.1, lam: float = 0.1, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.dim, self.eta, self.lam, self.dtype = dim, eta, lam, dtype
+        # torch's kaiming_uniform_ (a = 0): U(-sqrt(6 / D), sqrt(6 / D)), as the reference
+        bound = math.sqrt(6.0 / dim)
+        self.weight = param(rngs, lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound),
+                            (dim, dim), ("embed", None), param_dtype)
+
+    def __call__(self, x):
+        _check_dim(x, self.dim)
+        x, m = _cast(self.dtype, x, self.weight[...])
+        return unroll.ista_step(x, m, eta=self.eta, lam=self.lam)
+
+
+class MLP(nnx.Module):
+    """The ViT MLP: Dense(D -> hidden) + exact GELU + Dense(hidden -> D)."""
+
+    def __init__(self, dim: int, hidden: int, *, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.dim, self.dtype = dim, dtype
+        self.w1 = param(rngs, DEFAULT_INIT, (dim, hidden), ("embed", "mlp"), param_dtype)
+        self.b1 = param(rngs, nnx.initializers.zeros, (hidden,), ("mlp",), param_dtype)
+        self.w2 = param(rngs, DEFAULT_INIT, (hidden, dim), ("mlp", "embed"), param_dtype)
+        self.b2 = param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
+
+    def __call__(self, x):
+        _check_dim(x, self.dim)
+        x, w1, b1, w2, b2 = _cast(self.dtype, x, self.w1[...], self.b1[...], self.w2[...],
+                                  self.b2[...])
+        return jax.nn.gelu(x @ w1 + b1, approximate=False) @ w2 + b2
+
+
+class Block(nnx.Module):
+    """A pre-norm block: `x + attn(LN x)`, then `ISTA(LN x)` (no residual, as the reference) or
+    `x + MLP(LN x)` (ViT baselines). `attn` is any layer above."""
+
+    def __init__(self, dim: int, attn: nnx.Module, *, ffn: str = "ista", mlp_ratio: float = 4.0,
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        if ffn not in ("ista", "mlp"):
+            raise ValueError(f"ffn must be 'ista' or 'mlp', got {ffn!r}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1, self.attn = layer_norm(dim, **kw), attn
+        self.norm2 = layer_norm(dim, **kw)
+        self.ffn_kind = ffn
+        self.ffn = ISTA(dim, **kw) if ffn == "ista" else MLP(dim, int(dim * mlp_ratio), **kw)
+
+    def __call__(self, x, *, grid=None, capture: bool = False):
+        attn_in = self.norm1(x)
+        a = self.attn(attn_in, grid=grid, capture=capture)
+        a, aux = a if capture else (a, None)
+        ffn_in = x + a
+        y = self.ffn(self.norm2(ffn_in))
+        out = y if self.ffn_kind == "ista" else ffn_in + y
+        if not capture:
+            return out
+        return out, {**aux, "block_in": x, "attn_in": attn_in, "attn_out": a, "ffn_in": ffn_in,
+                     "block_out": out}

@@ -1,0 +1,274 @@
+"""Tests of the local TFDS builders ``digits`` and ``shapes`` (``train.datasets``).
+
+Each dataset is prepared once per module (module-scoped fixtures) into pytest's tmp
+directories; no data are written to the home directory.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from sklearn.datasets import load_digits
+from tensorflow_datasets.core.utils import gcs_utils
+
+from train import datasets
+from train.datasets import digits, shapes
+
+Arrays = dict[str, np.ndarray]
+
+SPLITS = ("train", "test")
+SHAPES_SIZES = {"train": 10_000, "test": 2_000}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_tfds() -> Iterator[None]:
+    tfds.disable_progress_bar()
+    yield
+    tfds.enable_progress_bar()
+
+
+def _load(builder: tfds.core.DatasetBuilder, split: str) -> Arrays:
+    """The whole split as numpy arrays, in stored order."""
+    return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+
+
+def _prepare_all(name: str, data_dir: Path) -> dict[str, Arrays]:
+    builder = datasets.prepare(name, str(data_dir))
+    return {split: _load(builder, split) for split in SPLITS}
+
+
+def _by_index(arrays: Arrays) -> Arrays:
+    order = np.argsort(arrays["index"])
+    return {key: value[order] for key, value in arrays.items()}
+
+
+@pytest.fixture(scope="module")
+def digits_builder(tmp_path_factory: pytest.TempPathFactory) -> tfds.core.DatasetBuilder:
+    return datasets.prepare("digits", str(tmp_path_factory.mktemp("tfds_digits")))
+
+
+@pytest.fixture(scope="module")
+def digits_data(digits_builder: tfds.core.DatasetBuilder) -> dict[str, Arrays]:
+    return {split: _load(digits_builder, split) for split in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def shapes_builder(tmp_path_factory: pytest.TempPathFactory) -> tfds.core.DatasetBuilder:
+    return datasets.prepare("shapes", str(tmp_path_factory.mktemp("tfds_shapes")))
+
+
+@pytest.fixture(scope="module")
+def shapes_data(shapes_builder: tfds.core.DatasetBuilder) -> dict[str, Arrays]:
+    return {split: _load(shapes_builder, split) for split in SPLITS}
+
+
+@pytest.fixture()
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes any socket connection, DNS lookup or TFDS GCS access raise."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args!r:.200}")
+
+    for name in ("connect", "connect_ex", "sendto"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    for name in ("create_connection", "getaddrinfo", "gethostbyname"):
+        monkeypatch.setattr(socket, name, refuse)
+    for name in ("is_dataset_on_gcs", "download_gcs_dataset", "download_gcs_folder", "exists"):
+        monkeypatch.setattr(gcs_utils, name, refuse)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_builders_are_registered_under_their_names() -> None:
+    assert datasets.LOCAL_BUILDERS == ("digits", "shapes")
+    assert tfds.builder_cls("digits") is digits.Digits
+    assert tfds.builder_cls("shapes") is shapes.Shapes
+    assert digits.Digits.name == "digits"
+    assert shapes.Shapes.name == "shapes"
+
+
+def test_prepare_rejects_other_datasets(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a local dataset"):
+        datasets.prepare("mnist", str(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_preparing_needs_no_network(tmp_path: Path, no_network: None) -> None:
+    for name in ("digits", "shapes/small"):
+        builder = datasets.prepare(name, str(tmp_path / name.replace("/", "_")))
+        assert builder.info.splits["train"].num_examples > 0
+        assert builder.info.splits["test"].num_examples > 0
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def test_digits_splits_and_sizes(
+    digits_builder: tfds.core.DatasetBuilder, digits_data: dict[str, Arrays]
+) -> None:
+    assert set(digits_builder.info.splits) == set(SPLITS)
+    assert digits_builder.info.splits["train"].num_examples == 1437
+    assert digits_builder.info.splits["test"].num_examples == 360
+    train, test = digits_data["train"]["index"], digits_data["test"]["index"]
+    assert len(train) == 1437 and len(test) == 360
+    assert len(np.intersect1d(train, test)) == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(1797))
+
+
+def test_digits_split_is_stratified(digits_data: dict[str, Arrays]) -> None:
+    labels = load_digits().target
+    test_counts = np.bincount(labels[digits_data["test"]["index"]], minlength=10)
+    fractions = test_counts / np.bincount(labels, minlength=10)
+    np.testing.assert_allclose(fractions, 0.2, atol=0.02)
+
+
+def test_digits_features(
+    digits_builder: tfds.core.DatasetBuilder, digits_data: dict[str, Arrays]
+) -> None:
+    info = digits_builder.info
+    assert info.features["label"].names == [str(d) for d in range(10)]
+    assert info.supervised_keys == ("image", "label")
+    for split, arrays in digits_data.items():
+        n = info.splits[split].num_examples
+        assert arrays["image"].dtype == np.uint8
+        assert arrays["image"].shape == (n, 8, 8, 1)
+        assert arrays["label"].dtype == np.int64 and arrays["label"].shape == (n,)
+        assert arrays["index"].dtype == np.int64 and arrays["index"].shape == (n,)
+        assert set(np.unique(arrays["label"])) == set(range(10))
+
+
+def test_digits_pixels_and_labels_match_sklearn(digits_data: dict[str, Arrays]) -> None:
+    bunch = load_digits()
+    expected_images = np.round(bunch.images * 255.0 / 16.0).astype(np.uint8)[..., None]
+    for arrays in digits_data.values():
+        np.testing.assert_array_equal(arrays["image"], expected_images[arrays["index"]])
+        np.testing.assert_array_equal(arrays["label"], bunch.target[arrays["index"]])
+    # Spot checks independent of the vectorised expression above.
+    train = _by_index(digits_data["train"])
+    for row in (0, 1, 500, len(train["index"]) - 1):
+        i = int(train["index"][row])
+        original = bunch.images[i]
+        assert train["image"][row, 3, 4, 0] == round(float(original[3, 4]) * 255 / 16)
+        assert train["label"][row] == bunch.target[i]
+    assert train["image"].max() == 255 and train["image"].min() == 0
+
+
+def test_digits_preparation_is_deterministic(
+    tmp_path: Path, digits_data: dict[str, Arrays]
+) -> None:
+    again = _prepare_all("digits", tmp_path)
+    for split in SPLITS:
+        for key in ("image", "label", "index"):
+            np.testing.assert_array_equal(again[split][key], digits_data[split][key])
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_shapes_splits_and_sizes(
+    shapes_builder: tfds.core.DatasetBuilder, shapes_data: dict[str, Arrays]
+) -> None:
+    assert set(shapes_builder.info.splits) == set(SPLITS)
+    for split, size in SHAPES_SIZES.items():
+        assert shapes_builder.info.splits[split].num_examples == size
+        np.testing.assert_array_equal(np.sort(shapes_data[split]["index"]), np.arange(size))
+
+
+def test_shapes_features(
+    shapes_builder: tfds.core.DatasetBuilder, shapes_data: dict[str, Arrays]
+) -> None:
+    info = shapes_builder.info
+    assert len(shapes.CLASS_NAMES) >= 5
+    assert info.features["label"].names == list(shapes.CLASS_NAMES)
+    assert info.supervised_keys == ("image", "label")
+    for split, arrays in shapes_data.items():
+        n = SHAPES_SIZES[split]
+        assert arrays["image"].dtype == np.uint8 and arrays["image"].shape == (n, 32, 32, 3)
+        assert arrays["mask"].dtype == np.uint8 and arrays["mask"].shape == (n, 32, 32, 1)
+        assert arrays["label"].dtype == np.int64 and arrays["label"].shape == (n,)
+        assert arrays["label"].min() >= 0 and arrays["label"].max() < len(shapes.CLASS_NAMES)
+        assert set(np.unique(arrays["mask"])) == {0, 1}
+
+
+def test_shapes_classes_are_balanced(shapes_data: dict[str, Arrays]) -> None:
+    num_classes = len(shapes.CLASS_NAMES)
+    for arrays in shapes_data.values():
+        fractions = np.bincount(arrays["label"], minlength=num_classes) / len(arrays["label"])
+        assert len(fractions) == num_classes
+        np.testing.assert_allclose(fractions, 1 / num_classes, atol=0.02)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_shapes_masks_cover_exactly_one_colour(shapes_data: dict[str, Arrays], split: str) -> None:
+    images = shapes_data[split]["image"].astype(np.int64)
+    masks = shapes_data[split]["mask"][..., 0].astype(bool)
+    area = masks.sum(axis=(1, 2))
+    assert area.min() > 0, "empty mask"
+    assert area.max() < 32 * 32, "full mask"
+    # The shape colour: the colour of each image's first mask pixel.
+    n = len(images)
+    first = masks.reshape(n, -1).argmax(axis=1)
+    colour = images.reshape(n, -1, 3)[np.arange(n), first]  # (n, 3)
+    sq_dist = ((images - colour[:, None, None]) ** 2).sum(-1)  # (n, 32, 32)
+    assert np.all(sq_dist[masks] == 0), "a mask pixel differs from the shape colour"
+    # Every other pixel (the background) is far from the shape colour.
+    background = np.where(masks, np.iinfo(np.int64).max, sq_dist)
+    assert background.min() >= shapes.MIN_COLOUR_DISTANCE**2
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_shapes_have_recognisable_sizes_and_class_geometry(
+    shapes_data: dict[str, Arrays], split: str
+) -> None:
+    masks = shapes_data[split]["mask"][..., 0].astype(bool)
+    labels = shapes_data[split]["label"]
+    height = masks.any(axis=2).sum(axis=1)
+    width = masks.any(axis=1).sum(axis=1)
+    extent = np.maximum(height, width)
+    assert extent.min() >= 0.25 * 32 and extent.max() <= 0.8 * 32
+    fill = masks.sum(axis=(1, 2)) / (height * width)  # shape area / bounding-box area
+    by_class = {name: fill[labels == c] for c, name in enumerate(shapes.CLASS_NAMES)}
+    # A disc fills pi/4 of its box; any triangle at most half of its box (+ pixel
+    # rounding); a star far less than a disc; a square at least half of its box.
+    assert 0.65 <= by_class["circle"].min() and by_class["circle"].max() <= 0.92
+    assert by_class["triangle"].max() <= 0.68
+    assert by_class["star"].max() <= 0.62
+    assert by_class["square"].min() >= 0.45
+    assert by_class["square"].max() == pytest.approx(1.0)  # some are axis-aligned
+
+
+def test_shapes_preparation_is_deterministic(
+    tmp_path: Path, shapes_data: dict[str, Arrays]
+) -> None:
+    again = _prepare_all("shapes", tmp_path / "again")
+    for split in SPLITS:
+        for key in ("image", "mask", "label", "index"):
+            np.testing.assert_array_equal(again[split][key], shapes_data[split][key])
+    # The `small` config holds the first examples of each split.
+    small = _prepare_all("shapes/small", tmp_path / "small")
+    for split in SPLITS:
+        small_split = _by_index(small[split])
+        full = _by_index(shapes_data[split])
+        for key in ("image", "mask", "label"):
+            np.testing.assert_array_equal(small_split[key], full[key][: len(small_split[key])])
+
+
+def test_shapes_examples_do_not_depend_on_generation_order(
+    shapes_data: dict[str, Arrays],
+) -> None:
+    indices = [1999, 7, 0, 1234, 42]
+    batch = shapes.generate_batch("test", indices)
+    full = _by_index(shapes_data["test"])
+    for row, index in enumerate(indices):
+        single = shapes.generate_example("test", index)
+        for key in ("image", "mask", "label"):
+            np.testing.assert_array_equal(batch[key][row], full[key][index])
+            np.testing.assert_array_equal(single[key], full[key][index])
+    # Different splits use different random streams.
+    assert not np.array_equal(shapes.generate_example("train", 0)["image"], full["image"][0])

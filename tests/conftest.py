@@ -11,9 +11,16 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# Compiled programs are cached on disk for the session: the training tests build the same
+# programs in several runs, and a CPU compile costs seconds.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="cbsa_jax_xla_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture

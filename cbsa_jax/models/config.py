@@ -48,6 +48,8 @@ class ModelConfig:
       attention, ffn: the block's layers.
       dim, depth, heads, dim_head: width D, number of blocks, heads H, head width p.
       patch_size, patch_embed, channels: the patch embedding.
+      patch_norm: LayerNorm over each flattened patch before the linear embedding (CRATE's); turn
+        it off for tiny patches, where it erases each patch's mean intensity.
       cells: (rh, rw) grid-pooling cells of CBSA / agent attention (m = rh * rw).
       selection: which tokens pooling reads (`Selection.REFERENCE` for converted checkpoints).
       eps: distortion of the exact and first-order contractions.
@@ -64,6 +66,7 @@ class ModelConfig:
     patch_size: int = 16
     patch_embed: PatchEmbedKind = PatchEmbedKind.CONV
     channels: int = 3
+    patch_norm: bool = True
     cells: tuple[int, int] = (8, 8)
     selection: Selection = Selection.PATCHES
     eps: float = 1.0

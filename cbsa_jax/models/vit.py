@@ -55,16 +55,17 @@ class ConvPatchEmbed(nnx.Module):
 
 
 class LinearPatchEmbed(nnx.Module):
-    """CRATE's patch embedding: patches flattened as (p1 p2 c), LayerNorm, Dense, LayerNorm."""
+    """CRATE's patch embedding: patches flattened as (p1 p2 c), LayerNorm (optional), Dense,
+    LayerNorm."""
 
-    def __init__(self, dim: int, patch_size: int, channels: int = 3, *, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, dim: int, patch_size: int, channels: int = 3, *, norm: bool = True,
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         patch_dim = channels * patch_size * patch_size
         self.patch_size, self.dtype = patch_size, dtype
         self.norm_in = nnx.LayerNorm(patch_dim, epsilon=layers.LN_EPS, dtype=dtype,
                                      param_dtype=param_dtype, rngs=rngs,
                                      scale_metadata={"logical_axes": ("patch",)},
-                                     bias_metadata={"logical_axes": ("patch",)})
+                                     bias_metadata={"logical_axes": ("patch",)}) if norm else None
         self.kernel = layers.param(rngs, layers.DEFAULT_INIT, (patch_dim, dim), ("patch", "embed"),
                                    param_dtype)
         self.bias = layers.param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
@@ -74,7 +75,9 @@ class LinearPatchEmbed(nnx.Module):
         b, h, w, c = images.shape
         p = self.patch_size
         x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        x = self.norm_in(x.reshape(b, (h // p) * (w // p), p * p * c))
+        x = x.reshape(b, (h // p) * (w // p), p * p * c)
+        if self.norm_in is not None:
+            x = self.norm_in(x)
         kernel, bias = layers._cast(self.dtype or x.dtype, self.kernel[...], self.bias[...])
         return self.norm_out(x @ kernel + bias)
 
@@ -129,8 +132,11 @@ class VisionTransformer(nnx.Module):
         self.image_size = _pair(image_size, "image_size")
         self.grid = config.grid_for(self.image_size)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        embed = ConvPatchEmbed if config.patch_embed is PatchEmbedKind.CONV else LinearPatchEmbed
-        self.patch_embed = embed(config.dim, config.patch_size, config.channels, **kw)
+        if config.patch_embed is PatchEmbedKind.CONV:
+            self.patch_embed = ConvPatchEmbed(config.dim, config.patch_size, config.channels, **kw)
+        else:
+            self.patch_embed = LinearPatchEmbed(config.dim, config.patch_size, config.channels,
+                                                norm=config.patch_norm, **kw)
         d, n = config.dim, self.grid[0] * self.grid[1]
         self.cls_token = layers.param(rngs, layers.DEFAULT_INIT, (1, 1, d), (None, None, "embed"),
                                       param_dtype)

@@ -1,0 +1,171 @@
+"""`python -m train`: steps, exact resumption, TFDS datasets, meshes, processes, errors."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tests.train.conftest import small_config
+from train import __main__ as cli
+from train import loop
+from train.metrics import read_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _lines(workdir, split="train"):
+    return [m for m in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if m["split"] == split]
+
+
+def _losses(workdir):
+    return {m["step"]: m["loss"] for m in _lines(workdir)}
+
+
+def test_metrics_lines_and_summary(data_dir, tmp_path):
+    summary = loop.run(small_config(data_dir, eval_every_steps=2), str(tmp_path))
+    assert summary["step"] == 3 and summary["stopped_by"] == "finished"
+    train, test = _lines(tmp_path), _lines(tmp_path, "test")
+    assert [m["step"] for m in train] == [1, 2, 3]
+    for m in train:
+        assert {"step", "split", "loss", "accuracy", "lr", "images_per_sec"} <= set(m)
+        assert m["images_per_sec"] > 0 and 0 <= m["accuracy"] <= 1
+    assert [m["step"] for m in test] == [2, 3]
+    assert all(m["examples"] == 360 and {"loss", "accuracy", "top5"} <= set(m) for m in test)
+    assert os.listdir(tmp_path / "tensorboard")  # event files
+
+
+def test_resume_continues_exactly(data_dir, tmp_path):
+    """Stopping at step 3 and resuming gives the run that never stopped, across an epoch
+    boundary (5 steps per epoch here): same losses, same parameters."""
+    config = small_config(data_dir, batch_size=256, num_train_steps=7)
+    straight = tmp_path / "straight"
+    loop.run(config, str(straight))
+    resumed = tmp_path / "resumed"
+    first = loop.run(config, str(resumed), stop_at=3)
+    assert first["stopped_by"] == "stop_at" and first["step"] == 3
+    assert sorted(os.listdir(resumed / "checkpoints")) == ["3"]
+    summary = loop.run(config, str(resumed))
+    assert summary["step"] == 7
+    a, b = _losses(straight), _losses(resumed)
+    assert [b[s] for s in range(1, 8)] == pytest.approx([a[s] for s in range(1, 8)], abs=1e-6)
+    assert len(set(a.values())) == 7  # the losses differ step to step: nothing is replayed
+
+
+def test_a_run_restarted_with_the_same_command_picks_up_where_it_stopped(data_dir, tmp_path):
+    config = small_config(data_dir, batch_size=256, num_train_steps=7, checkpoint_every_steps=3)
+    first = loop.run(small_config(data_dir, batch_size=256, num_train_steps=7,
+                                  checkpoint_every_steps=3), str(tmp_path))
+    assert first["step"] == 7
+    again = loop.run(config, str(tmp_path))  # finished: nothing left to do
+    assert again["step"] == 7 and len(_lines(tmp_path)) == 7
+
+
+@pytest.mark.parametrize("name,image_size,augment", [("cifar10", 32, "flip"),
+                                                     ("imagenet2012", 32, "crop_flip")])
+def test_one_step_and_resume_on_mock_tfds_data(tmp_path, name, image_size, augment):
+    """Any TFDS classification dataset by name, here through tfds.testing.mock_data."""
+    mock_dir = str(tmp_path / "tfds")
+    kw = dict(dataset=name, image_size=image_size,
+              augment=augment, eval_crop_fraction=0.875, batch_size=8, num_train_steps=1,
+              checkpoint_every_steps=1, eval_split="validation" if "imagenet" in name else "test",
+              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    kw["model.patch_size"] = 4
+    with tfds.testing.mock_data(num_examples=24):
+        first = loop.run(small_config(mock_dir, **kw), str(tmp_path / "run"))
+        second = loop.run(small_config(mock_dir, **{**kw, "num_train_steps": 2}),
+                          str(tmp_path / "run"))
+    assert first["step"] == 1 and second["step"] == 2
+    assert first["final_eval"]["examples"] == 24 and np.isfinite(second["final_eval"]["loss"])
+    assert [m["step"] for m in _lines(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.parametrize("mesh", [dict(data=4, fsdp=2, model=1), dict(data=2, fsdp=2, model=2)])
+def test_sharded_meshes_give_the_single_device_loss(data_dir, tmp_path, mesh):
+    assert len(jax.devices()) == 8
+    kw = dict(optimizer="adamw", num_train_steps=3)
+    single = tmp_path / "single"
+    if not single.exists():
+        loop.run(small_config(data_dir, **kw), str(single))
+    sharded = tmp_path / "sharded"
+    loop.run(small_config(data_dir, **kw, **{f"mesh.{k}": v for k, v in mesh.items()}),
+             str(sharded))
+    a, b = _losses(single), _losses(sharded)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_single_process_loss(data_dir, tmp_path):
+    """jax.distributed on localhost with gloo CPU collectives: each process reads its data shard
+    and the global batch equals the one a single process reads with data_shards=2."""
+    kw = dict(num_train_steps=3, data_shards=2)
+    loop.run(small_config(data_dir, **kw), str(tmp_path / "single"))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
+    env["PYTHONPATH"] = REPO
+    flags = [f"--config.{k}={v}" for k, v in {
+        "data_dir": data_dir, "model.depth": 1, "batch_size": 32, "num_train_steps": 3,
+        "log_every_steps": 1, "eval_every_steps": 1000, "checkpoint_every_steps": 1000,
+        "warmup_epochs": 0.0, "progress": False, "data_shards": 2}.items()]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "train", "--workdir", str(tmp_path / "multi"),
+         "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+         "--process_id", str(i), *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    a, b = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
+    assert sorted(b) == [1, 2, 3]
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-5
+
+
+def test_eval_only_evaluates_the_latest_checkpoint(data_dir, tmp_path):
+    trained = loop.run(small_config(data_dir, num_train_steps=2), str(tmp_path))
+    summary = loop.run(small_config(data_dir, eval_only=True), str(tmp_path))
+    assert summary["step"] == 2
+    assert summary["eval"]["accuracy"] == pytest.approx(trained["final_eval"]["accuracy"])
+    assert _lines(tmp_path, "test")[-1]["step"] == 2
+
+
+def _main(args, capsys):
+    code = cli.main(args)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.num_epochz=3"], "unknown config field 'num_epochz'"),
+    (["--config.batch_size=many"], "--config.batch_size=many"),
+    (["--config.optimizer=adam"], "config.optimizer must be one of"),
+    (["--config", "configs/nope.py"], "--config: no config file at configs/nope.py"),
+    (["--config.dataset=no_such_dataset_xyz"], "unknown dataset 'no_such_dataset_xyz'"),
+    (["--config.image_size=9"], "must be divisible by the patch size 2"),
+    (["--config.batch_size=36", "--config.mesh.data=8"], "not divisible by the 8"),
+    (["--config.data_dir=/nonexistent/dir", "--config.dataset=mnist"], "cannot prepare 'mnist'"),
+])
+def test_bad_configs_exit_2_with_one_line(data_dir, tmp_path, capsys, args, message):
+    code, err = _main(["--workdir", str(tmp_path), f"--config.data_dir={data_dir}", *args],
+                      capsys)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_the_cli_trains_and_says_where(data_dir, tmp_path, capsys):
+    code = cli.main(["--workdir", str(tmp_path), f"--config.data_dir={data_dir}",
+                     "--config.num_train_steps=2", "--config.model.depth=1",
+                     "--config.progress=False", "--config.mesh.data=1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"in {tmp_path}" in out.splitlines()[0]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["step"] == 2 and summary["workdir"] == str(tmp_path)

@@ -1,0 +1,122 @@
+"""Checkpoints with orbax: asynchronous saves, the last N and the best kept, safe restore.
+
+Layout: `WORKDIR/checkpoints/<step>/{state, meta}`; `state` is the `TrainState` (sharded arrays,
+restored straight into the current mesh's shardings), `meta` a JSON dict (the input position, the
+config, the eval metrics). Orbax writes into a temporary directory and renames it when complete,
+so a process killed mid-write leaves no partial checkpoint behind as "latest".
+
+`restore` checks the saved tree against the current model first: a checkpoint of another model is
+an error that names the mismatched parameters and shapes; a checkpoint that cannot be read
+(truncated, corrupted) is skipped with a warning in favour of the previous complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+__all__ = ["CheckpointMismatch", "Checkpointer"]
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint holds a different model or optimizer than the config builds."""
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                       for k in path)
+        out[key] = tuple(getattr(leaf, "shape", ()))
+    return out
+
+
+class Checkpointer:
+    """`CheckpointManager` for one run's `TrainState` plus JSON metadata."""
+
+    def __init__(self, directory: str, *, keep: int, best_metric: str = "accuracy",
+                 asynchronous: bool = True):
+        self.directory = os.path.abspath(directory)
+        preserve = policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
+                           keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=preserve, enable_async_checkpointing=asynchronous,
+            cleanup_tmp_directories=True, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta"))
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def save(self, step: int, state, meta: Mapping, metrics: Mapping | None = None) -> bool:
+        """Start saving (asynchronously); `metrics` rank the checkpoint for "best"."""
+        return self.manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          meta=ocp.args.JsonSave(dict(meta))),
+            metrics=dict(metrics) if metrics is not None else None, force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+    def _check_matches(self, step: int, target) -> None:
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+        except Exception:  # unreadable metadata: the restore below decides
+            return
+        if saved is None:
+            return
+        ours, theirs = _flat_shapes(target), _flat_shapes(saved)
+        problems = []
+        for key in sorted(set(ours) | set(theirs)):
+            if key not in theirs:
+                problems.append(f"{key}: missing from the checkpoint (model expects "
+                                f"{ours[key]})")
+            elif key not in ours:
+                problems.append(f"{key}: in the checkpoint {theirs[key]}, not in the model")
+            elif ours[key] != theirs[key]:
+                problems.append(f"{key}: checkpoint {theirs[key]}, model {ours[key]}")
+        if problems:
+            shown = "; ".join(problems[:20])
+            more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+            raise CheckpointMismatch(
+                f"checkpoint {self.directory}/{step} does not match the model built from the "
+                f"config: {shown}{more}")
+
+    def restore(self, target) -> tuple[object, dict, int] | None:
+        """The newest readable checkpoint as (state, meta, step), restored into `target`'s
+        shapes and shardings (a tree of `jax.ShapeDtypeStruct`); None if there is none."""
+        for step in reversed(self.all_steps()):
+            self._check_matches(step, target)
+            try:
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                  meta=ocp.args.JsonRestore()))
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # truncated or corrupted files
+                log.warning("checkpoint %s/%d cannot be restored (%s: %s); falling back to the "
+                            "previous one", self.directory, step, type(e).__name__,
+                            str(e).splitlines()[0] if str(e) else "")
+                continue
+            return restored["state"], dict(restored["meta"]), step
+        return None

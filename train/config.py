@@ -1,0 +1,253 @@
+"""Experiment configs: loading `configs/NAME.py`, `--config.FIELD=VALUE` overrides, validation.
+
+A config file defines `get_config() -> ml_collections.ConfigDict`; `base_config()` holds every
+field with its default, so a file only sets what differs. Everything is validated when the config
+is loaded, before any data or device is touched; a problem raises `ConfigError` with one line that
+names the field, and `python -m train` prints that line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+
+import ml_collections
+
+from cbsa_jax.models import PRESETS, ModelConfig
+
+__all__ = ["ConfigError", "base_config", "load", "apply_overrides", "validate",
+           "model_overrides", "model_config", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "digits.py")
+
+AUGMENTS = ("none", "flip", "translate", "crop_flip")
+OPTIMIZERS = ("adamw", "lion", "sgd")
+SCHEDULES = ("cosine", "constant")
+NONFINITE = ("skip", "stop")
+DTYPES = ("float32", "bfloat16")
+MODEL_FIELDS = ("attention", "dim", "depth", "heads", "dim_head", "ffn", "patch_size",
+                "patch_embed", "patch_norm", "cells", "selection", "eps", "mlp_ratio", "pool")
+
+
+class ConfigError(ValueError):
+    """A bad config or command line: the message is one line naming the field."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field the training program reads, with its default."""
+    c = ml_collections.ConfigDict()
+    # data
+    c.dataset = "digits"  # a local builder (digits, shapes) or any TFDS image classification name
+    c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
+    c.manual_dir = ml_collections.FieldReference(None, field_type=str)  # e.g. imagenet2012
+    c.train_split = "train"
+    c.eval_split = "test"
+    c.image_size = 32
+    c.mean = (0.5,)  # per channel, in [0, 1] units; one value is broadcast to all channels
+    c.std = (0.5,)
+    c.augment = "flip"  # none | flip | translate | crop_flip (RandomResizedCrop + flip)
+    c.translate = 1  # max shift in pixels for augment=translate
+    c.crop_scale = (0.08, 1.0)  # RandomResizedCrop area range for augment=crop_flip
+    c.eval_crop_fraction = 1.0  # eval: resize shorter side to size / fraction, center crop
+    c.randaugment_layers = 0  # 0 = off
+    c.randaugment_magnitude = 9
+    c.mixup_alpha = 0.0  # 0 = off
+    c.label_smoothing = 0.0
+    c.shuffle_buffer = 16_384
+    c.data_shards = 0  # 0 = one per process; fixing it makes the data order host-count invariant
+    # model
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "cbt_nano"
+    for name in MODEL_FIELDS:  # None = the preset's value
+        c.model[name] = ml_collections.FieldReference(None, field_type=object)
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    # optimisation
+    c.batch_size = 128  # global
+    c.eval_batch_size = 0  # 0 = batch_size
+    c.num_epochs = 10
+    c.num_train_steps = 0  # > 0 overrides num_epochs
+    c.seed = 0
+    c.optimizer = "adamw"  # adamw | lion | sgd
+    c.learning_rate = 1e-3
+    c.schedule = "cosine"  # cosine | constant (after warmup)
+    c.warmup_epochs = 0.0
+    c.min_lr_ratio = 0.0  # cosine floor, as a fraction of the peak
+    c.weight_decay = 0.05
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.momentum = 0.9  # sgd
+    c.grad_clip_norm = 1.0  # 0 = off
+    c.decay_vectors = False  # decay 0-d/1-d params (norms, biases, step sizes)?
+    c.no_decay_names = ("cls_token", "pos_embedding")  # parameter names never decayed
+    c.ema_decay = 0.0  # 0 = off
+    c.nonfinite = "skip"  # skip | stop: what a non-finite loss or gradient does
+    # mesh: -1 fills the remaining devices
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+    # loop
+    c.log_every_steps = 50
+    c.eval_every_steps = 0  # 0 = once per epoch
+    c.checkpoint_every_steps = 0  # 0 = once per epoch
+    c.keep_checkpoints = 3
+    c.eval_only = False
+    c.progress = True
+    return c
+
+
+def load(path: str | None) -> ml_collections.ConfigDict:
+    """`get_config()` of the file at `path` (default: configs/digits.py), over `base_config()`."""
+    path = DEFAULT_CONFIG if path is None else path
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: no config file at {path}")
+    spec = importlib.util.spec_from_file_location(f"_train_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file: say where, in one line
+        raise ConfigError(f"--config: cannot load {path}: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"--config: {path} defines no get_config()")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"--config: {path}: get_config() must return a ConfigDict")
+    return config
+
+
+def _parse_value(text: str, current):
+    """A command-line value, typed after the field's current value."""
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a bare string, e.g. an enum value for a None-defaulted field
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, int | float):
+        value = (value,)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+    """Apply `{"optimizer": "lion", "model.depth": "2"}`; unknown fields raise ConfigError."""
+    for dotted, text in overrides.items():
+        node, parts = config, dotted.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise ConfigError(f"unknown config field {dotted!r}")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise ConfigError(f"unknown config field {dotted!r}; fields here are "
+                              f"{sorted(node.keys())}")
+        try:
+            value = _parse_value(text, node[leaf])
+            node[leaf] = value
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--config.{dotted}={text}: {e}") from None
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _positive_int(config, name: str, allow_zero: bool = False) -> None:
+    value = config[name]
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero
+                                                                      else value >= 1)
+    _check(ok, f"config.{name} must be an integer {'>= 0' if allow_zero else '>= 1'}, "
+               f"got {value!r}")
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict:
+    """The `ModelConfig` fields the config sets (None = the preset's)."""
+    out = {}
+    for name in MODEL_FIELDS:
+        value = config.model[name]
+        if value is not None:
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check every field; raise ConfigError naming the first bad one. Returns the config."""
+    base = base_config()
+    unknown = sorted(set(config.keys()) - set(base.keys()))
+    _check(not unknown, f"unknown config fields {unknown}")
+    unknown = sorted(set(config.model.keys()) - set(base.model.keys()))
+    _check(not unknown, f"unknown config fields {['model.' + k for k in unknown]}")
+    _check(isinstance(config.dataset, str) and config.dataset != "",
+           "config.dataset must be a dataset name")
+    size = config.image_size
+    _check((isinstance(size, int) and size >= 1) or (
+        isinstance(size, tuple | list) and len(size) == 2 and all(isinstance(s, int) and s >= 1
+                                                                  for s in size)),
+           f"config.image_size must be a positive int or (height, width), got {size!r}")
+    for name in ("batch_size", "num_epochs", "keep_checkpoints", "log_every_steps",
+                 "randaugment_magnitude"):
+        _positive_int(config, name, allow_zero=name == "randaugment_magnitude")
+    for name in ("eval_batch_size", "num_train_steps", "eval_every_steps",
+                 "checkpoint_every_steps", "randaugment_layers", "translate", "seed",
+                 "shuffle_buffer", "data_shards"):
+        _positive_int(config, name, allow_zero=True)
+    _check(config.augment in AUGMENTS, f"config.augment must be one of {AUGMENTS}, got "
+                                       f"{config.augment!r}")
+    _check(config.optimizer in OPTIMIZERS, f"config.optimizer must be one of {OPTIMIZERS}, got "
+                                           f"{config.optimizer!r}")
+    _check(config.schedule in SCHEDULES, f"config.schedule must be one of {SCHEDULES}, got "
+                                         f"{config.schedule!r}")
+    _check(config.nonfinite in NONFINITE, f"config.nonfinite must be one of {NONFINITE}, got "
+                                          f"{config.nonfinite!r}")
+    _check(config.model.dtype in DTYPES, f"config.model.dtype must be one of {DTYPES}, got "
+                                         f"{config.model.dtype!r}")
+    for name in ("learning_rate",):
+        _check(isinstance(config[name], float | int) and config[name] > 0,
+               f"config.{name} must be > 0, got {config[name]!r}")
+    for name in ("weight_decay", "grad_clip_norm", "mixup_alpha", "label_smoothing",
+                 "warmup_epochs", "min_lr_ratio"):
+        _check(isinstance(config[name], float | int) and config[name] >= 0,
+               f"config.{name} must be >= 0, got {config[name]!r}")
+    _check(config.label_smoothing < 1, "config.label_smoothing must be < 1")
+    _check(0 <= config.ema_decay < 1, f"config.ema_decay must be in [0, 1), got "
+                                      f"{config.ema_decay!r}")
+    for name in ("b1", "b2", "momentum"):
+        _check(0 <= config[name] < 1, f"config.{name} must be in [0, 1), got {config[name]!r}")
+    _check(0 < config.eval_crop_fraction <= 1, "config.eval_crop_fraction must be in (0, 1]")
+    lo, hi = config.crop_scale
+    _check(0 < lo <= hi <= 1, f"config.crop_scale must be 0 < lo <= hi <= 1, got "
+                              f"{config.crop_scale!r}")
+    _check(len(config.mean) == len(config.std) and all(s > 0 for s in config.std),
+           "config.mean and config.std must have the same length and std > 0")
+    for axis in ("data", "fsdp", "model"):
+        v = config.mesh[axis]
+        _check(isinstance(v, int) and (v >= 1 or v == -1),
+               f"config.mesh.{axis} must be a positive integer or -1, got {v!r}")
+    _check(sum(config.mesh[a] == -1 for a in ("data", "fsdp", "model")) <= 1,
+           "config.mesh: at most one axis may be -1")
+    _check(config.model.name in PRESETS,
+           f"config.model.name must be one of {sorted(PRESETS)}, got {config.model.name!r}")
+    try:
+        model = PRESETS[config.model.name].replace(**model_overrides(config))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.model: {e}") from None
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    try:
+        model.grid_for(size, name="config.image_size")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return config
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    return PRESETS[config.model.name].replace(**model_overrides(config))

@@ -1,0 +1,263 @@
+"""The input pipeline: TFDS + tf.data, per-process splits, exact resumption. Imports TensorFlow.
+
+Training batches are a pure function of (seed, epoch, position): every epoch reshuffles with its
+own seed and every example's augmentation draws from a stateless seed folded from its position,
+so resuming at step s rebuilds the epoch and skips the batches already seen; nothing about the
+iterator needs saving beyond the step. Evaluation reads each process's share of the split once,
+pads every process to the same number of batches and marks padding with `mask = 0`, so no example
+is dropped or counted twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from train import augment
+from train import datasets as local_datasets
+
+__all__ = ["DataError", "DataSpec", "load_builder", "data_spec", "train_batches", "eval_batches"]
+
+tf.config.set_visible_devices([], "GPU")  # the input pipeline never takes accelerator memory
+
+
+class DataError(ValueError):
+    """A dataset that cannot be found or read; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What the training program needs to know about a dataset, for this process.
+
+    The data are split into `shard_count` shards (`config.data_shards`, default one per
+    process); each process reads its `shards` and concatenates their batches in shard order, so
+    the global batch is the same whatever the number of processes that read it.
+    """
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: tuple[int, int]
+    shards: tuple[int, ...]  # the shards this process reads
+    train_splits: tuple  # TFDS split of every shard
+    eval_splits: tuple
+    train_examples: tuple[int, ...]  # per shard
+    eval_examples: tuple[int, ...]
+    shard_batch: int  # examples of one shard in a global batch
+    shard_eval_batch: int
+
+    @property
+    def local_batch(self) -> int:
+        return self.shard_batch * len(self.shards)
+
+    @property
+    def local_eval_batch(self) -> int:
+        return self.shard_eval_batch * len(self.shards)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Equal on every process: the smallest shard decides (drop remainder)."""
+        return min(self.train_examples) // self.shard_batch
+
+    @property
+    def eval_steps(self) -> int:
+        return math.ceil(max(self.eval_examples) / self.shard_eval_batch)
+
+
+def load_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The prepared builder of `config.dataset` (local builders are generated offline)."""
+    name = config.dataset
+    if name.split("/")[0].split(":")[0] in local_datasets.LOCAL_BUILDERS:
+        return local_datasets.prepare(name, config.data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=config.data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"config.dataset: unknown dataset {name!r} (not a local builder "
+                        f"{local_datasets.LOCAL_BUILDERS} nor a TFDS dataset)") from None
+    if not builder.is_prepared():
+        download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir,
+                                                       try_download_gcs=False)
+        try:
+            builder.download_and_prepare(download_config=download_config)
+        except Exception as e:  # missing manual files, no network, ...
+            raise DataError(f"config.dataset: cannot prepare {name!r} in "
+                            f"{config.data_dir or '~/tensorflow_datasets'}: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    return builder
+
+
+def _split_sizes(builder, split: str, count: int) -> tuple[tuple[int, ...], list]:
+    shares = [tfds.split_for_jax_process(split, process_index=i, process_count=count)
+              for i in range(count)]
+    try:
+        sizes = tuple(int(builder.info.splits[s].num_examples) for s in shares)
+    except (KeyError, ValueError, TypeError):
+        sizes = ()
+    if not sizes or not all(sizes):  # no split metadata (e.g. tfds.testing.mock_data): count
+        sizes = tuple(int(builder.as_dataset(split=s).reduce(0, lambda n, _: n + 1))
+                      for s in shares)
+    return sizes, shares
+
+
+def data_spec(builder, config: ml_collections.ConfigDict, *, process_index: int,
+              process_count: int) -> DataSpec:
+    """Sizes, classes and channels of the dataset, and this process's shards and batches."""
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise DataError(f"config.dataset: {config.dataset!r} has no 'image' and 'label' "
+                        f"features (features: {list(features.keys())})")
+    for split in (config.train_split, config.eval_split):
+        if builder.info.splits and split.split("[")[0] not in builder.info.splits:
+            raise DataError(f"config: split {split!r} is not in {config.dataset!r} (splits: "
+                            f"{list(builder.info.splits.keys())})")
+    shard_count = config.data_shards or process_count
+    if shard_count % process_count:
+        raise DataError(f"config.data_shards {shard_count} is not divisible by the "
+                        f"{process_count} processes")
+    eval_batch = config.eval_batch_size or config.batch_size
+    for name, value in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch)):
+        if value % shard_count:
+            raise DataError(f"config.{name} {value} is not divisible by the {shard_count} data "
+                            f"shards (config.data_shards, default: one per process)")
+    train_sizes, train_splits = _split_sizes(builder, config.train_split, shard_count)
+    eval_sizes, eval_splits = _split_sizes(builder, config.eval_split, shard_count)
+    shard_batch = config.batch_size // shard_count
+    if min(train_sizes) < shard_batch:
+        raise DataError(f"config.batch_size {config.batch_size} exceeds the training split "
+                        f"({sum(train_sizes)} examples in {shard_count} shards)")
+    per_process = shard_count // process_count
+    size = config.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return DataSpec(
+        name=config.dataset, num_classes=int(features["label"].num_classes),
+        channels=int(features["image"].shape[-1]), image_size=size,
+        shards=tuple(range(process_index * per_process, (process_index + 1) * per_process)),
+        train_splits=tuple(train_splits), eval_splits=tuple(eval_splits),
+        train_examples=train_sizes, eval_examples=eval_sizes, shard_batch=shard_batch,
+        shard_eval_batch=eval_batch // shard_count)
+
+
+def _normalize(image, config):
+    channels = image.shape[-1]
+    mean = list(config.mean) * channels if len(config.mean) == 1 else list(config.mean)
+    std = list(config.std) * channels if len(config.std) == 1 else list(config.std)
+    return augment.to_float(image, tuple(mean), tuple(std))
+
+
+def _resize_to(image, size):
+    if tuple(image.shape[:2]) == tuple(size):
+        return tf.cast(image, tf.float32)
+    return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+
+
+def _train_map(config, spec: DataSpec):
+    size = spec.image_size
+
+    @tf.autograph.experimental.do_not_convert  # plain TF ops: skip autograph's slow rewrite
+    def fn(seed, example):
+        image = example["image"]
+        seeds = tf.random.experimental.stateless_split(seed, 3)
+        if config.augment == "crop_flip":
+            image = augment.random_resized_crop(image, seeds[0], size=size,
+                                                scale=tuple(config.crop_scale))
+            image = augment.random_flip(image, seeds[1])
+        else:
+            image = _resize_to(image, size)
+            if config.augment == "flip":
+                image = augment.random_flip(image, seeds[1])
+            elif config.augment == "translate":
+                image = augment.random_translate(image, seeds[1], max_shift=config.translate)
+        if config.randaugment_layers:
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+            image = augment.rand_augment(image, seeds[2], num_layers=config.randaugment_layers,
+                                         magnitude=config.randaugment_magnitude)
+        image = tf.ensure_shape(_normalize(image, config), (*size, spec.channels))
+        return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+    return fn
+
+
+def _eval_map(config, spec: DataSpec):
+    size = spec.image_size
+
+    @tf.autograph.experimental.do_not_convert
+    def fn(example):
+        image = example["image"]
+        if config.eval_crop_fraction < 1:
+            image = augment.center_resize_crop(image, size=size,
+                                               crop_fraction=config.eval_crop_fraction)
+        else:
+            image = _resize_to(image, size)
+        image = tf.ensure_shape(_normalize(image, config), (*size, spec.channels))
+        return {"image": image, "label": tf.cast(example["label"], tf.int32),
+                "mask": tf.constant(1.0, tf.float32)}
+
+    return fn
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
+def _epoch(builder, config, spec: DataSpec, epoch: int, shard: int) -> tf.data.Dataset:
+    n = spec.steps_per_epoch * spec.shard_batch
+    epoch_seed = [config.seed, epoch * 65_536 + shard]
+    shuffle_seed = (config.seed * 1_000_003 + epoch * 7_919 + shard) % 2**31
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+    ds = builder.as_dataset(split=spec.train_splits[shard], shuffle_files=True,
+                            read_config=read_config)
+    ds = ds.shuffle(min(config.shuffle_buffer, max(spec.train_examples)), seed=shuffle_seed,
+                    reshuffle_each_iteration=False)
+    ds = ds.take(n).enumerate()
+    fn = _train_map(config, spec)
+    ds = ds.map(lambda i, ex: fn(tf.random.experimental.stateless_fold_in(
+        tf.constant(epoch_seed, tf.int64), i), ex), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(spec.shard_batch, drop_remainder=True)
+
+
+def _concat(*batches):
+    return {k: tf.concat([b[k] for b in batches], axis=0) for k in batches[0]}
+
+
+def train_batches(builder, config, spec: DataSpec, *,
+                  start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of every global training batch from step `start_step` on, forever.
+
+    Each item is `{"image": float32 [local_batch, H, W, C], "label": int32 [local_batch],
+    "epoch": int, "position": int}` (position: the batch's index within its epoch).
+    """
+    steps = spec.steps_per_epoch
+    epoch, skip = divmod(start_step, steps)
+    while True:
+        shards = [_epoch(builder, config, spec, epoch, shard) for shard in spec.shards]
+        ds = shards[0] if len(shards) == 1 else tf.data.Dataset.zip(tuple(shards)).map(_concat)
+        ds = ds.skip(skip).prefetch(2).with_options(_options())
+        for position, batch in enumerate(ds.as_numpy_iterator(), start=skip):
+            yield {**batch, "epoch": epoch, "position": position}
+        epoch, skip = epoch + 1, 0
+
+
+def eval_batches(builder, config, spec: DataSpec) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of every evaluation batch: `spec.eval_steps` batches on every
+    process, each `{"image", "label", "mask"}`; padding examples have mask 0."""
+    shards = []
+    for shard in spec.shards:
+        ds = builder.as_dataset(split=spec.eval_splits[shard], shuffle_files=False)
+        ds = ds.map(_eval_map(config, spec), num_parallel_calls=tf.data.AUTOTUNE)
+        pad = spec.eval_steps * spec.shard_eval_batch - spec.eval_examples[shard]
+        if pad:
+            blank = {"image": tf.zeros((*spec.image_size, spec.channels), tf.float32),
+                     "label": tf.constant(0, tf.int32), "mask": tf.constant(0.0, tf.float32)}
+            ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
+        shards.append(ds.batch(spec.shard_eval_batch, drop_remainder=True))
+    ds = shards[0] if len(shards) == 1 else tf.data.Dataset.zip(tuple(shards)).map(_concat)
+    return ds.prefetch(2).with_options(_options()).as_numpy_iterator()

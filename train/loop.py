@@ -1,0 +1,239 @@
+"""The training program: config -> data -> mesh -> state -> loop -> checkpoints.
+
+`run(config, workdir)` trains (or, with `config.eval_only`, evaluates) and returns a summary. It
+resumes automatically from the newest complete checkpoint in `workdir`; SIGTERM makes it save at
+the next step boundary and return normally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from cbsa_jax.models import VisionTransformer
+from train import config as config_lib
+from train import data as data_lib
+from train import mesh as mesh_lib
+from train import optim
+from train.checkpoint import Checkpointer
+from train.metrics import MetricsWriter, Progress
+from train.steps import make_task
+
+__all__ = ["run", "NonFiniteError"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient with `config.nonfinite == "stop"`."""
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag checked at step boundaries."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _global_batch(local: np.ndarray, sharding) -> jax.Array:
+    return jax.make_array_from_process_local_data(sharding, local)
+
+
+def _with_shardings(abstract, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+
+
+def _evaluate(task_eval, state, builder, config, spec, batch_sharding) -> dict[str, float]:
+    totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
+    for batch in data_lib.eval_batches(builder, config, spec):
+        sums = task_eval(state, _global_batch(batch["image"], batch_sharding),
+                         _global_batch(batch["label"], batch_sharding),
+                         _global_batch(batch["mask"], batch_sharding))
+        for k, v in jax.device_get(sums).items():
+            totals[k] += float(v)
+    n = max(totals["count"], 1.0)
+    return {"loss": totals["loss"] / n, "accuracy": totals["top1"] / n,
+            "top5": totals["top5"] / n, "examples": totals["count"]}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None) -> dict:
+    """Train or evaluate per `config` in `workdir`; returns the final summary dict.
+
+    `stop_at`: stop once this many steps are done, saving a checkpoint as SIGTERM does (for
+    time-sliced jobs); the schedule still spans the whole run, so the next call continues it.
+    """
+    config_lib.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    process, processes = jax.process_index(), jax.process_count()
+    lead = process == 0
+
+    builder = data_lib.load_builder(config)
+    spec = data_lib.data_spec(builder, config, process_index=process, process_count=processes)
+    model_config = config_lib.model_config(config).replace(channels=spec.channels)
+    model_config.grid_for(spec.image_size, name="config.image_size")
+    mesh = mesh_lib.make_mesh(config)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else None
+
+    steps_per_epoch = spec.steps_per_epoch
+    total_steps = config.num_train_steps or config.num_epochs * steps_per_epoch
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
+
+    def build(rngs: nnx.Rngs) -> VisionTransformer:
+        return VisionTransformer(model_config, num_classes=spec.num_classes,
+                                 image_size=spec.image_size, dtype=dtype, rngs=rngs)
+
+    abstract_params = nnx.state(nnx.eval_shape(lambda: build(nnx.Rngs(0))), nnx.Param)
+    tx = optim.make_optimizer(config, abstract_params, schedule)
+    task = make_task(config, build, tx, schedule, spec.num_classes)
+    state_sharding = mesh_lib.state_shardings(task.abstract_state, mesh)
+    replicated = mesh_lib.replicated(mesh)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    restored = ckpt.restore(_with_shardings(task.abstract_state, state_sharding))
+    if restored is not None:
+        state, meta, _ = restored
+        best = meta.get("best_accuracy")
+        if lead:
+            print(f"resumed from {ckpt.directory}/{int(state.step)} "
+                  f"(epoch {meta.get('epoch')}, batch {meta.get('position')})", flush=True)
+    else:
+        if config.eval_only:
+            raise FileNotFoundError(f"eval_only: no checkpoint in {ckpt.directory}")
+        init = jax.jit(task.init, out_shardings=state_sharding)
+        state, best = init(jax.random.key(config.seed)), None
+
+    writer = MetricsWriter(workdir, enabled=lead)
+    eval_step = jax.jit(task.eval_step,
+                        in_shardings=(state_sharding, batch_sharding, batch_sharding,
+                                      batch_sharding), out_shardings=replicated)
+
+    def evaluate(state):
+        return _evaluate(eval_step, state, builder, config, spec, batch_sharding)
+
+    def meta_for(step: int, best_accuracy) -> dict:
+        epoch, position = divmod(step, steps_per_epoch)
+        return {"step": step, "epoch": epoch, "position": position,
+                "best_accuracy": best_accuracy, "num_classes": spec.num_classes,
+                "image_size": list(spec.image_size), "config": json.loads(config.to_json()),
+                "model": {k: (v.value if hasattr(v, "value") else v) for k, v in
+                          dataclasses.asdict(model_config).items()}}
+
+    if config.eval_only:
+        metrics = evaluate(state)
+        writer.write(int(state.step), config.eval_split, metrics)
+        writer.close()
+        ckpt.close()
+        summary = {"step": int(state.step), "eval": metrics, "workdir": workdir}
+        if lead:
+            print(json.dumps(summary), flush=True)
+        return summary
+
+    train_step = jax.jit(task.train_step,
+                         in_shardings=(state_sharding, batch_sharding, batch_sharding),
+                         out_shardings=(state_sharding, replicated), donate_argnums=0)
+    eval_every = config.eval_every_steps or steps_per_epoch
+    ckpt_every = config.checkpoint_every_steps or steps_per_epoch
+    step = int(state.step)
+    batches = data_lib.train_batches(builder, config, spec, start_step=step)
+    progress = Progress(total_steps, step, enabled=lead and config.progress)
+    pending: list[dict] = []
+    window_start, window_steps = time.perf_counter(), 0
+    started = time.perf_counter()
+    last_eval = None
+    stopped_by = "finished"
+
+    def flush_metrics(step: int) -> None:
+        nonlocal window_start, window_steps
+        if not pending:
+            return
+        host = jax.device_get(pending)
+        first_step = step - len(host) + 1
+        bad = [first_step + i for i, m in enumerate(host) if m["nonfinite"]]
+        elapsed = time.perf_counter() - window_start
+        values = {k: float(np.mean([m[k] for m in host])) for k in ("loss", "accuracy",
+                                                                   "grad_norm")}
+        values["lr"] = float(host[-1]["lr"])
+        values["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
+        values["nonfinite_steps"] = float(len(bad))
+        pending.clear()
+        window_start, window_steps = time.perf_counter(), 0
+        writer.write(step, "train", values)
+        progress.update(0, {"loss": values["loss"], "acc": values["accuracy"],
+                            "img/s": values["images_per_sec"]})
+        if bad:
+            message = (f"non-finite loss or gradient at step {bad[0]}"
+                       f"{f' (and {len(bad) - 1} more steps)' if len(bad) > 1 else ''}")
+            if config.nonfinite == "stop":
+                raise NonFiniteError(message + "; stopping (config.nonfinite='stop'); the last "
+                                     "checkpoint holds the last finite state")
+            progress.write(message + "; skipped (parameters unchanged)")
+
+    with _Preemption() as preemption:
+        while step < total_steps:
+            batch = next(batches)
+            state, metrics = train_step(state, _global_batch(batch["image"], batch_sharding),
+                                        _global_batch(batch["label"], batch_sharding))
+            step += 1
+            window_steps += 1
+            pending.append(metrics)
+            progress.update(1)
+            if step % config.log_every_steps == 0 or step == total_steps:
+                flush_metrics(step)
+            do_eval = step % eval_every == 0 or step == total_steps
+            if do_eval:
+                flush_metrics(step)
+                last_eval = evaluate(state)
+                writer.write(step, config.eval_split, last_eval)
+                progress.write(f"step {step}: {config.eval_split} accuracy "
+                               f"{last_eval['accuracy']:.4f} loss {last_eval['loss']:.4f}")
+            stop = preemption.requested or step == stop_at
+            if do_eval or step % ckpt_every == 0 or stop:
+                finite_eval = do_eval and np.isfinite(last_eval["loss"])
+                if finite_eval and (best is None or last_eval["accuracy"] > best):
+                    best = last_eval["accuracy"]
+                ckpt.save(step, state, meta_for(step, best),
+                          metrics={"accuracy": last_eval["accuracy"]} if finite_eval else None)
+            if stop:
+                stopped_by = "SIGTERM" if preemption.requested else "stop_at"
+                progress.write(f"{stopped_by}: saved a checkpoint at step {step}; exiting")
+                break
+    progress.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    summary = {
+        "step": step, "total_steps": total_steps, "stopped_by": stopped_by,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "final_eval": last_eval, "best_accuracy": best, "workdir": os.path.abspath(workdir),
+        "checkpoint": ckpt.directory,
+    }
+    if lead:
+        print(json.dumps(summary), flush=True)
+    return summary

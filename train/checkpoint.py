@@ -72,6 +72,11 @@ class Checkpointer:
                                           meta=ocp.args.JsonSave(dict(meta))),
             metrics=dict(metrics) if metrics is not None else None, force=True)
 
+    def read_meta(self, step: int) -> dict:
+        """The JSON metadata saved with checkpoint `step`."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -20,16 +20,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cbsa_jax.models import VisionTransformer
+from cbsa_jax.models import ModelConfig, VisionTransformer
 from train import config as config_lib
 from train import data as data_lib
 from train import mesh as mesh_lib
 from train import optim
 from train.checkpoint import Checkpointer
 from train.metrics import MetricsWriter, Progress
-from train.steps import make_task
+from train.steps import Task, make_task
 
-__all__ = ["run", "NonFiniteError"]
+__all__ = ["run", "experiment", "Experiment", "NonFiniteError", "load_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,67 @@ def _evaluate(task_eval, state, builder, config, spec, batch_sharding) -> dict[s
             "top5": totals["top5"] / n, "examples": totals["count"]}
 
 
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a run derives from its config before touching the data or the state."""
+
+    config: ml_collections.ConfigDict
+    model_config: ModelConfig
+    num_classes: int
+    image_size: tuple[int, int]
+    steps_per_epoch: int
+    total_steps: int
+    mesh: jax.sharding.Mesh
+    task: Task
+    state_sharding: object
+    batch_sharding: jax.sharding.NamedSharding
+
+    def abstract_state(self):
+        """The state's shapes, dtypes and shardings (a restore target)."""
+        return _with_shardings(self.task.abstract_state, self.state_sharding)
+
+    def model(self, state) -> VisionTransformer:
+        """The model of a `TrainState` (EMA parameters when kept), in eval mode."""
+        params = state.ema_params if state.ema_params is not None else state.params
+        model = nnx.merge(self.task.graphdef, params, state.batch_stats)
+        model.eval()
+        return model
+
+    def meta(self, step: int, **extra) -> dict:
+        """The JSON saved beside a checkpoint: enough to rebuild this experiment."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        return {"step": step, "epoch": epoch, "position": position,
+                "steps_per_epoch": self.steps_per_epoch,
+                "num_classes": self.num_classes, "image_size": list(self.image_size),
+                "channels": self.model_config.channels,
+                "config": json.loads(self.config.to_json()), **extra}
+
+
+def experiment(config: ml_collections.ConfigDict, *, num_classes: int, channels: int,
+               image_size, steps_per_epoch: int, devices=None) -> Experiment:
+    """Model, optimizer, schedule, mesh and shardings for `config` on this dataset's shapes."""
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    model_config = config_lib.model_config(config).replace(channels=channels)
+    model_config.grid_for(size, name="config.image_size")
+    mesh = mesh_lib.make_mesh(config, devices)
+    total_steps = config.num_train_steps or config.num_epochs * steps_per_epoch
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
+    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else None
+
+    def build(rngs: nnx.Rngs) -> VisionTransformer:
+        return VisionTransformer(model_config, num_classes=num_classes, image_size=size,
+                                 dtype=dtype, rngs=rngs)
+
+    abstract_params = nnx.state(nnx.eval_shape(lambda: build(nnx.Rngs(0))), nnx.Param)
+    tx = optim.make_optimizer(config, abstract_params, schedule)
+    task = make_task(config, build, tx, schedule, num_classes)
+    return Experiment(config=config, model_config=model_config, num_classes=num_classes,
+                      image_size=size, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                      mesh=mesh, task=task,
+                      state_sharding=mesh_lib.state_shardings(task.abstract_state, mesh),
+                      batch_sharding=mesh_lib.batch_sharding(mesh))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None) -> dict:
     """Train or evaluate per `config` in `workdir`; returns the final summary dict.
 
@@ -95,28 +156,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
 
     builder = data_lib.load_builder(config)
     spec = data_lib.data_spec(builder, config, process_index=process, process_count=processes)
-    model_config = config_lib.model_config(config).replace(channels=spec.channels)
-    model_config.grid_for(spec.image_size, name="config.image_size")
-    mesh = mesh_lib.make_mesh(config)
-    batch_sharding = mesh_lib.batch_sharding(mesh)
-    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else None
-
-    steps_per_epoch = spec.steps_per_epoch
-    total_steps = config.num_train_steps or config.num_epochs * steps_per_epoch
-    schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
-
-    def build(rngs: nnx.Rngs) -> VisionTransformer:
-        return VisionTransformer(model_config, num_classes=spec.num_classes,
-                                 image_size=spec.image_size, dtype=dtype, rngs=rngs)
-
-    abstract_params = nnx.state(nnx.eval_shape(lambda: build(nnx.Rngs(0))), nnx.Param)
-    tx = optim.make_optimizer(config, abstract_params, schedule)
-    task = make_task(config, build, tx, schedule, spec.num_classes)
-    state_sharding = mesh_lib.state_shardings(task.abstract_state, mesh)
-    replicated = mesh_lib.replicated(mesh)
+    exp = experiment(config, num_classes=spec.num_classes, channels=spec.channels,
+                     image_size=spec.image_size, steps_per_epoch=spec.steps_per_epoch)
+    task, state_sharding, batch_sharding = exp.task, exp.state_sharding, exp.batch_sharding
+    steps_per_epoch, total_steps = exp.steps_per_epoch, exp.total_steps
+    replicated = mesh_lib.replicated(exp.mesh)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    restored = ckpt.restore(_with_shardings(task.abstract_state, state_sharding))
+    restored = ckpt.restore(exp.abstract_state())
     if restored is not None:
         state, meta, _ = restored
         best = meta.get("best_accuracy")
@@ -136,14 +183,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
 
     def evaluate(state):
         return _evaluate(eval_step, state, builder, config, spec, batch_sharding)
-
-    def meta_for(step: int, best_accuracy) -> dict:
-        epoch, position = divmod(step, steps_per_epoch)
-        return {"step": step, "epoch": epoch, "position": position,
-                "best_accuracy": best_accuracy, "num_classes": spec.num_classes,
-                "image_size": list(spec.image_size), "config": json.loads(config.to_json()),
-                "model": {k: (v.value if hasattr(v, "value") else v) for k, v in
-                          dataclasses.asdict(model_config).items()}}
 
     if config.eval_only:
         metrics = evaluate(state)
@@ -218,7 +257,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                 finite_eval = do_eval and np.isfinite(last_eval["loss"])
                 if finite_eval and (best is None or last_eval["accuracy"] > best):
                     best = last_eval["accuracy"]
-                ckpt.save(step, state, meta_for(step, best),
+                ckpt.save(step, state, exp.meta(step, best_accuracy=best),
                           metrics={"accuracy": last_eval["accuracy"]} if finite_eval else None)
             if stop:
                 stopped_by = "SIGTERM" if preemption.requested else "stop_at"
@@ -237,3 +276,32 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     if lead:
         print(json.dumps(summary), flush=True)
     return summary
+
+
+def load_experiment(workdir: str, *, overrides: dict | None = None):
+    """(Experiment, TrainState, meta) of the newest checkpoint in `workdir`, on one device.
+
+    The config is the one saved with the checkpoint (`overrides` patch it, e.g. a data_dir).
+    """
+    import ml_collections as mlc  # noqa: PLC0415
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+        meta = ckpt.read_meta(step)
+        config = config_lib.base_config()
+        config.update(mlc.ConfigDict(meta["config"]))
+        config.mesh.data, config.mesh.fsdp, config.mesh.model = 1, 1, 1
+        config_lib.apply_overrides(config, {k: str(v) for k, v in (overrides or {}).items()})
+        exp = experiment(config, num_classes=meta["num_classes"], channels=meta["channels"],
+                         image_size=tuple(meta["image_size"]),
+                         steps_per_epoch=meta["steps_per_epoch"], devices=jax.devices()[:1])
+        restored = ckpt.restore(exp.abstract_state())
+        if restored is None:
+            raise FileNotFoundError(f"no readable checkpoint in {ckpt.directory}")
+        state, meta, _ = restored
+        return exp, state, meta
+    finally:
+        ckpt.close()

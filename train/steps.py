@@ -31,7 +31,9 @@ class Task:
     """The static half of training: the model's graph and the functions over `TrainState`."""
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
-    init: Callable = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    init: Callable = struct.field(pytree_node=False)  # key -> a fresh TrainState
+    state_from: Callable = struct.field(pytree_node=False)  # (params, batch_stats) -> step 0
     train_step: Callable = struct.field(pytree_node=False)
     eval_step: Callable = struct.field(pytree_node=False)
     abstract_state: TrainState = struct.field(pytree_node=False)
@@ -53,6 +55,9 @@ def make_task(config: ml_collections.ConfigDict, build: Callable[[nnx.Rngs], Vis
     def init(key: jax.Array) -> TrainState:
         model = build(nnx.Rngs(params=key))
         _, params, batch_stats = nnx.split(model, nnx.Param, ...)
+        return state_from(params, batch_stats)
+
+    def state_from(params: nnx.State, batch_stats: nnx.State) -> TrainState:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                           opt_state=tx.init(params),
                           ema_params=jax.tree.map(jnp.copy, params) if ema else None)
@@ -116,5 +121,5 @@ def make_task(config: ml_collections.ConfigDict, build: Callable[[nnx.Rngs], Vis
         return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(hit1 * mask),
                 "top5": jnp.sum(hit5 * mask), "count": jnp.sum(mask)}
 
-    return Task(graphdef=graphdef, init=init, train_step=train_step, eval_step=eval_step,
-                abstract_state=abstract_state)
+    return Task(graphdef=graphdef, tx=tx, init=init, state_from=state_from,
+                train_step=train_step, eval_step=eval_step, abstract_state=abstract_state)

@@ -1,0 +1,10 @@
+"""ImageNet-1k: CBT-L (CBSA + ISTA, the paper's model).
+
+The reference recipe, shared by every imagenet_* config: configs/_imagenet.py.
+"""
+
+from configs._imagenet import recipe
+
+
+def get_config():
+    return recipe("cbt_large")

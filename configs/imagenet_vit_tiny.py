@@ -1,0 +1,10 @@
+"""ImageNet-1k: ViT-T at CBT widths (softmax attention + MLP).
+
+The reference recipe, shared by every imagenet_* config: configs/_imagenet.py.
+"""
+
+from configs._imagenet import recipe
+
+
+def get_config():
+    return recipe("vit_tiny")

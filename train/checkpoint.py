@@ -13,6 +13,7 @@ an error that names the mismatched parameters and shapes; a checkpoint that cann
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 
@@ -32,9 +33,10 @@ class CheckpointMismatch(ValueError):
 def _flat_shapes(tree) -> dict[str, tuple]:
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        key = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                       for k in path)
-        out[key] = tuple(getattr(leaf, "shape", ()))
+        names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        if names and names[-1] == "value":  # an nnx.Variable's payload
+            names.pop()
+        out["/".join(names)] = tuple(getattr(leaf, "shape", ()))
     return out
 
 
@@ -44,6 +46,7 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int, best_metric: str = "accuracy",
                  asynchronous: bool = True):
         self.directory = os.path.abspath(directory)
+        self.best_metric = best_metric
         preserve = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
             policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
@@ -52,8 +55,10 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=preserve, enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=True, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "meta"))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -63,13 +68,26 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        """The kept step with the highest finite ranking metric (None if none was ranked)."""
+        ranked = []
+        for step in self.all_steps():
+            try:
+                value = self.read_meta(step).get("ranking_metric")
+            except Exception:  # an unreadable checkpoint ranks nowhere
+                continue
+            if value is not None:
+                ranked.append((value, step))
+        return max(ranked)[1] if ranked else None
 
     def save(self, step: int, state, meta: Mapping, metrics: Mapping | None = None) -> bool:
-        """Start saving (asynchronously); `metrics` rank the checkpoint for "best"."""
+        """Start saving (asynchronously); finite `metrics` rank the checkpoint for "best"."""
+        if metrics is not None and not all(math.isfinite(float(v)) for v in metrics.values()):
+            metrics = None  # a non-finite evaluation never ranks as the best
+        meta = {**meta, "ranking_metric": None if metrics is None else
+                float(metrics[self.best_metric])}
         return self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(dict(meta))),
+                                          meta=ocp.args.JsonSave(meta)),
             metrics=dict(metrics) if metrics is not None else None, force=True)
 
     def read_meta(self, step: int) -> dict:

@@ -74,7 +74,11 @@ def load_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """The prepared builder of `config.dataset` (local builders are generated offline)."""
     name = config.dataset
     if name.split("/")[0].split(":")[0] in local_datasets.LOCAL_BUILDERS:
-        return local_datasets.prepare(name, config.data_dir)
+        try:
+            return local_datasets.prepare(name, config.data_dir)
+        except (OSError, tf.errors.OpError) as e:
+            raise DataError(f"config.data_dir: cannot prepare {name!r} in {config.data_dir}: "
+                            f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     try:
         builder = tfds.builder(name, data_dir=config.data_dir)
     except tfds.core.registered.DatasetNotFoundError:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import cbsa_jax as cj
+from cbsa_jax.interpret import union_of_subspaces
 from tests._util import rel_err
 
 # (batch, N, D, H, p, m): m < p, m > p and m = N, with and without batch dims, H in {1, 3}.
@@ -115,12 +116,9 @@ def test_synthetic_compression_lowers_the_all_token_rate_every_step(rng):
     """Tokens on a union of 4 random 4-dim subspaces of R^32 plus small noise: 10 exact CBSA steps
     with the true bases as U (16 segment-pooled representatives refined by one extraction step)
     lower the all-token R^c at every step."""
-    k, d, dim, n, eps, eta = 4, 4, 32, 256, 0.5, 2.0
-    bases = np.linalg.qr(rng.normal(size=(dim, k * d)))[0].reshape(dim, k, d)
-    labels = rng.integers(0, k, size=n)
-    coords = rng.normal(size=(n, d))
-    x = np.einsum("dkp,np->nkd", bases, coords)[np.arange(n), labels]
-    x = jnp.asarray(x + 0.05 * rng.normal(size=(n, dim)), jnp.float32)
+    n, eps, eta = 256, 0.5, 2.0
+    x, bases, _ = union_of_subspaces(rng, subspaces=4, dim=4, ambient=32, tokens=n, noise=0.05)
+    x = jnp.asarray(x, jnp.float32)
     u = jnp.asarray(bases, jnp.float32)
     reps = cj.SegmentPooling(16)
     pool = jnp.asarray(reps.matrix(n), jnp.float32)

@@ -208,7 +208,9 @@ class TSSA(_HeadsProjection):
         out = self.project_out(att.tssa(w, temp))
         if not capture:
             return out
-        return out, {"w": w, "membership": interpret.tssa_membership(w, temp)}
+        membership = interpret.tssa_membership(w, temp)
+        return out, {"w": w, "membership": membership,
+                     "effective_map": interpret.tssa_effective_map(membership)}
 
 
 class SoftmaxAttention(_HeadsProjection):

@@ -130,6 +130,34 @@ def _scale(step, out):
     return out if step is None else (step * out).astype(out.dtype)
 
 
+def _exp_weights(w, q0, tau):
+    """The token -> representative weights S = softmax over tokens of `q0 w^T / tau`, unnormalised.
+
+    Returns `E [..., N, m]` (token-major, float32 or wider) with `S^T = E diag(inv)`, and
+    `inv [..., m, 1]`, the reciprocal column sums. The normalisation is applied to the small
+    `[m, p]` products instead of the `[N, m]` weights: S itself is never materialised (one pass
+    less over the largest array, forward and backward), and the token-major layout makes the
+    broadcast `S^T c = E (inv * c)` a plain matrix product (no transposed copy of S).
+    """
+    dtype = _checks.compute_dtype(w, q0)
+    logits = jnp.einsum("...np,...mp->...nm", w, q0, preferred_element_type=dtype) / tau
+    e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-2, keepdims=True)))
+    return e, 1 / jnp.sum(e, axis=-2)[..., :, None]
+
+
+def _gather(e, inv, values):
+    """`S values = inv * (E^T values)`: `[..., m, c]` in float32 or wider."""
+    return inv * jnp.einsum("...nm,...nc->...mc", e.astype(values.dtype), values,
+                            preferred_element_type=_checks.compute_dtype(values))
+
+
+def _spread(e, coefficients, dtype):
+    """`E coefficients`: `[..., N, c]` (coefficients `[..., m, c]` already carry `inv`)."""
+    coefficients = coefficients.astype(dtype)
+    return jnp.einsum("...nm,...mc->...nc", e.astype(dtype), coefficients,
+                      preferred_element_type=_checks.compute_dtype(coefficients))
+
+
 # ----------------------------------------------------------------------------------------------
 # contractions: map representatives [..., m, p] to their update direction [..., m, p]
 
@@ -137,7 +165,12 @@ def _scale(step, out):
 def softmax_contraction(q: jax.Array, tau=None) -> jax.Array:
     """`softmax(Q Q^T / tau) Q`, the learned surrogate of the contraction (tau = sqrt(p))."""
     tau = _temperature(tau, q.shape[-1])
-    return _mix(softmax_map(q, q, tau), q)
+    dtype = _checks.compute_dtype(q)
+    logits = jnp.einsum("...ip,...jp->...ij", q, q, preferred_element_type=dtype) / tau
+    e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+    # the row normalisation is applied to the [m, p] product, not to the [m, m] weights
+    mixed = jnp.matmul(e.astype(q.dtype), q, preferred_element_type=dtype)
+    return (mixed / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
 
 
 def exact_contraction(q: jax.Array, eps) -> jax.Array:
@@ -223,13 +256,16 @@ def contract_and_broadcast(
         q0 = representatives.pool(w)
 
     needs_s = extraction is not Extraction.NONE or broadcast is Broadcast.ATTENTION
-    s = softmax_map(q0, w, tau) if needs_s else None
+    s = None
+    if needs_s:
+        e, inv = _exp_weights(w, q0, tau)
+        s = jnp.swapaxes(e * jnp.swapaxes(inv, -1, -2), -1, -2)  # S, only if the caller reads it
     if extraction is Extraction.NONE:
         q = q0
     elif extraction is Extraction.STEP:
-        q = (q0 + beta * _mix(s, w)).astype(w.dtype)
+        q = (q0 + beta * _gather(e, inv, w)).astype(w.dtype)
     else:
-        q = (beta * _mix(s, w)).astype(w.dtype)
+        q = (beta * _gather(e, inv, w)).astype(w.dtype)
 
     if contraction is Contraction.SOFTMAX:
         c = softmax_contraction(q, tau)
@@ -240,20 +276,23 @@ def contract_and_broadcast(
     else:
         c = q
 
+    # the step size gamma is folded into the [m, p] coefficients, not applied to the [N, p] output
     t = None
+    cf = c.astype(_checks.compute_dtype(c))
+    scaled = cf if gamma is None else gamma * cf
     if broadcast is Broadcast.ATTENTION:
-        out = _mix(jnp.swapaxes(s, -1, -2), c)
+        out = _spread(e, inv * scaled, w.dtype)
     elif broadcast is Broadcast.TOKEN_SOFTMAX:
         t = softmax_map(w, q0, tau)
-        out = _mix(t, c)
+        out = _scale(gamma, _mix(t, c))
     else:  # EXACT: A^T c with A = P + beta S, P, or beta S
         parts = []
         if extraction is not Extraction.AGGREGATE and not supplied:
-            parts.append(representatives.unpool(c, n))
+            parts.append(representatives.unpool(scaled.astype(w.dtype), n))
         if extraction is not Extraction.NONE:
-            parts.append(beta * _mix(jnp.swapaxes(s, -1, -2), c))
-        out = sum(parts[1:], parts[0]).astype(w.dtype)
-    return CBResult(_scale(gamma, out), q0, q, c, s, t)
+            parts.append(_spread(e, (beta * inv) * scaled, w.dtype))
+        out = sum(parts[1:], parts[0])
+    return CBResult(out.astype(w.dtype), q0, q, c, s, t)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,6 +419,7 @@ def agent(q, k=None, v=None, *, representatives: Representatives, step_x=None, t
     representatives.num_representatives(q.shape[-2])
     tau = _temperature(tau, q.shape[-1])
     agents = representatives.pool(q)
-    aggregated = _mix(softmax_map(agents, k, tau), v)
+    e, inv = _exp_weights(k, agents, tau)
+    aggregated = _gather(e, inv, v).astype(v.dtype)
     out = _mix(softmax_map(q, agents, tau), aggregated)
     return _scale(_per_head("step_x", step_x, q.shape[-3]), out)

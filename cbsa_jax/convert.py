@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from cbsa_jax.models.config import AttentionKind, ModelConfig
-from cbsa_jax.models.vit import VisionTransformer
+from cbsa_jax.models.vit import VisionTransformer, conv_widths
 from cbsa_jax.representatives import Selection
 
 __all__ = ["load_torch_state_dict", "cbt_from_torch", "reference_from_torch", "torch_key_map"]
@@ -186,7 +186,7 @@ def torch_key_map(config: ModelConfig) -> dict[str, tuple[tuple, Transform]]:
         "mlp_head.1.weight": (("head_kernel",), lambda w: w.T),
         "mlp_head.1.bias": (("head_bias",), _IDENTITY),
     }
-    n_convs = 4 if config.patch_size == 16 else 3
+    n_convs = len(conv_widths(config.dim, config.patch_size))
     for i in range(n_convs):
         base = f"to_patch_embedding.proj.{2 * i}"
         keys[f"{base}.0.weight"] = (("patch_embed", "convs", i, "kernel"),

@@ -12,10 +12,8 @@ from flax import nnx
 from cbsa_jax.models import create
 
 
-def host_initialised(name: str, *, rng: np.random.Generator, **kwargs):
-    """`create(name, **kwargs)` with every parameter drawn on the host at init-like scale."""
-    abstract = nnx.eval_shape(lambda: create(name, **kwargs))
-    graphdef, state = nnx.split(abstract)
+def fill_on_host(state: nnx.State, rng: np.random.Generator) -> nnx.State:
+    """Give every (abstract) variable of `state` a host-drawn value at init-like scale."""
 
     def draw(path, v):
         key = str(path[-1])
@@ -33,7 +31,13 @@ def host_initialised(name: str, *, rng: np.random.Generator, **kwargs):
 
     for path, variable in nnx.to_flat_state(state):
         variable.set_value(draw(path, variable))
-    return nnx.merge(graphdef, state)
+    return state
+
+
+def host_initialised(name: str, *, rng: np.random.Generator, **kwargs):
+    """`create(name, **kwargs)` with every parameter drawn on the host at init-like scale."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: create(name, **kwargs)))
+    return nnx.merge(graphdef, fill_on_host(state, rng))
 
 
 def count_params(model) -> int:

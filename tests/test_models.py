@@ -78,9 +78,11 @@ def test_every_preset_traces_forward_and_backward_in_bfloat16(name):
         assert g.shape == p.shape and g.dtype == p.dtype
 
 
-# One preset of each distinct architecture, run for real: every attention and ffn kind on the
-# linear patch embedding (nano), and the conv stem. Wider presets differ only in width and depth.
-NUMERIC = ["cbt_nano", "cbt_exact_nano", "crate_nano", "tost_nano", "vit_nano", "cbt_tiny"]
+# One preset of each distinct architecture, run for real: every attention and ffn kind (nano,
+# 2-block conv stem), the 4-block conv stem and CRATE's linear patch embedding. Wider presets
+# differ only in width and depth.
+NUMERIC = ["cbt_nano", "cbt_exact_nano", "crate_nano", "tost_nano", "vit_nano", "cbt_tiny",
+           "crate_tiny"]
 
 
 @pytest.mark.parametrize("name", NUMERIC)
@@ -162,8 +164,8 @@ def test_capture_returns_every_layer(rng):
         (lambda: create("cbt_tiny", num_classes=10, depthh=3), r"unknown model config fields"),
         (lambda: create("cbt_tiny", num_classes=10, attention="sparse"),
          r"attention must be one of"),
-        (lambda: create("cbt_tiny", num_classes=10, patch_size=4),
-         r"patch_size must be 8 or 16 with patch_embed='conv'"),
+        (lambda: create("cbt_tiny", num_classes=10, patch_size=12),
+         r"patch_size must be a power of two >= 2 with patch_embed='conv'"),
         (lambda: create("cbt_nano", num_classes=10, image_size=32, cells=(3,)), "cells must be"),
     ],
 )

@@ -94,9 +94,10 @@ class ModelConfig:
             raise ValueError(f"eps must be > 0, got {self.eps!r}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
-        if self.patch_embed is PatchEmbedKind.CONV and self.patch_size not in (8, 16):
-            raise ValueError(f"patch_size must be 8 or 16 with patch_embed='conv', got "
-                             f"{self.patch_size}; use patch_embed='linear' for other sizes")
+        conv_ok = self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0
+        if self.patch_embed is PatchEmbedKind.CONV and not conv_ok:
+            raise ValueError(f"patch_size must be a power of two >= 2 with patch_embed='conv', "
+                             f"got {self.patch_size}; use patch_embed='linear' for other sizes")
 
     @property
     def pools_tokens(self) -> bool:

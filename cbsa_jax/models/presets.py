@@ -9,9 +9,9 @@
 | ToST at CBT widths (the reference's) | tost_{nano,tiny,small,base,large} | TSSA / ISTA | as CBT |
 | softmax ViT | vit_{nano,tiny,small,base,large} | softmax / MLP | as CBT |
 
-Official CRATE uses the linear patch embedding, the others the conv stem. `nano` presets (dim
-64, depth 4, 4 heads of 16, linear patch embedding of 4 x 4 patches without the per-patch
-LayerNorm, 4 x 4 representative cells) are for CPU runs.
+Official CRATE uses the linear patch embedding, the others the reference's conv stem. `nano`
+presets (dim 64, depth 4, 4 heads of 16, a 2-block conv stem for 4 x 4 patches, 4 x 4
+representative cells) are for CPU runs; every nano uses the same stem, for fair comparisons.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ _WIDTHS = {  # dim, depth, heads (head width 64)
     "base": (768, 12, 12),
     "large": (1024, 24, 16),
 }
-_NANO = dict(dim=64, depth=4, heads=4, dim_head=16, patch_size=4, patch_embed="linear",
-             patch_norm=False, cells=(4, 4))
+_NANO = dict(dim=64, depth=4, heads=4, dim_head=16, patch_size=4, cells=(4, 4))
 _CRATE = {  # the official CRATE widths: dim, depth, heads, head width
     "tiny": (384, 12, 6, 64),
     "small": (576, 12, 12, 48),

@@ -19,16 +19,23 @@ from cbsa_jax.nn import layers
 __all__ = ["ConvPatchEmbed", "LinearPatchEmbed", "VisionTransformer", "build_attention"]
 
 
+def conv_widths(dim: int, patch_size: int) -> list[int]:
+    """Channel widths of the conv stem: log2(patch) stride-2 blocks ending at dim, each half the
+    next (the reference's [D/8, D/4, D/2, D] for patch 16 and [D/4, D/2, D] for patch 8)."""
+    blocks = patch_size.bit_length() - 1
+    if patch_size < 2 or 2**blocks != patch_size:
+        raise ValueError(f"patch_size must be a power of two >= 2 for the conv patch embedding, "
+                         f"got {patch_size}")
+    return [dim // 2 ** (blocks - 1 - i) for i in range(blocks)]
+
+
 class ConvPatchEmbed(nnx.Module):
-    """The reference's convolutional patch embedding: stride-2 conv3x3 + BatchNorm blocks."""
+    """The reference's convolutional patch embedding: stride-2 conv3x3 + BatchNorm blocks with
+    exact GELU between them (4 blocks for patch 16, 3 for patch 8; generally log2(patch))."""
 
     def __init__(self, dim: int, patch_size: int, channels: int = 3, *, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
-        if patch_size not in (8, 16):
-            raise ValueError(f"patch_size must be 8 or 16 for the conv patch embedding, got "
-                             f"{patch_size}")
-        widths = [dim // 8, dim // 4, dim // 2, dim] if patch_size == 16 else [dim // 4, dim // 2,
-                                                                               dim]
+        widths = conv_widths(dim, patch_size)
         if min(widths) < 1:
             raise ValueError(f"dim {dim} is too small for the conv patch embedding")
         ins = [channels, *widths[:-1]]
@@ -138,10 +145,11 @@ class VisionTransformer(nnx.Module):
             self.patch_embed = LinearPatchEmbed(config.dim, config.patch_size, config.channels,
                                                 norm=config.patch_norm, **kw)
         d, n = config.dim, self.grid[0] * self.grid[1]
-        self.cls_token = layers.param(rngs, layers.DEFAULT_INIT, (1, 1, d), (None, None, "embed"),
-                                      param_dtype)
-        self.pos_embedding = layers.param(rngs, layers.DEFAULT_INIT, (1, n + 1, d),
-                                          (None, "tokens", "embed"), param_dtype)
+        # standard normal, as the reference (torch.randn): positions are visible from step 0
+        normal = nnx.initializers.normal(1.0)
+        self.cls_token = layers.param(rngs, normal, (1, 1, d), (None, None, "embed"), param_dtype)
+        self.pos_embedding = layers.param(rngs, normal, (1, n + 1, d), (None, "tokens", "embed"),
+                                          param_dtype)
         self.blocks = nnx.List([
             layers.Block(d, build_attention(config, **kw), ffn=config.ffn.value,
                          mlp_ratio=config.mlp_ratio, **kw)

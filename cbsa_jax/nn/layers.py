@@ -38,7 +38,14 @@ __all__ = [
     "Block",
 ]
 
-DEFAULT_INIT = nnx.initializers.truncated_normal(0.02)
+def lecun(in_axis=-2, out_axis=-1):
+    """Truncated normal with variance 1 / fan_in over `in_axis` (JAX's Dense default): at
+    initialisation the projections keep unit scale, so attention logits are not all ~0."""
+    return nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                             in_axis=in_axis, out_axis=out_axis)
+
+
+DEFAULT_INIT = lecun()
 LN_EPS = 1e-5  # torch's LayerNorm default, as in the reference
 
 
@@ -76,10 +83,10 @@ class _HeadsProjection(nnx.Module):
         self.dim, self.heads, self.dim_head = dim, heads, dim_head
         self.dtype, self.param_dtype = dtype, param_dtype
         axes = ("embed", "heads", "head_dim")
-        self.proj = nnx.List([param(rngs, DEFAULT_INIT, (dim, heads, dim_head), axes, param_dtype)
-                              for _ in range(projections)])
+        self.proj = nnx.List([param(rngs, lecun(0, (1, 2)), (dim, heads, dim_head), axes,
+                                    param_dtype) for _ in range(projections)])
         if output:
-            self.out_kernel = param(rngs, DEFAULT_INIT, (heads, dim_head, dim),
+            self.out_kernel = param(rngs, lecun((0, 1), 2), (heads, dim_head, dim),
                                     ("heads", "head_dim", "embed"), param_dtype)
             self.out_bias = param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
 
@@ -141,7 +148,7 @@ class CBSA(_HeadsProjection):
             if not (isinstance(eps, int | float) and eps > 0):
                 raise ValueError(f"eps must be a number > 0, got {eps!r}")
         if self.init_kind is RepresentativeInit.QUERIES:
-            self.queries = param(rngs, DEFAULT_INIT, (heads, num_queries, dim_head),
+            self.queries = param(rngs, nnx.initializers.normal(1.0), (heads, num_queries, dim_head),
                                  ("heads", "representatives", "head_dim"), param_dtype)
         normal = nnx.initializers.normal(1.0)  # the reference draws both steps from randn
         self.step_x = param(rngs, normal, (heads,), ("heads",), param_dtype)

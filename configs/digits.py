@@ -18,11 +18,13 @@ def get_config():
     c.model.patch_size = 2
     c.model.cells = (2, 2)
     c.batch_size = 64
-    c.num_epochs = 60
+    c.num_epochs = 100
     c.optimizer = "adamw"
     c.learning_rate = 2e-3
     c.warmup_epochs = 3.0
     c.weight_decay = 0.05
     c.label_smoothing = 0.1
-    c.log_every_steps = 22
+    c.log_every_steps = 23
+    c.eval_every_steps = 115  # every 5 epochs (23 steps each)
+    c.checkpoint_every_steps = 230
     return c

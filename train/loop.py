@@ -283,8 +283,6 @@ def load_experiment(workdir: str, *, overrides: dict | None = None):
 
     The config is the one saved with the checkpoint (`overrides` patch it, e.g. a data_dir).
     """
-    import ml_collections as mlc  # noqa: PLC0415
-
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1)
     try:
         step = ckpt.latest_step()
@@ -292,7 +290,7 @@ def load_experiment(workdir: str, *, overrides: dict | None = None):
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
         meta = ckpt.read_meta(step)
         config = config_lib.base_config()
-        config.update(mlc.ConfigDict(meta["config"]))
+        config.update(ml_collections.ConfigDict(meta["config"]))
         config.mesh.data, config.mesh.fsdp, config.mesh.model = 1, 1, 1
         config_lib.apply_overrides(config, {k: str(v) for k, v in (overrides or {}).items()})
         exp = experiment(config, num_classes=meta["num_classes"], channels=meta["channels"],

@@ -12,7 +12,7 @@ __all__ = ["learning_rate_schedule", "decay_mask", "make_optimizer"]
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
                            total_steps: int) -> optax.Schedule:
-    """Linear warmup over `warmup_epochs` (from peak/warmup at step 0), then cosine to
+    """Linear warmup over `warmup_epochs` (peak * (step + 1) / warmup), then cosine to
     `min_lr_ratio * peak` at `total_steps`, or constant. Evaluated per step."""
     peak = float(config.learning_rate)
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
@@ -23,7 +23,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
         after = optax.constant_schedule(peak)
     if not warmup:
         return after
-    ramp = optax.linear_schedule(peak / warmup, peak, warmup)
+    ramp = optax.linear_schedule(peak / warmup, peak, warmup - 1)  # (step + 1) / warmup
     return optax.join_schedules([ramp, after], [warmup])
 
 

@@ -74,15 +74,16 @@ def make_task(config: ml_collections.ConfigDict, build: Callable[[nnx.Rngs], Vis
             images = lam * images + (1 - lam) * images[::-1]
             targets = lam * targets + (1 - lam) * targets[::-1]
 
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.batch_stats)
+        def loss_fn(params, batch_stats):
+            # fresh Variables at this trace level, so BatchNorm may update its statistics
+            model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, batch_stats))
             model.train()
             logits = model(images)
             loss = optax.softmax_cross_entropy(logits, targets).mean()
             return loss, (logits, nnx.state(model, nnx.BatchStat))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
+            state.params, state.batch_stats)
         grad_norm = optax.tree.norm(grads)
         # the global norm is finite iff every gradient is (one reduction, not one per leaf)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -1,0 +1,201 @@
+"""Before / after: the pre-optimisation hot paths (`benchmarks/_baseline.py`) against the library,
+side by side in one process, interleaved round by round so that load on a shared machine hits
+both alike.
+
+    python -m benchmarks.compare [--json OUT] [--sizes 65,1025,16385] [--modes fwd,fwdbwd]
+                                 [--cases cbsa,cbsa_exact,ista] [--rounds 7] [--train cbt_small]
+
+Each case is timed as in `benchmarks.attention` (per-head inputs [1, 6, N, 64], m = 64 grid
+pooling, fwdbwd = value and gradient of sum(out); `ista` runs the ISTA step on [8, N, 384]
+tokens with N any g^2 + 1); the table gives both medians, their ratio
+(before / after: > 1 is a speed-up), both XLA peak-memory estimates, and the largest relative
+difference of the outputs (and gradients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import _baseline
+from benchmarks import _harness as h
+from benchmarks.attention import grid_for_tokens
+from cbsa_jax import attention as att
+from cbsa_jax import unroll
+from cbsa_jax.representatives import GridPooling
+
+CASES = ("cbsa", "cbsa_exact", "ista")
+
+
+def _functions(case: str, g: int, heads: int):
+    if case == "ista":  # the CBT-S block's ISTA step on [8 images, N tokens, 384]
+        m = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (384, 384)) * (6 / 384) ** 0.5,
+                        jnp.float32)
+        return (lambda x: _baseline.ista_step(x, m), lambda x: unroll.ista_step(x, m))
+    rule = GridPooling(grid=(g, g), cells=(min(8, g), min(8, g)), prefix=1)
+    step_x = jnp.linspace(0.3, 0.8, heads)
+    step_rep = jnp.linspace(-0.5, 0.5, heads)
+    if case == "cbsa":
+        return (lambda w: _baseline.cbsa(w, step_x, step_rep, representatives=rule),
+                lambda w: att.cbsa(w, step_x, step_rep, representatives=rule))
+    if case == "cbsa_exact":
+        return (lambda w: _baseline.cbsa_exact(w, step_x, step_rep, representatives=rule,
+                                               eps=1.0),
+                lambda w: att.cbsa_exact(w, step_x, step_rep, representatives=rule, eps=1.0))
+    raise ValueError(f"unknown case {case!r}; cases are {', '.join(CASES)}")
+
+
+def compare(case: str, n: int, mode: str, *, heads: int = 6, dim_head: int = 64,
+            rounds: int = 7, dtype=jnp.float32, target_s: float = 0.5) -> dict:
+    g = grid_for_tokens(n) if case != "ista" else 0
+    before, after = _functions(case, g, heads)
+    if mode == "fwdbwd":
+        before, after = (jax.value_and_grad(lambda w, f=f: jnp.sum(f(w).astype(jnp.float32)))
+                         for f in (before, after))
+    shape = (8, n, 384) if case == "ista" else (1, heads, n, dim_head)
+    w = jnp.asarray(np.random.default_rng(0).standard_normal(shape), dtype)
+    compiled = [jax.jit(f).lower(w).compile() for f in (before, after)]
+    outs = [c(w) for c in compiled]
+    diff = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+                     / max(float(jnp.max(jnp.abs(b.astype(jnp.float32)))), 1e-30))
+               for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True))
+    first = []
+    for c in compiled:  # warm-up, and the time of one call to size the rounds
+        t0 = time.perf_counter()
+        jax.block_until_ready(c(w))
+        first.append(time.perf_counter() - t0)
+    per_round = max(1, min(20, math.ceil(target_s / max(max(first), 1e-6))))
+    times: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for i, c in enumerate(compiled):
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                jax.block_until_ready(c(w))
+                times[i].append(time.perf_counter() - t0)
+    med = [float(np.median(t)) for t in times]
+    mem = [h.memory_analysis(c)["peak"] / h.MB for c in compiled]
+    return {"case": case, "N": n, "mode": mode, "before_ms": med[0] * 1e3,
+            "after_ms": med[1] * 1e3, "speedup": med[0] / med[1], "before_peak_mb": mem[0],
+            "after_peak_mb": mem[1], "max_rel_diff": diff, "repeats": len(times[0])}
+
+
+def compare_train(name: str = "cbt_small", *, batch: int = 8, image_size: int = 224,
+                  rounds: int = 3) -> list[dict]:
+    """The train step of preset `name` three ways, interleaved: the ISTA step as before with XLA's
+    default options, the current ISTA step with XLA's defaults, and the current ISTA step with the
+    benchmarks' tuned options (YNNPACK without convolutions on the CPU)."""
+    from flax import nnx
+
+    from benchmarks._step import cpu_compiler_options, host_initialised, make_step
+    from cbsa_jax.models import create
+
+    abstract = nnx.eval_shape(lambda: create(name, num_classes=1000, image_size=image_size))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((batch, image_size, image_size, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 1000, batch), jnp.int32)
+    variants = [("ista before, XLA defaults", _baseline.ista_step, {}),
+                ("ista after, XLA defaults", unroll.ista_step, {}),
+                ("ista after, tuned options", unroll.ista_step, cpu_compiler_options())]
+    runs = []
+    for label, ista, options in variants:
+        step, state = make_step(host_initialised(abstract))
+        original = unroll.ista_step
+        unroll.ista_step = ista  # what nn.layers.ISTA calls, looked up when traced
+        try:
+            lowered = step.lower(state, images, labels)
+        finally:
+            unroll.ista_step = original
+        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+        flops = h.cost_analysis(compiled)["flops"]
+        runs.append({"label": label, "compiled": compiled, "state": state, "flops": flops,
+                     "times": []})
+    probe = h.MatmulProbe()
+    for r in range(rounds + 1):  # round 0 is the warm-up
+        for run in runs:
+            t0 = time.perf_counter()
+            run["state"], loss = run["compiled"](run["state"], images, labels)
+            jax.block_until_ready(loss)
+            if r:
+                run["times"].append(time.perf_counter() - t0)
+                probe.sample()
+    matmul = probe.result()
+    out = []
+    for run in runs:
+        med = float(np.median(run["times"]))
+        out.append({"variant": run["label"], "preset": name, "batch": batch,
+                    "step_ms": med * 1e3, "images_per_s": batch / med,
+                    "step_gflop": run["flops"] / 1e9, "achieved_gflops": run["flops"] / med / 1e9,
+                    "matmul_gflops": matmul["gflops"],
+                    "fraction_of_matmul": run["flops"] / med / 1e9 / matmul["gflops"],
+                    "repeats": len(run["times"])})
+    return out
+
+
+TRAIN_COLUMNS = [
+    ("train step", "<", lambda r: r["variant"]),
+    ("step ms", ">", lambda r: h.fmt(r["step_ms"], ",.0f")),
+    ("images/s", ">", lambda r: h.fmt(r["images_per_s"], ".2f")),
+    ("step GFLOP", ">", lambda r: h.fmt(r["step_gflop"], ",.1f")),
+    ("achieved GFLOP/s", ">", lambda r: h.fmt(r["achieved_gflops"], ".1f")),
+    ("matmul GFLOP/s", ">", lambda r: h.fmt(r["matmul_gflops"], ".1f")),
+    ("fraction", ">", lambda r: h.fmt(100 * r["fraction_of_matmul"], ".0f") + "%"),
+]
+
+COLUMNS = [
+    ("case", "<", lambda r: r["case"]),
+    ("N", ">", lambda r: f"{r['N']:,}"),
+    ("mode", "<", lambda r: r["mode"]),
+    ("before ms", ">", lambda r: h.fmt(r["before_ms"], ".2f")),
+    ("after ms", ">", lambda r: h.fmt(r["after_ms"], ".2f")),
+    ("speed-up", ">", lambda r: h.fmt(r["speedup"], ".2f") + "x"),
+    ("before MB", ">", lambda r: h.fmt(r["before_peak_mb"], ",.1f")),
+    ("after MB", ">", lambda r: h.fmt(r["after_peak_mb"], ",.1f")),
+    ("max rel diff", ">", lambda r: h.fmt(r["max_rel_diff"], ".1e")),
+    ("runs", ">", lambda r: str(r["repeats"])),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json")
+    p.add_argument("--sizes", default="65,1025,16385")
+    p.add_argument("--modes", default="fwd,fwdbwd")
+    p.add_argument("--cases", default="cbsa,cbsa_exact",
+                   help=f"comma-separated subset of {','.join(CASES)}")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--target-s", type=float, default=0.3,
+                   help="time per round and implementation, roughly")
+    p.add_argument("--train", default=None, metavar="PRESET",
+                   help="also compare the train step of PRESET (e.g. cbt_small), batch 8, 224")
+    p.add_argument("--train-rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    info = h.machine_info()
+    print(f"# before / after, {info['date']}, {info['processor']} ({info['cpu_count']} cores, "
+          f"{info['backend']}), jax {info['jax']}", flush=True)
+    rows = []
+    for n in h.parse_list(args.sizes, int):
+        for case in h.parse_list(args.cases):
+            for mode in h.parse_list(args.modes):
+                rows.append(compare(case, n, mode, rounds=args.rounds, target_s=args.target_s))
+                print("  " + "  ".join(fn(rows[-1]) for _, _, fn in COLUMNS), flush=True)
+    payload = {"benchmark": "compare", "machine": info, "rows": rows, "train": []}
+    h.write_json(args.json, payload)
+    print()
+    print(h.table(rows, COLUMNS))
+    if args.train:
+        payload["train"] = compare_train(args.train, rounds=args.train_rounds)
+        h.write_json(args.json, payload)
+        print()
+        print(h.table(payload["train"], TRAIN_COLUMNS))
+    return payload
+
+
+if __name__ == "__main__":
+    main()

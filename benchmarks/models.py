@@ -1,0 +1,221 @@
+"""Parameters and FLOPs of every preset, and train-step throughput of CBT-T and CBT-S.
+
+    python -m benchmarks.models --json OUT [--presets cbt_tiny,...] [--skip-train]
+                                [--train-presets cbt_tiny,cbt_small] [--batch 8]
+
+Table 1 (every preset in `cbsa_jax.models.PRESETS`): trainable parameters (1,000 classes) and
+forward GFLOPs per image from XLA's cost analysis of the compiled forward
+(`jax.jit(...).lower(...).compile().cost_analysis()`), batch 1, at 224 x 224; the `nano` presets
+(4 x 4 patches, 4 x 4 cells) at their natural 32 x 32. Models are abstract (`nnx.eval_shape`):
+nothing big is allocated. FLOPs count a multiply-add as two.
+
+Table 2 (`--train-presets`, default CBT-T and CBT-S at 224 x 224, batch 8): one AdamW train step
+(`benchmarks/_step.py`: cross-entropy, `nnx.split` / `nnx.merge`, donated state), its median time
+after a warm-up, images/s, the step's FLOPs from cost analysis and the achieved GFLOP/s, beside
+the machine's float32 matmul rate (a 2048 x 2048 x 2048 product) timed between the steps, so
+both saw the same load: `fraction` is achieved / matmul. The step is compiled as
+`--train-variants` says: `tuned` (default; on the CPU, XLA's YNNPACK library fusions without
+convolutions, whose weight gradients are slow there; see `benchmarks/_step.py`) and/or
+`xla-default`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks import _harness as h
+from benchmarks._step import cpu_compiler_options, host_initialised, make_step
+from cbsa_jax.models import PRESETS, create
+
+DEFAULT_TRAIN = ("cbt_tiny", "cbt_small")
+
+
+def natural_size(name: str, image_size: int = 224) -> int:
+    return 32 if "nano" in name else image_size
+
+
+def count_params(model) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def forward_cost(name: str, *, image_size: int = 224, num_classes: int = 1000, dtype=None,
+                 batch: int = 1) -> dict:
+    """Parameters and XLA's forward cost of preset `name` (abstract model, eval mode)."""
+    size = natural_size(name, image_size)
+    abstract = nnx.eval_shape(lambda: create(name, num_classes=num_classes, image_size=size,
+                                             dtype=dtype))
+    abstract.eval()
+    graphdef, state = nnx.split(abstract)
+
+    def forward(state, images):
+        return nnx.merge(graphdef, state)(images)
+
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    t0 = time.perf_counter()
+    compiled = jax.jit(forward).lower(state, images).compile()
+    cost = h.cost_analysis(compiled)
+    return {"preset": name, "params": count_params(abstract), "image_size": size,
+            "batch": batch, "gflops_per_image": cost["flops"] / batch / 1e9,
+            "compile_s": time.perf_counter() - t0,
+            "note": "natural size 32 x 32" if size != image_size else ""}
+
+
+def train_throughput(name: str, *, batch: int = 8, image_size: int = 224,
+                     num_classes: int = 1000, dtype=None, repeats: int = 3,
+                     matmul_n: int = 2048, seed: int = 0,
+                     compiler_options: dict | None = None) -> dict:
+    """Median train-step time of preset `name`, and the matmul rate timed between the steps.
+
+    `compiler_options` are XLA options for the step's compilation (None: XLA's defaults).
+    """
+    size = image_size
+    abstract = nnx.eval_shape(lambda: create(name, num_classes=num_classes, image_size=size,
+                                             dtype=dtype))
+    model = host_initialised(abstract, seed)
+    step, state = make_step(model)
+    rng = np.random.default_rng(seed)
+    images = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
+    t0 = time.perf_counter()
+    lowered = step.lower(state, images, labels)
+    compiled = (lowered.compile(compiler_options=compiler_options) if compiler_options
+                else lowered.compile())
+    compile_s = time.perf_counter() - t0
+    cost = h.cost_analysis(compiled)
+    mem = h.memory_analysis(compiled)
+    probe = h.MatmulProbe(matmul_n, jnp.float32 if dtype is None else dtype)
+    times = []
+    for i in range(repeats + 1):  # the first call is the warm-up
+        t0 = time.perf_counter()
+        state, loss = compiled(state, images, labels)
+        jax.block_until_ready((state, loss))
+        if i:
+            times.append(time.perf_counter() - t0)
+            for _ in range(3):  # the matmul rate under the same load, step by step
+                probe.sample()
+    matmul = probe.result()
+    med = float(np.median(times))
+    achieved = cost["flops"] / med / 1e9
+    return {"preset": name, "batch": batch, "image_size": size,
+            "dtype": "float32" if dtype is None else jnp.dtype(dtype).name,
+            "step_ms": med * 1e3, "images_per_s": batch / med,
+            "step_gflop": cost["flops"] / 1e9, "achieved_gflops": achieved,
+            "matmul_gflops": matmul["gflops"], "fraction_of_matmul": achieved / matmul["gflops"],
+            "repeats": len(times), "times_ms": [t * 1e3 for t in times],
+            "peak_mb": mem["peak"] / h.MB, "compile_s": compile_s,
+            "compiler_options": dict(compiler_options or {}),
+            "loss": float(loss), "rss_peak_mb": h.rss_peak_mb()}
+
+
+VARIANTS = {"tuned": cpu_compiler_options, "xla-default": dict}
+
+PRESET_COLUMNS = [
+    ("preset", "<", lambda r: r["preset"]),
+    ("params", ">", lambda r: f"{r['params']:,}"),
+    ("image", ">", lambda r: f"{r['image_size']}"),
+    ("GFLOPs / image", ">", lambda r: h.fmt(r["gflops_per_image"], ".3f")),
+    ("note", "<", lambda r: r.get("note", "")),
+]
+
+TRAIN_COLUMNS = [
+    ("preset", "<", lambda r: r["preset"]),
+    ("XLA options", "<", lambda r: r.get("variant", "-")),
+    ("batch", ">", lambda r: str(r["batch"])),
+    ("image", ">", lambda r: str(r["image_size"])),
+    ("step ms", ">", lambda r: h.fmt(r.get("step_ms"), ",.0f")),
+    ("images/s", ">", lambda r: h.fmt(r.get("images_per_s"), ".2f")),
+    ("step GFLOP", ">", lambda r: h.fmt(r.get("step_gflop"), ",.1f")),
+    ("achieved GFLOP/s", ">", lambda r: h.fmt(r.get("achieved_gflops"), ".1f")),
+    ("matmul GFLOP/s", ">", lambda r: h.fmt(r.get("matmul_gflops"), ".1f")),
+    ("fraction", ">", lambda r: h.fmt(None if r.get("fraction_of_matmul") is None
+                                       else 100 * r["fraction_of_matmul"], ".0f") + "%"),
+    ("status", "<", lambda r: r.get("status", "ok")),
+]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", help="write both tables to this JSON file")
+    p.add_argument("--presets", help="comma-separated presets for table 1 (default: all)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--skip-train", action="store_true", help="only table 1")
+    p.add_argument("--train-presets", default=",".join(DEFAULT_TRAIN))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--train-image-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=3, help="timed train steps after the warm-up")
+    p.add_argument("--matmul-n", type=int, default=2048)
+    p.add_argument("--hugepages", action="store_true",
+                   help="restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge "
+                        "pages for XLA's per-call buffers; see docs/performance.md)")
+    p.add_argument("--train-variants", default="tuned",
+                   help="comma-separated compilations of the train step: 'tuned' (on the CPU, "
+                        "YNNPACK without convolutions, see benchmarks/_step.py) and/or "
+                        "'xla-default'")
+    args = p.parse_args(argv)
+    args.train_variants = h.parse_list(args.train_variants)
+    for v in args.train_variants:
+        if v not in VARIANTS:
+            p.error(f"unknown train variant {v!r}; variants are {', '.join(VARIANTS)}")
+    args.presets = h.parse_list(args.presets) or sorted(PRESETS)
+    args.train_presets = [] if args.skip_train else h.parse_list(args.train_presets)
+    for name in [*args.presets, *args.train_presets]:
+        if name not in PRESETS:
+            p.error(f"unknown preset {name!r}; presets are {', '.join(sorted(PRESETS))}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.hugepages:
+        h.reexec_with_hugepages("benchmarks.models", argv)
+    info = h.machine_info()
+    payload = {"benchmark": "models", "machine": info, "config": vars(args), "presets": [],
+               "train": []}
+    print(f"# models benchmark, {info['date']}, {info['processor']} ({info['cpu_count']} cores, "
+          f"{info['backend']}), jax {info['jax']}; huge pages "
+          f"{'on' if h.hugepages_enabled() else 'off'}", flush=True)
+    for name in args.presets:
+        try:
+            row = forward_cost(name, image_size=args.image_size)
+        except Exception as e:  # noqa: BLE001 (reported in the row)
+            row = {"preset": name, "params": 0, "image_size": args.image_size,
+                   "gflops_per_image": math.nan, "note": f"error: {type(e).__name__}: {e}"}
+        payload["presets"].append(row)
+        print("  " + "  ".join(fn(row) for _, _, fn in PRESET_COLUMNS), flush=True)
+        h.write_json(args.json, payload)
+    for name in args.train_presets:
+        for variant in args.train_variants:
+            try:
+                row = train_throughput(name, batch=args.batch, image_size=args.train_image_size,
+                                       repeats=args.repeats, matmul_n=args.matmul_n,
+                                       compiler_options=VARIANTS[variant]())
+            except Exception as e:  # noqa: BLE001
+                row = {"preset": name, "batch": args.batch, "image_size": args.train_image_size,
+                       "status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+            row["variant"] = variant
+            payload["train"].append(row)
+            print("  " + "  ".join(fn(row) for _, _, fn in TRAIN_COLUMNS), flush=True)
+            h.write_json(args.json, payload)
+    print()
+    print(f"Forward cost (XLA cost analysis, batch 1, {args.image_size} x {args.image_size}; "
+          "nano presets at 32 x 32):")
+    print(h.table(payload["presets"], PRESET_COLUMNS))
+    if payload["train"]:
+        print()
+        print(f"Train step (AdamW, cross-entropy, float32, batch {args.batch}, "
+              f"{args.train_image_size} x {args.train_image_size}):")
+        print(h.table(payload["train"], TRAIN_COLUMNS))
+    return payload
+
+
+if __name__ == "__main__":
+    main()

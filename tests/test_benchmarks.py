@@ -1,0 +1,160 @@
+"""The benchmark scripts at tiny sizes: JSON schema, table printing, the 'does not fit' and 'too
+slow' reporting, the GPU script's CPU smoke path. No timing is asserted."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import _harness as h
+from benchmarks import attention, compare, gpu, models
+from cbsa_jax import attention as att
+
+TINY = ["--sizes", "17", "--matmul-n", "128", "--target-s", "0.01", "--min-repeats", "1",
+        "--max-repeats", "2"]
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)  # strict JSON: NaN would have failed to serialise
+
+
+def _check_attention_row(row):
+    for key in ("attention", "N", "mode", "median_ms", "peak_mb", "status", "flops"):
+        assert key in row, key
+    assert row["mode"] in attention.MODES
+    if row["status"] == "ok":
+        assert row["median_ms"] > 0 and row["repeats"] >= 1
+        assert row["peak_mb"] > 0 and row["flops"] > 0
+    else:
+        assert row["median_ms"] is None
+
+
+def test_attention_benchmark_writes_rows_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "att.json"
+    attention.main([*TINY, "--json", str(out), "--attentions", "cbsa,cbsa_exact,mssa"])
+    data = _load(out)
+    assert data["benchmark"] == "attention"
+    assert data["matmul"]["gflops"] > 0 and data["machine"]["cpu_count"] >= 1
+    rows = data["rows"]
+    assert {(r["attention"], r["mode"]) for r in rows} == {
+        (a, m) for a in ("cbsa", "cbsa_exact", "mssa") for m in ("fwd", "fwdbwd")}
+    for row in rows:
+        _check_attention_row(row)
+        assert row["N"] == 17 and row["status"] == "ok"
+    assert set(data["summary"]) >= {"cbsa_exact_over_cbsa_fwd", "cbsa_over_mssa_fwdbwd"}
+    text = capsys.readouterr().out
+    assert "| attention" in text and "| cbsa_exact" in text and "cbsa_exact_over_cbsa" in text
+
+
+def test_what_does_not_fit_is_reported_not_skipped(tmp_path, capsys):
+    out = tmp_path / "oom.json"
+    attention.main([*TINY, "--json", str(out), "--attentions", "softmax,cbsa", "--modes",
+                    "fwdbwd", "--memory-budget-gb", "1e-6"])
+    rows = _load(out)["rows"]
+    assert [r["attention"] for r in rows] == ["softmax", "cbsa"]
+    for row in rows:
+        _check_attention_row(row)
+        assert row["status"].startswith("oom (estimated ") and "GB > budget" in row["status"]
+        assert row["peak_mb"] > 1e-6 * 1e3  # the estimate that was compared to the budget
+    assert "oom (estimated" in capsys.readouterr().out
+
+
+def test_what_would_take_too_long_is_reported(tmp_path):
+    out = tmp_path / "slow.json"
+    attention.main([*TINY, "--json", str(out), "--attentions", "mssa", "--modes", "fwd",
+                    "--time-budget-s", "0"])
+    (row,) = _load(out)["rows"]
+    _check_attention_row(row)
+    assert row["status"].startswith("timeout (estimated ") and row["estimated_s"] > 0
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="g\\^2 \\+ 1"):
+        attention.main(["--sizes", "18"])
+    with pytest.raises(SystemExit):
+        attention.main(["--attentions", "nope"])
+
+
+def test_chunked_softmax_is_softmax_attention(rng):
+    q, k, v = (jnp.asarray(rng.normal(size=(1, 2, 37, 8)), jnp.float32) for _ in range(3))
+    expected = att.softmax(q, k, v)
+    got = attention.softmax_chunked(q, k, v, chunk=10)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_models_benchmark_tables(tmp_path, capsys):
+    out = tmp_path / "models.json"
+    models.main(["--json", str(out), "--presets", "cbt_nano", "--train-presets", "cbt_nano",
+                 "--batch", "2", "--repeats", "1", "--matmul-n", "128", "--train-image-size",
+                 "16"])
+    data = _load(out)
+    assert [r["preset"] for r in data["presets"]] == ["cbt_nano"]
+    for row in data["presets"]:
+        assert row["params"] > 0 and row["gflops_per_image"] > 0 and row["image_size"] == 32
+    (train,) = data["train"]
+    for key in ("step_ms", "images_per_s", "step_gflop", "achieved_gflops", "matmul_gflops",
+                "fraction_of_matmul"):
+        assert train[key] > 0, key
+    assert math.isfinite(train["loss"]) and train["variant"] == "tuned"
+    text = capsys.readouterr().out
+    assert "| cbt_nano" in text and "GFLOPs / image" in text and "achieved GFLOP/s" in text
+
+
+def test_gpu_benchmark_refuses_the_cpu_unless_allowed():
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as e:
+        gpu.main(["--sizes", "17"])
+    assert e.value.code == 2
+
+
+def test_gpu_benchmark_smoke_on_the_cpu(tmp_path, capsys, monkeypatch):
+    # the train step itself is exercised by test_models_benchmark_tables (the same function in
+    # float32); here only that the GPU script asks for bfloat16 and derives the MFU
+    real = models.train_throughput
+    seen = {}
+
+    def cheap(name, **kw):
+        seen.update(kw)
+        return real(name, **{**kw, "dtype": None, "repeats": 1})
+
+    monkeypatch.setattr(gpu.models_bench, "train_throughput", cheap)
+    out = tmp_path / "gpu.json"
+    gpu.main(["--allow-cpu", "--json", str(out), "--sizes", "17", "--attentions", "cbsa",
+              "--modes", "fwdbwd", "--skip-presets", "--train-presets", "cbt_nano",
+              "--batch", "2", "--repeats", "1", "--image-size", "16", "--matmul-n", "128",
+              "--peak-tflops", "1"])
+    data = _load(out)
+    assert data["config"]["peak_tflops"] == 1
+    (row,) = data["attention"]["rows"]
+    assert row["dtype"] == "bfloat16" and row["status"] == "ok" and row["mfu"] > 0
+    assert data["presets"] == []
+    (train,) = data["train"]
+    assert seen["dtype"] == jnp.bfloat16 and train["mfu"] > 0
+    text = capsys.readouterr().out
+    assert "MFU" in text and "CPU smoke test" in text
+
+
+def test_compare_runs_both_sides(tmp_path):
+    out = tmp_path / "cmp.json"
+    compare.main(["--json", str(out), "--sizes", "17", "--rounds", "1", "--target-s", "0.001",
+                  "--modes", "fwd", "--cases", "cbsa_exact"])
+    rows = _load(out)["rows"]
+    assert [r["case"] for r in rows] == ["cbsa_exact"]
+    for row in rows:
+        assert row["before_ms"] > 0 and row["after_ms"] > 0
+        assert row["max_rel_diff"] < 1e-4  # the optimised code computes the same function
+
+
+def test_harness_helpers(tmp_path):
+    assert h.loglog_slope([1, 10, 100], [2, 20, 200]) == pytest.approx(1.0)
+    assert h.loglog_slope([1], [1]) is None
+    path = tmp_path / "x.json"
+    h.write_json(str(path), {"a": float("nan"), "b": [1.0, float("inf")]})
+    assert _load(path) == {"a": None, "b": [1.0, None]}
+    text = h.table([{"x": 1}], [("x", ">", lambda r: str(r["x"]))])
+    assert text.splitlines()[0] == "| x |" and text.splitlines()[1] == "|--:|"

@@ -78,7 +78,7 @@ def test_decoupled_weight_decay_uses_the_mask():
     np.testing.assert_allclose(updates["bias"], 0.0)
 
 
-def test_ema_tracks_the_parameters(data_dir):
+def test_ema_tracks_the_parameters_and_batchnorm_statistics_update(data_dir):
     from tests.train.conftest import small_config
     from train import loop
 
@@ -94,3 +94,8 @@ def test_ema_tracks_the_parameters(data_dir):
     for e, p0, p1 in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(state.params),
                          jax.tree.leaves(new.params), strict=True):
         np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p1, rtol=1e-5, atol=1e-7)
+    # the conv stem's BatchNorm statistics move inside the jitted step (momentum 0.9)
+    old_stats, new_stats = jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats)
+    assert old_stats and len(old_stats) == len(new_stats)
+    for before, after in zip(old_stats, new_stats, strict=True):
+        assert np.all(np.isfinite(after)) and not np.allclose(before, after)

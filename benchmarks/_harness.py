@@ -314,6 +314,12 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
+def error_text(e: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message` (an exception with an empty message has no line)."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}"
+
+
 def parse_list(text: str | None, cast=str) -> list | None:
     if text is None:
         return None

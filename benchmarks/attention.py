@@ -161,7 +161,7 @@ def run_row(name: str, n: int, mode: str, *, cfg: argparse.Namespace, matmul_gfl
         compiled = jax.jit(fn).lower(*abstract).compile()
         row["compile_s"] = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 (reported in the row)
-        row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        row["status"] = f"error: {h.error_text(e)}"
         return row
     mem = h.memory_analysis(compiled)
     cost = h.cost_analysis(compiled)
@@ -170,10 +170,7 @@ def run_row(name: str, n: int, mode: str, *, cfg: argparse.Namespace, matmul_gfl
         ref, ref_abstract, _ = build("softmax", n, mode, dim=cfg.dim, heads=cfg.heads,
                                      dim_head=cfg.dim_head, batch=cfg.batch, dtype=cfg.dtype,
                                      projections=cfg.projections)
-        ref_cost = jax.jit(ref).lower(*ref_abstract).cost_analysis() or {}
-        cost = {"flops": float(ref_cost.get("flops", math.nan)),
-                "transcendentals": float(ref_cost.get("transcendentals", math.nan)),
-                "bytes_accessed": float(ref_cost.get("bytes accessed", math.nan))}
+        cost = h.cost_analysis(jax.jit(ref).lower(*ref_abstract))  # a dict or [dict]
         row["cost_source"] = "unchunked softmax, unoptimised HLO (loop bodies count once)"
     row.update(peak_mb=mem["peak"] / h.MB, temp_mb=mem["temp"] / h.MB,
                argument_mb=mem["argument"] / h.MB, output_mb=mem["output"] / h.MB,
@@ -209,7 +206,7 @@ def run_row(name: str, n: int, mode: str, *, cfg: argparse.Namespace, matmul_gfl
         text = str(e)
         kind = "oom" if ("RESOURCE_EXHAUSTED" in text or isinstance(e, MemoryError)
                          or "Out of memory" in text) else "error"
-        row["status"] = f"{kind} (run failed: {type(e).__name__}: {text.splitlines()[0][:120]})"
+        row["status"] = f"{kind} (run failed: {h.error_text(e, 120)})"
         return row
     row.update(median_ms=timing.median_s * 1e3, repeats=len(timing.times_s),
                times_ms=[t * 1e3 for t in timing.times_s],
@@ -220,6 +217,12 @@ def run_row(name: str, n: int, mode: str, *, cfg: argparse.Namespace, matmul_gfl
     if calibration is not None and model_s > 0:
         calibration[name, mode] = timing.median_s / model_s
     return row
+
+
+def hang_row(name: str, n: int, mode: str, hang_s: float) -> dict:
+    """The row recorded for a call that never returned (the watchdog's)."""
+    return {"attention": name, "N": n, "mode": mode, "status": f"hang (> {hang_s:g} s)",
+            "median_ms": None, "peak_mb": None}
 
 
 class _null:
@@ -372,9 +375,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{'on' if h.hugepages_enabled() else 'off'}; load average "
           f"{', '.join(f'{x:.1f}' for x in info.get('load_average') or ())}", flush=True)
 
+    current: dict = {}  # the row being run, for the watchdog
+
     def on_hang(label: str):
-        payload["rows"].append({"attention": label, "status": f"hang (> {cfg.hang_s:g} s)"})
-        payload["summary"] = summarise([r for r in payload["rows"] if "N" in r])
+        payload["rows"].append(hang_row(current["name"], current["n"], current["mode"],
+                                        cfg.hang_s))
+        payload["summary"] = summarise(payload["rows"])
         h.write_json(cfg.json, payload)
         print(f"\n{label}: no result after {cfg.hang_s:g} s; stopping", file=sys.stderr,
               flush=True)
@@ -385,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for n in cfg.sizes:
         for name in cfg.attentions:
             for mode in cfg.modes:
+                current.update(name=name, n=n, mode=mode)
                 row = run_row(name, n, mode, cfg=cfg, matmul_gflops=matmul["gflops"],
                               rates=rates, watchdog=watchdog, calibration=calibration)
                 payload["rows"].append(row)

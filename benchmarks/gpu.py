@@ -20,6 +20,7 @@ peak, i.e. meaningless, and says so).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
@@ -119,8 +120,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not args.skip_presets:
         names = h.parse_list(args.presets) or sorted(models_bench.PRESETS)
         for name in names:
-            row = models_bench.forward_cost(name, image_size=args.image_size,
-                                            dtype=jnp.bfloat16)
+            try:
+                row = models_bench.forward_cost(name, image_size=args.image_size,
+                                                dtype=jnp.bfloat16)
+            except Exception as e:  # noqa: BLE001 (reported in the row, as benchmarks.models)
+                row = {"preset": name, "params": 0, "image_size": args.image_size,
+                       "gflops_per_image": math.nan, "note": f"error: {h.error_text(e)}"}
             payload["presets"].append(row)
             h.write_json(args.json, payload)
         print()
@@ -129,11 +134,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(h.table(payload["presets"], models_bench.PRESET_COLUMNS))
     if not args.skip_train:
         for name in h.parse_list(args.train_presets):
-            row = models_bench.train_throughput(name, batch=args.batch,
-                                                image_size=args.image_size, dtype=jnp.bfloat16,
-                                                repeats=args.repeats, matmul_n=args.matmul_n,
-                                                compiler_options=cpu_compiler_options())
-            row["mfu"] = row["achieved_gflops"] / (peak * 1e3)
+            try:
+                row = models_bench.train_throughput(
+                    name, batch=args.batch, image_size=args.image_size, dtype=jnp.bfloat16,
+                    repeats=args.repeats, matmul_n=args.matmul_n,
+                    compiler_options=cpu_compiler_options())
+                row["mfu"] = row["achieved_gflops"] / (peak * 1e3)  # GFLOP/s over TFLOP/s
+            except Exception as e:  # noqa: BLE001 (e.g. out of memory at this batch)
+                row = {"preset": name, "batch": args.batch, "image_size": args.image_size,
+                       "status": f"error: {h.error_text(e)}", "mfu": None}
             payload["train"].append(row)
             h.write_json(args.json, payload)
         print()

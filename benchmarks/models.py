@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             row = forward_cost(name, image_size=args.image_size)
         except Exception as e:  # noqa: BLE001 (reported in the row)
             row = {"preset": name, "params": 0, "image_size": args.image_size,
-                   "gflops_per_image": math.nan, "note": f"error: {type(e).__name__}: {e}"}
+                   "gflops_per_image": math.nan, "note": f"error: {h.error_text(e)}"}
         payload["presets"].append(row)
         print("  " + "  ".join(fn(row) for _, _, fn in PRESET_COLUMNS), flush=True)
         h.write_json(args.json, payload)
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                        compiler_options=VARIANTS[variant]())
             except Exception as e:  # noqa: BLE001
                 row = {"preset": name, "batch": args.batch, "image_size": args.train_image_size,
-                       "status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+                       "status": f"error: {h.error_text(e)}"}
             row["variant"] = variant
             payload["train"].append(row)
             print("  " + "  ".join(fn(row) for _, _, fn in TRAIN_COLUMNS), flush=True)

@@ -3,6 +3,11 @@ slow' reporting, the GPU script's CPU smoke path. No timing is asserted."""
 
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -35,19 +40,72 @@ def _check_attention_row(row):
 
 def test_attention_benchmark_writes_rows_and_prints_the_table(tmp_path, capsys):
     out = tmp_path / "att.json"
-    attention.main([*TINY, "--json", str(out), "--attentions", "cbsa,cbsa_exact,mssa"])
+    names = ("cbsa", "cbsa_exact", "mssa", "softmax_chunked")
+    attention.main([*TINY, "--json", str(out), "--attentions", ",".join(names)])
     data = _load(out)
     assert data["benchmark"] == "attention"
     assert data["matmul"]["gflops"] > 0 and data["machine"]["cpu_count"] >= 1
     rows = data["rows"]
     assert {(r["attention"], r["mode"]) for r in rows} == {
-        (a, m) for a in ("cbsa", "cbsa_exact", "mssa") for m in ("fwd", "fwdbwd")}
+        (a, m) for a in names for m in ("fwd", "fwdbwd")}
     for row in rows:
         _check_attention_row(row)
         assert row["N"] == 17 and row["status"] == "ok"
     assert set(data["summary"]) >= {"cbsa_exact_over_cbsa_fwd", "cbsa_over_mssa_fwdbwd"}
     text = capsys.readouterr().out
     assert "| attention" in text and "| cbsa_exact" in text and "cbsa_exact_over_cbsa" in text
+
+
+def test_summary_ratios_and_exponents():
+    def row(a, n, mode, ms, mb, status="ok"):
+        return {"attention": a, "N": n, "mode": mode, "status": status,
+                "median_ms": ms if status == "ok" else None, "peak_mb": mb}
+
+    ns = (65, 1025, 4097, 16385)
+    rows = [row("cbsa", n, "fwd", 1e-3 * n**1.2, 0.01 * n) for n in ns]
+    rows += [row("cbsa_exact", n, "fwd", 1.5e-3 * n**1.2, 0.01 * n) for n in ns]
+    rows += [row("mssa", 65, "fwd", 0.5e-3 * 65**1.2, 1.0),
+             row("softmax", 4097, "fwd", 1e-2 * 4097**1.2, 1.0),
+             row("softmax", 16385, "fwd", None, 9e9, status="oom (estimated 9 GB > budget)"),
+             attention.hang_row("cbsa", 65, "fwdbwd", 1.0)]
+    s = attention.summarise(rows)
+    assert s["cbsa_fwd_time_exponent"]["N"] == [1025, 16385]  # N = 65 left out
+    assert s["cbsa_fwd_time_exponent"]["value"] == pytest.approx(1.2)
+    assert s["cbsa_fwd_memory_exponent"]["value"] == pytest.approx(1.0)
+    assert s["cbsa_fwd_speedup_over"] == {"65": {"mssa": pytest.approx(0.5)},
+                                          "4097": {"softmax": pytest.approx(10.0)}}
+    assert s["cbsa_exact_over_cbsa_fwd"] == {str(n): pytest.approx(1.5) for n in ns}
+    assert s["cbsa_over_mssa_fwd"] == {"65": pytest.approx(2.0)}
+    assert not any(k.startswith("cbsa_fwdbwd") for k in s)  # the hang row is not a result
+    text = attention.format_summary(s)
+    assert "cbsa_fwd_time_exponent: 1.200" in text and "softmax 10.0x" in text
+
+
+def test_every_row_has_the_schema_keys():
+    hang = attention.hang_row("cbsa", 65, "fwd", 900)
+    assert hang["status"] == "hang (> 900 s)"
+    for key in ("attention", "N", "mode", "median_ms", "peak_mb"):
+        assert key in hang, key
+    assert h.error_text(ValueError()) == "ValueError: "  # an empty message does not crash
+    assert h.error_text(RuntimeError("a\nb"), 1) == "RuntimeError: a"
+
+
+def test_gpu_script_needs_neither_tensorflow_nor_train():
+    code = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "train"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import benchmarks.gpu
+        print("imported")
+    """)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
 
 
 def test_what_does_not_fit_is_reported_not_skipped(tmp_path, capsys):

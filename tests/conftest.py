@@ -18,9 +18,19 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 # Compiled programs are cached on disk for the session: the training tests build the same
-# programs in several runs, and a CPU compile costs seconds.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="cbsa_jax_xla_"))
+# programs in several runs, and a CPU compile costs seconds. The directory is made once by the
+# first process and inherited (through the environment) by the pytest-xdist workers, so each
+# program is compiled by one of them.
+if not os.environ.get("CBSA_JAX_TEST_XLA_CACHE"):
+    os.environ["CBSA_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="cbsa_jax_xla_")
+jax.config.update("jax_compilation_cache_dir", os.environ["CBSA_JAX_TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_collection_modifyitems(items):
+    """The training-program tests (the longest, several run subprocesses) first, so the two
+    workers do not end with one of them still running a long test alone."""
+    items.sort(key=lambda item: 0 if f"{os.sep}train{os.sep}" in str(item.path) else 1)
 
 
 @pytest.fixture

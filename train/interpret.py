@@ -97,69 +97,67 @@ def _upsample(grid_values: np.ndarray, grid, size) -> np.ndarray:
     return np.asarray(jax.image.resize(values, size, method="bilinear"))
 
 
-def _plots(out: str, layer: int, aux: dict, images: np.ndarray, grid, size, prefix: int):
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    return plt
+
+
+def _save(fig, out: str, name: str) -> str:
+    path = os.path.join(out, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _image_rows(images: np.ndarray, heads: int):
+    """A figure with one row per image: the image, then one panel per head."""
     n_images = images.shape[0]
-    cls = np.asarray(aux["effective_map"])[:, :, 0, prefix:]  # [B, H, gh*gw]
-    heads = cls.shape[1]
-    fig, axes = plt.subplots(n_images, heads + 1, figsize=(1.6 * (heads + 1), 1.6 * n_images),
-                             squeeze=False)
+    fig, axes = _pyplot().subplots(n_images, heads + 1,
+                                   figsize=(1.6 * (heads + 1), 1.6 * n_images), squeeze=False)
     for b in range(n_images):
         axes[b, 0].imshow(images[b].squeeze(), cmap="gray" if images.shape[-1] == 1 else None)
         axes[b, 0].axis("off")
+    return fig, axes
+
+
+def _plots(out: str, layer: int, aux: dict, images: np.ndarray, grid, size, prefix: int):
+    cls = np.asarray(aux["effective_map"])[:, :, 0, prefix:]  # [B, H, gh*gw]
+    heads = cls.shape[1]
+    fig, axes = _image_rows(images, heads)
+    for b in range(images.shape[0]):
         for h in range(heads):
             _overlay(axes[b, h + 1], images[b], _upsample(cls[b, h], grid, size),
                      f"layer {layer} head {h}: cls row")
-    fig.tight_layout()
-    path = os.path.join(out, f"layer{layer}_cls.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written = [_save(fig, out, f"layer{layer}_cls.png")]
     if aux.get("weights") is None:
         return written
     s = np.asarray(aux["weights"])[:, :, :, prefix:]  # [B, H, m, gh*gw]
     m = s.shape[2]
-    fig, axes = plt.subplots(heads, m, figsize=(1.2 * m, 1.3 * heads), squeeze=False)
+    fig, axes = _pyplot().subplots(heads, m, figsize=(1.2 * m, 1.3 * heads), squeeze=False)
     for h in range(heads):
         for j in range(m):
             _overlay(axes[h, j], images[0], _upsample(s[0, h, j], grid, size),
                      f"h{h} rep {j}")
-    fig.tight_layout()
-    path = os.path.join(out, f"layer{layer}_representatives.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out, f"layer{layer}_representatives.png"))
     assign = np.asarray(interpret.hard_assignment(jnp.asarray(s)))  # [B, H, gh*gw]
-    fig, axes = plt.subplots(n_images, heads + 1, figsize=(1.6 * (heads + 1), 1.6 * n_images),
-                             squeeze=False)
-    for b in range(n_images):
-        axes[b, 0].imshow(images[b].squeeze(), cmap="gray" if images.shape[-1] == 1 else None)
-        axes[b, 0].axis("off")
+    fig, axes = _image_rows(images, heads)
+    for b in range(images.shape[0]):
         for h in range(heads):
             axes[b, h + 1].imshow(assign[b, h].reshape(grid), cmap="tab20", vmin=0,
                                   vmax=max(m - 1, 1), interpolation="nearest")
             axes[b, h + 1].set_title(f"head {h}: token -> rep", fontsize=7)
             axes[b, h + 1].axis("off")
-    fig.tight_layout()
-    path = os.path.join(out, f"layer{layer}_assignment.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out, f"layer{layer}_assignment.png"))
     return written
 
 
 def _layer_plots(out: str, layers: list[dict]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
+    plt = _pyplot()
     index = list(range(len(layers)))
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot(index, [x["coding_rate"] for x in layers], "o-", label="R (eps^2 = 0.01)")
@@ -168,18 +166,12 @@ def _layer_plots(out: str, layers: list[dict]) -> list[str]:
              label="R, unit-norm tokens")
     ax.set(xlabel="layer", ylabel="coding rate", title="coding rate of the attention input")
     fig.legend(loc="upper right", fontsize=7)
-    fig.tight_layout()
-    written.append(os.path.join(out, "coding_rate.png"))
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written = [_save(fig, out, "coding_rate.png")]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot(index, [x["sparsity"] for x in layers], "o-")
     ax.set(xlabel="layer", ylabel="fraction of zeros", title="sparsity of the block output",
            ylim=(0, 1))
-    fig.tight_layout()
-    written.append(os.path.join(out, "sparsity.png"))
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(fig, out, "sparsity.png"))
     return written
 
 

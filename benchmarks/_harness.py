@@ -324,3 +324,11 @@ def parse_list(text: str | None, cast=str) -> list | None:
     if text is None:
         return None
     return [cast(t.strip()) for t in text.split(",") if t.strip()]
+
+
+def check_choices(parser, values, allowed, what: str, plural: str | None = None) -> None:
+    """`parser.error` (exit 2, usage on stderr) for the first of `values` not in `allowed`."""
+    for value in values:
+        if value not in allowed:
+            parser.error(f"unknown {what} {value!r}; {plural or what + 's'} are "
+                         f"{', '.join(allowed)}")

@@ -347,12 +347,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         grid_for_tokens(n)
     args.modes = h.parse_list(args.modes)
     args.attentions = h.parse_list(args.attentions)
-    for m in args.modes:
-        if m not in MODES:
-            p.error(f"unknown mode {m!r}; modes are {', '.join(MODES)}")
-    for a in args.attentions:
-        if a not in ATTENTIONS:
-            p.error(f"unknown attention {a!r}; attentions are {', '.join(ATTENTIONS)}")
+    h.check_choices(p, args.modes, MODES, "mode")
+    h.check_choices(p, args.attentions, ATTENTIONS, "attention")
     return args
 
 

@@ -162,14 +162,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "'xla-default'")
     args = p.parse_args(argv)
     args.train_variants = h.parse_list(args.train_variants)
-    for v in args.train_variants:
-        if v not in VARIANTS:
-            p.error(f"unknown train variant {v!r}; variants are {', '.join(VARIANTS)}")
+    h.check_choices(p, args.train_variants, VARIANTS, "train variant", "variants")
     args.presets = h.parse_list(args.presets) or sorted(PRESETS)
     args.train_presets = [] if args.skip_train else h.parse_list(args.train_presets)
-    for name in [*args.presets, *args.train_presets]:
-        if name not in PRESETS:
-            p.error(f"unknown preset {name!r}; presets are {', '.join(sorted(PRESETS))}")
+    h.check_choices(p, [*args.presets, *args.train_presets], sorted(PRESETS), "preset")
     return args
 
 

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 __all__ = ["StepState", "make_step", "default_optimizer", "host_initialised",
-           "cpu_compiler_options", "YNN_WITHOUT_CONVOLUTION"]
+           "cpu_compiler_options", "YNN_WITHOUT_CONVOLUTION", "fill_on_host"]
 
 # XLA:CPU's YNNPACK library fusions without its convolutions (XLA's default set is these three
 # plus LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION): YNNPACK computes the weight gradients of the
@@ -96,10 +96,10 @@ def _with_options(jitted, options):
     return call
 
 
-def host_initialised(abstract_model: nnx.Module, seed: int = 0) -> nnx.Module:
-    """A concrete copy of `abstract_model` with every parameter drawn by numpy on the host."""
-    rng = np.random.default_rng(seed)
-    graphdef, state = nnx.split(nnx.clone(abstract_model))  # leave the abstract model abstract
+def fill_on_host(state: nnx.State, rng: np.random.Generator) -> nnx.State:
+    """Give every variable of an (abstract) `state` a numpy-drawn value at init-like scale, in
+    place: norms' scales and running variances 1, biases and running means 0, step sizes N(0, 1),
+    the ISTA dictionary as torch's kaiming_uniform_, other floats N(0, 0.02), integers 0."""
 
     def draw(name: str, shape, dtype):
         if name in ("scale", "var"):
@@ -121,4 +121,10 @@ def host_initialised(abstract_model: nnx.Module, seed: int = 0) -> nnx.Module:
                 variable.set_value(draw(str(path[-1]), value.shape, value.dtype))
             else:
                 variable.set_value(jnp.zeros(value.shape, value.dtype))
-    return nnx.merge(graphdef, state)
+    return state
+
+
+def host_initialised(abstract_model: nnx.Module, seed: int = 0) -> nnx.Module:
+    """A concrete copy of `abstract_model` with every parameter drawn by numpy on the host."""
+    graphdef, state = nnx.split(nnx.clone(abstract_model))  # leave the abstract model abstract
+    return nnx.merge(graphdef, fill_on_host(state, np.random.default_rng(seed)))

@@ -22,7 +22,8 @@ import tensorflow_datasets as tfds
 from train import augment
 from train import datasets as local_datasets
 
-__all__ = ["DataError", "DataSpec", "load_builder", "data_spec", "train_batches", "eval_batches"]
+__all__ = ["DataError", "DataSpec", "load_builder", "data_spec", "train_batches", "eval_batches",
+           "normalize"]
 
 tf.config.set_visible_devices([], "GPU")  # the input pipeline never takes accelerator memory
 
@@ -147,7 +148,9 @@ def data_spec(builder, config: ml_collections.ConfigDict, *, process_index: int,
         shard_eval_batch=eval_batch // shard_count)
 
 
-def _normalize(image, config):
+def normalize(image, config) -> tf.Tensor:
+    """`(image / 255 - config.mean) / config.std` per channel (one value serves every channel):
+    the model's input, float32, for an image or a batch (uint8 or float in 0..255)."""
     channels = image.shape[-1]
     mean = list(config.mean) * channels if len(config.mean) == 1 else list(config.mean)
     std = list(config.std) * channels if len(config.std) == 1 else list(config.std)
@@ -181,7 +184,7 @@ def _train_map(config, spec: DataSpec):
             image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
             image = augment.rand_augment(image, seeds[2], num_layers=config.randaugment_layers,
                                          magnitude=config.randaugment_magnitude)
-        image = tf.ensure_shape(_normalize(image, config), (*size, spec.channels))
+        image = tf.ensure_shape(normalize(image, config), (*size, spec.channels))
         return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
     return fn
@@ -198,7 +201,7 @@ def _eval_map(config, spec: DataSpec):
                                                crop_fraction=config.eval_crop_fraction)
         else:
             image = _resize_to(image, size)
-        image = tf.ensure_shape(_normalize(image, config), (*size, spec.channels))
+        image = tf.ensure_shape(normalize(image, config), (*size, spec.channels))
         return {"image": image, "label": tf.cast(example["label"], tf.int32),
                 "mask": tf.constant(1.0, tf.float32)}
 

@@ -46,13 +46,6 @@ def load_images(paths: list[str], size: tuple[int, int], channels: int) -> np.nd
     return np.stack(out)
 
 
-def _normalize(images_uint8: np.ndarray, config) -> np.ndarray:
-    c = images_uint8.shape[-1]
-    mean = np.asarray(list(config.mean) * c if len(config.mean) == 1 else config.mean)
-    std = np.asarray(list(config.std) * c if len(config.std) == 1 else config.std)
-    return ((images_uint8 / 255.0 - mean) / std).astype(np.float32)
-
-
 def dataset_images(config, count: int) -> np.ndarray:
     """The first `count` uint8 images of the run's evaluation split, at the model's size."""
     from train import data as data_lib
@@ -186,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                         "or 'last'")
     parser.add_argument("--data_dir", default=None, help="override the run's TFDS data_dir")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from train import data as data_lib
     from train.loop import load_experiment
 
     try:
@@ -198,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model = exp.model(state)
-    layers, info = measure(model, _normalize(raw, exp.config))
+    layers, info = measure(model, data_lib.normalize(raw, exp.config).numpy())
     depth = len(layers)
     chosen = (range(depth) if args.layers == "all" else [depth - 1] if args.layers == "last"
               else [int(i) for i in args.layers.split(",")])

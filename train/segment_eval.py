@@ -61,9 +61,6 @@ def evaluate(exp, state, *, mass: float = 0.6, batch_size: int = 250,
     model = exp.model(state)
     forward = nnx.jit(lambda m, x: m(x, capture=True))
     size, grid = exp.image_size, None
-    c = exp.model_config.channels
-    mean = np.asarray(list(config.mean) * c if len(config.mean) == 1 else config.mean)
-    std = np.asarray(list(config.std) * c if len(config.std) == 1 else config.std)
     scores: dict[str, list[np.ndarray]] = {}
     ds = builder.as_dataset(split=config.eval_split, shuffle_files=False)
     if limit:
@@ -71,7 +68,7 @@ def evaluate(exp, state, *, mass: float = 0.6, batch_size: int = 250,
     for batch in ds.batch(batch_size).as_numpy_iterator():
         images = tf.image.resize(batch["image"], size).numpy()
         true = tf.image.resize(batch["mask"], size, method="nearest").numpy()[..., 0] > 0
-        x = ((images / 255.0 - mean) / std).astype(np.float32)
+        x = data_lib.normalize(images, config).numpy()
         _, info = forward(model, jnp.asarray(x))
         grid = info["grid"]
         last = info["layers"][-1]

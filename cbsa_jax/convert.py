@@ -31,7 +31,8 @@ from cbsa_jax.models.config import AttentionKind, ModelConfig
 from cbsa_jax.models.vit import VisionTransformer, conv_widths
 from cbsa_jax.representatives import Selection
 
-__all__ = ["load_torch_state_dict", "cbt_from_torch", "reference_from_torch", "torch_key_map"]
+__all__ = ["assign", "load_torch_state_dict", "cbt_from_torch", "reference_from_torch",
+           "torch_key_map"]
 
 # ----------------------------------------------------------------------------------------------
 # reading .pth files
@@ -216,38 +217,39 @@ def _ignored(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def reference_from_torch(state_dict, *, attention: str = "cbsa", image_size, patch_size: int,
-                         num_classes: int, dim: int, depth: int, heads: int, dim_head: int,
-                         selection: Selection | str = Selection.REFERENCE, dtype=None,
-                         param_dtype=np.float32) -> VisionTransformer:
-    """Any of the reference `VisionTransformer`s (attention "cbsa", "mssa" or "tssa") in eval mode.
+def assign(factory: Callable[[], nnx.Module], weights: Mapping[str, np.ndarray],
+           key_map: Mapping[str, tuple[tuple, Transform]], *,
+           ignore: Callable[[str], bool] = lambda key: False,
+           keep_init: Callable[[tuple], bool] | None = None) -> nnx.Module:
+    """Build `factory()` with every parameter taken from `weights` through `key_map`; eval mode.
 
-    Raises ValueError listing every unknown, missing or mis-shaped key.
+    `key_map` maps a source key to (path in `nnx.state(model)`, transform). Every source key must
+    be mapped (or `ignore`d) and every mapped key present with the right shape; otherwise one
+    ValueError lists every unknown, missing and mis-shaped key with both shapes. The model is
+    built abstractly (`nnx.eval_shape`, nothing allocated) unless `keep_init` names parameter
+    paths that may keep their initial value (e.g. a new head); those are then initialised.
+    A model parameter that no key covers and `keep_init` does not allow is a bug in the key
+    map and raises AssertionError.
     """
-    if attention not in ("cbsa", "mssa", "tssa"):
-        raise ValueError(f"attention must be 'cbsa', 'mssa' or 'tssa', got {attention!r}")
-    config = ModelConfig(attention, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
-                         patch_size=patch_size, patch_embed="conv", selection=selection)
-    weights = load_torch_state_dict(state_dict)
-    abstract = nnx.eval_shape(lambda: VisionTransformer(
-        config, num_classes=num_classes, image_size=image_size, dtype=dtype,
-        param_dtype=param_dtype, rngs=nnx.Rngs(0)))  # shapes only: every value comes from weights
-    graphdef, state = nnx.split(abstract)
+    model = nnx.eval_shape(factory) if keep_init is None else factory()
+    graphdef, state = nnx.split(model)
     targets = dict(nnx.to_flat_state(state))
-    key_map = torch_key_map(config)
-    unknown = sorted(k for k in weights if k not in key_map and not _ignored(k))
+    unknown = sorted(k for k in weights if k not in key_map and not ignore(k))
     missing = sorted(k for k in key_map if k not in weights)
     mismatched, assigned = [], set()
     for key, (path, transform) in key_map.items():
         if key not in weights:
             continue
+        if path not in targets:
+            raise AssertionError(f"key map sends {key} to {'.'.join(map(str, path))}, which the "
+                                 f"model does not have")
         variable = targets[path]
         try:
             value = np.asarray(transform(weights[key]))
         except ValueError:
             value = None
         if value is None or value.shape != variable.shape:
-            mismatched.append(f"{key}: checkpoint {tuple(weights[key].shape)}, model expects "
+            mismatched.append(f"{key}: checkpoint {tuple(np.shape(weights[key]))}, model expects "
                               f"{tuple(variable.shape)} at {'.'.join(map(str, path))}")
             continue
         variable.set_value(jnp.asarray(value, variable.dtype))
@@ -261,12 +263,32 @@ def reference_from_torch(state_dict, *, attention: str = "cbsa", image_size, pat
         problems.append("mis-shaped keys: " + "; ".join(mismatched))
     if problems:
         raise ValueError("state_dict does not match the model: " + " | ".join(problems))
-    unset = sorted(".".join(map(str, p)) for p in targets if p not in assigned)
+    unset = sorted(".".join(map(str, p)) for p in targets
+                   if p not in assigned and not (keep_init is not None and keep_init(p)))
     if unset:  # a key map that forgot a parameter is a bug here, not in the checkpoint
         raise AssertionError(f"model parameters not covered by the key map: {unset}")
     model = nnx.merge(graphdef, state)
     model.eval()
     return model
+
+
+def reference_from_torch(state_dict, *, attention: str = "cbsa", image_size, patch_size: int,
+                         num_classes: int, dim: int, depth: int, heads: int, dim_head: int,
+                         selection: Selection | str = Selection.REFERENCE, dtype=None,
+                         param_dtype=np.float32) -> VisionTransformer:
+    """Any of the reference `VisionTransformer`s (attention "cbsa", "mssa" or "tssa") in eval mode.
+
+    Raises ValueError listing every unknown, missing or mis-shaped key.
+    """
+    if attention not in ("cbsa", "mssa", "tssa"):
+        raise ValueError(f"attention must be 'cbsa', 'mssa' or 'tssa', got {attention!r}")
+    config = ModelConfig(attention, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
+                         patch_size=patch_size, patch_embed="conv", selection=selection)
+    weights = load_torch_state_dict(state_dict)
+    return assign(lambda: VisionTransformer(
+        config, num_classes=num_classes, image_size=image_size, dtype=dtype,
+        param_dtype=param_dtype, rngs=nnx.Rngs(0)), weights, torch_key_map(config),
+        ignore=_ignored)
 
 
 def cbt_from_torch(state_dict, *, image_size, patch_size: int, num_classes: int, dim: int,

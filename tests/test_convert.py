@@ -10,7 +10,7 @@ from flax import nnx
 
 from cbsa_jax import convert
 from cbsa_jax.convert import cbt_from_torch, load_torch_state_dict
-from tests.data.make_tiny_pth import TINY
+from tests.data.tiny import TINY, TINY_PTH
 from tests.reference_numpy import cbt_forward, random_cbt_state_dict
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
@@ -18,7 +18,6 @@ FIXTURE_NAMES = ["cbt_parity_small.npz", "cbt_parity_grid10.npz"]
 OUTPUT_KEYS = {"input", "logits", "features", "attn_maps", "block_in", "attn_in", "attn_out",
                "ffn_in", "block_out", "cbsa_w", "cbsa_pooled", "cbsa_attn", "cbsa_rep_attn",
                "layer_index", "config"}
-TINY_PTH = os.path.join(os.path.dirname(__file__), "data", "tiny_cbt.pth.tar")
 
 
 def _fixture(name):

@@ -1,7 +1,8 @@
 """Writes tests/data/tiny_cbt.pth.tar, a torch-format checkpoint for the .pth reader tests.
 
-Run from the repository root with torch installed (the tests do not need torch):
-`python -m tests.data.make_tiny_pth`.
+Run from the repository root with torch installed (`pip install -e ".[compare]"`):
+`python -m tests.data.make_tiny_pth`. The tests never import this script: they read the committed
+file, and take its architecture from `tests/data/tiny.py`.
 The weights come from `tests.reference_numpy.random_cbt_state_dict`; the file wraps them the way
 the reference training script saves checkpoints: {'epoch', 'arch', 'state_dict' (with
 DataParallel 'module.' prefixes), 'best_acc1', 'optimizer'}.
@@ -10,13 +11,14 @@ DataParallel 'module.' prefixes), 'best_acc1', 'optimizer'}.
 import os
 
 import numpy as np
-import torch
 
+from tests.data.tiny import TINY, TINY_PTH
 from tests.reference_numpy import random_cbt_state_dict
 
-TINY = dict(image_size=128, patch_size=16, num_classes=3, dim=16, depth=1, heads=2, dim_head=8)
 
-if __name__ == "__main__":
+def main() -> None:
+    import torch  # only this script needs PyTorch
+
     sd = random_cbt_state_dict(np.random.default_rng(123), **TINY)
     state_dict = {"module." + k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
     # one non-contiguous tensor, as views are saved by torch
@@ -28,6 +30,9 @@ if __name__ == "__main__":
         "optimizer": {"state": {0: {"exp_avg": torch.zeros(2, 3)}},
                       "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.99), "params": [0]}]},
     }
-    out = os.path.join(os.path.dirname(__file__), "tiny_cbt.pth.tar")
-    torch.save(checkpoint, out)
-    print("wrote", out, os.path.getsize(out), "bytes")
+    torch.save(checkpoint, TINY_PTH)
+    print("wrote", TINY_PTH, os.path.getsize(TINY_PTH), "bytes")
+
+
+if __name__ == "__main__":
+    main()

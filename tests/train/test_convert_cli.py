@@ -6,11 +6,11 @@ import numpy as np
 from flax import nnx
 
 from cbsa_jax.convert import cbt_from_torch
-from tests.data.make_tiny_pth import TINY
+from tests.data.tiny import TINY, TINY_PTH
 from train import convert as convert_cli
 from train.loop import load_experiment
 
-PTH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "tiny_cbt.pth.tar")
+PTH = TINY_PTH
 OVERRIDES = ["--config.model.name=cbt_tiny", "--config.model.dim=16", "--config.model.depth=1",
              "--config.model.heads=2", "--config.model.dim_head=8", "--config.image_size=128",
              "--config.model.patch_size=16", "--config.model.cells=(8,8)", "--config.mesh.data=1"]

@@ -102,6 +102,46 @@ def test_ista_step_is_a_proximal_gradient_step(rng, dtype):
         assert rel_err(cj.ista_step(x, m, eta=0.1, lam=0.1), ref) <= TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("shape", [(3, 8), (2, 9, 8), (40, 8)])
+def test_ista_step_both_associations_agree(x64, rng, shape):
+    x = rng.normal(size=shape)
+    m = rng.normal(size=(8, 8)) / 3
+    op = cj.unroll.ista_step(x, m, association="operator")
+    tok = cj.unroll.ista_step(x, m, association="tokens")
+    np.testing.assert_allclose(op, tok, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cj.ista_step(x, m), tok, rtol=1e-12, atol=1e-12)
+    assert op.dtype == jnp.float64 and float(jnp.max(op)) > 0  # not all clipped by the ReLU
+    grads = [jax.grad(lambda x, m, a=a: jnp.sum(jnp.sin(cj.unroll.ista_step(x, m, association=a))),
+                      argnums=(0, 1))(x, m) for a in ("operator", "tokens")]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _ista_products(x_shape, d):
+    """The [*, D] x [D, D] products `ista_step` traces for an input of `x_shape`, by kind."""
+    jaxpr = jax.make_jaxpr(cj.ista_step)(jnp.zeros(x_shape), jnp.zeros((d, d)))
+    shapes = [tuple(e.invars[0].aval.shape) for e in jaxpr.jaxpr.eqns
+              if e.primitive.name == "dot_general"]
+    return sum(len(s) == 2 and s[0] == d for s in shapes), len(shapes)
+
+
+def test_ista_association_flips_where_the_multiply_adds_do():
+    d = 64
+    # operator: T D^2 + D^3 against tokens: 3 T D^2, equal at T = D / 2
+    assert cj.unroll.ista_association(d // 2 - 1, d) == "tokens"
+    assert cj.unroll.ista_association(d // 2, d) == "tokens"  # a tie keeps the reference's form
+    assert cj.unroll.ista_association(d // 2 + 1, d) == "operator"
+    assert cj.unroll.ista_association(197, 384) == "operator"  # CBT-S, one image
+    assert cj.unroll.ista_association(197, 768) == "tokens"  # CBT-B, one image
+    assert cj.unroll.ista_association(8 * 197, 768) == "operator"  # CBT-B, a batch of 8
+    # the traced program follows the choice: the total token count decides, batch dims included
+    assert _ista_products((1, 20, d), d) == (0, 3)  # 20 tokens < 32: three token products
+    assert _ista_products((2, 20, d), d) == (1, 2)  # 40 tokens: M^T M, then one token product
+    assert _ista_products((40, d), d) == (1, 2)
+    with pytest.raises(ValueError, match="association must be"):
+        cj.unroll.ista_step(np.ones((3, 4)), np.ones((4, 4)), association="left")
+
+
 def test_ista_step_does_not_increase_its_objective(x64, rng):
     x = np.abs(rng.normal(size=(9, 6)))  # Z = X must be feasible (Z >= 0)
     m = rng.normal(size=(6, 6)) / 3

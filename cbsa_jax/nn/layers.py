@@ -57,8 +57,9 @@ def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, 
     return nnx.Param(init(rngs.params(), shape, param_dtype), logical_axes=axes)
 
 
-def layer_norm(dim: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(dim, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+def layer_norm(dim: int, *, eps: float = LN_EPS, dtype, param_dtype,
+               rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                          scale_metadata={"logical_axes": ("embed",)},
                          bias_metadata={"logical_axes": ("embed",)})
 
@@ -73,10 +74,12 @@ def _cast(dtype, *arrays):
 
 
 class _HeadsProjection(nnx.Module):
-    """Shared pieces: the bias-free head projection(s) `U [D, H, p]` and the output Dense."""
+    """Shared pieces: the head projection(s) `U [D, H, p]` (bias-free unless `in_bias`, then one
+    `qkv_bias [H, p]` per projection) and the output Dense."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, *, dtype, param_dtype,
-                 rngs: nnx.Rngs, projections: int = 1, output: bool = True):
+                 rngs: nnx.Rngs, projections: int = 1, output: bool = True,
+                 in_bias: bool = False):
         for name, v in (("dim", dim), ("heads", heads), ("dim_head", dim_head)):
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -85,6 +88,9 @@ class _HeadsProjection(nnx.Module):
         axes = ("embed", "heads", "head_dim")
         self.proj = nnx.List([param(rngs, lecun(0, (1, 2)), (dim, heads, dim_head), axes,
                                     param_dtype) for _ in range(projections)])
+        self.qkv_bias = (nnx.List([param(rngs, nnx.initializers.zeros, (heads, dim_head),
+                                         ("heads", "head_dim"), param_dtype)
+                                   for _ in range(projections)]) if in_bias else None)
         if output:
             self.out_kernel = param(rngs, lecun((0, 1), 2), (heads, dim_head, dim),
                                     ("heads", "head_dim", "embed"), param_dtype)
@@ -93,7 +99,10 @@ class _HeadsProjection(nnx.Module):
     def project_in(self, x, i: int = 0):
         _check_dim(x, self.dim)
         x, u = _cast(self.dtype, x, self.proj[i][...])
-        return jnp.einsum("bnd,dhp->bhnp", x, u)
+        w = jnp.einsum("bnd,dhp->bhnp", x, u)
+        if self.qkv_bias is None:
+            return w
+        return w + _cast(w.dtype, self.qkv_bias[i][...])[0][:, None, :]
 
     def project_out(self, y):
         y, k, b = _cast(self.dtype, y, self.out_kernel[...], self.out_bias[...])
@@ -227,17 +236,11 @@ class SoftmaxAttention(_HeadsProjection):
                  implementation: str | None = None, dtype=None, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
         super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                         projections=3)
+                         projections=3, in_bias=qkv_bias)
         self.implementation = implementation
-        self.qkv_bias = (nnx.List([param(rngs, nnx.initializers.zeros, (heads, dim_head),
-                                         ("heads", "head_dim"), param_dtype) for _ in range(3)])
-                         if qkv_bias else None)
 
     def __call__(self, x, *, grid=None, capture: bool = False):
         q, k, v = (self.project_in(x, i) for i in range(3))
-        if self.qkv_bias is not None:
-            q, k, v = (t + _cast(t.dtype, b[...])[0][:, None, :]
-                       for t, b in zip((q, k, v), self.qkv_bias, strict=True))
         out = self.project_out(att.softmax(q, k, v, implementation=self.implementation))
         if not capture:
             return out
@@ -291,14 +294,17 @@ class ChannelAttention(_HeadsProjection):
 
 class AgentAttention(_HeadsProjection):
     """Agent attention with separate q, k, v projections (the reference's ViT adaptation layer):
-    agents pooled from q aggregate `softmax(A k^T) v`, broadcast back by `softmax(q A^T)`."""
+    agents pooled from q aggregate `softmax(A k^T) v`, broadcast back by `softmax(q A^T)`.
+
+    Its parameters are those of `SoftmaxAttention` with the same `qkv_bias`, so a pretrained
+    softmax block switches to this layer by keeping its weights (`cbsa_jax.convert.adapt`)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int = 64, *,
                  cells: tuple[int, int] = (8, 8), prefix_tokens: int = 1,
-                 selection: Selection | str = Selection.PATCHES, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 selection: Selection | str = Selection.PATCHES, qkv_bias: bool = False,
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                         projections=3)
+                         projections=3, in_bias=qkv_bias)
         self.cells, self.prefix_tokens = tuple(cells), prefix_tokens
         self.selection = Selection(selection)
 
@@ -356,12 +362,14 @@ class Block(nnx.Module):
     `x + MLP(LN x)` (ViT baselines). `attn` is any layer above."""
 
     def __init__(self, dim: int, attn: nnx.Module, *, ffn: str = "ista", mlp_ratio: float = 4.0,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 norm_eps: float = LN_EPS, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         if ffn not in ("ista", "mlp"):
             raise ValueError(f"ffn must be 'ista' or 'mlp', got {ffn!r}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.norm1, self.attn = layer_norm(dim, **kw), attn
-        self.norm2 = layer_norm(dim, **kw)
+        norm_kw = dict(kw, eps=norm_eps)
+        self.norm1, self.attn = layer_norm(dim, **norm_kw), attn
+        self.norm2 = layer_norm(dim, **norm_kw)
         self.ffn_kind = ffn
         self.ffn = ISTA(dim, **kw) if ffn == "ista" else MLP(dim, int(dim * mlp_ratio), **kw)
 

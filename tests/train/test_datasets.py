@@ -355,3 +355,97 @@ def test_shapes_examples_do_not_depend_on_generation_order(
             np.testing.assert_array_equal(single[key], full[key][index])
     # Different splits use different random streams.
     assert not np.array_equal(shapes.generate_example("train", 0)["image"], full["image"][0])
+
+
+# --------------------------------------------------------------------------- shapes64
+
+SHAPES64_SMALL_SIZES = {"train": 500, "test": 100}
+
+
+@pytest.fixture(scope="module")
+def shapes64_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Arrays]:
+    with pytest.MonkeyPatch.context() as monkeypatch:  # prepared offline
+        _refuse_network(monkeypatch)
+        return _prepare_all("shapes64/small", tmp_path_factory.mktemp("tfds_shapes64"))
+
+
+def test_shapes64_is_registered_with_its_configs() -> None:
+    assert "shapes64" in datasets.LOCAL_BUILDERS
+    assert tfds.builder_cls("shapes64") is shapes.Shapes64
+    configs = {c.name: c for c in shapes.Shapes64.BUILDER_CONFIGS}
+    assert configs["default"].split_sizes() == {"train": 8_000, "test": 1_000}
+    assert configs["small"].split_sizes() == SHAPES64_SMALL_SIZES
+    assert {c.image_size for c in configs.values()} == {64}
+
+
+def test_shapes64_splits_and_features(shapes64_data: dict[str, Arrays]) -> None:
+    for split, size in SHAPES64_SMALL_SIZES.items():
+        arrays = shapes64_data[split]
+        np.testing.assert_array_equal(np.sort(arrays["index"]), np.arange(size))
+        assert arrays["image"].dtype == np.uint8 and arrays["image"].shape == (size, 64, 64, 3)
+        for key in ("segmentation", "mask"):
+            assert arrays[key].dtype == np.uint8 and arrays[key].shape == (size, 64, 64, 1)
+        assert arrays["label"].dtype == np.int64 and arrays["label"].shape == (size,)
+        np.testing.assert_array_equal(arrays["mask"], arrays["segmentation"] > 0)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_shapes64_has_one_to_three_distinct_objects_and_labels_the_largest(
+    shapes64_data: dict[str, Arrays], split: str
+) -> None:
+    segmentation = shapes64_data[split]["segmentation"][..., 0]
+    labels = shapes64_data[split]["label"]
+    assert segmentation.max() <= len(shapes.CLASS_NAMES)
+    counts = np.stack([np.bincount(s.ravel(), minlength=6) for s in segmentation])  # (n, 6)
+    present = counts[:, 1:] > 0
+    objects = present.sum(axis=1)
+    assert objects.min() >= 1 and objects.max() <= shapes.MAX_OBJECTS
+    assert set(np.unique(objects)) == {1, 2, 3}
+    # Each present object is a recognisable shape, not a sliver left by occlusion.
+    assert counts[:, 1:][present].min() >= 20
+    # The label is the class with the most visible pixels (ties: the smaller class).
+    np.testing.assert_array_equal(labels, counts[:, 1:].argmax(axis=1))
+    assert np.all(present[np.arange(len(labels)), labels])
+    if split == "train":  # shapes are sized by area: no class is favoured as the largest
+        fractions = np.bincount(labels, minlength=5) / len(labels)
+        np.testing.assert_allclose(fractions, 0.2, atol=0.07)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_shapes64_class_map_is_consistent_with_the_image(
+    shapes64_data: dict[str, Arrays], split: str
+) -> None:
+    images = shapes64_data[split]["image"].astype(np.int64)
+    segmentation = shapes64_data[split]["segmentation"][..., 0]
+    for image, seg in zip(images, segmentation, strict=True):
+        background = image[seg == 0]
+        colours = []
+        for c in np.unique(seg[seg > 0]):
+            pixels = image[seg == c]
+            colour = pixels[0]
+            assert np.all(pixels == colour), "an object's pixels are not one solid colour"
+            sq_dist = ((background - colour) ** 2).sum(-1)
+            assert sq_dist.min() >= shapes.MIN_COLOUR_DISTANCE**2
+            colours.append(colour)
+        for i, a in enumerate(colours):  # objects stand out from each other too
+            for b in colours[:i]:
+                assert ((a - b) ** 2).sum() >= shapes.MIN_COLOUR_DISTANCE**2
+
+
+def test_shapes64_generation_is_deterministic_and_order_free(
+    shapes64_data: dict[str, Arrays],
+) -> None:
+    indices = [99, 3, 0, 42]
+    batch = shapes.generate_multi_batch("test", indices)
+    stored = _by_index(shapes64_data["test"])
+    for row, index in enumerate(indices):
+        single = shapes.generate_multi_example("test", index)
+        for key in ("image", "segmentation", "mask", "label"):
+            np.testing.assert_array_equal(batch[key][row], stored[key][index])
+            np.testing.assert_array_equal(single[key], stored[key][index])
+    assert not np.array_equal(
+        shapes.generate_multi_example("train", 0)["image"], stored["image"][0]
+    )
+    # shapes64 draws from its own random streams: it is not the single-shape data set.
+    single_shape = shapes.generate_example("test", 0, image_size=64)
+    assert not np.array_equal(single_shape["image"], stored["image"][0])

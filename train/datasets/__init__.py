@@ -9,6 +9,9 @@ Importing this package registers these TFDS builders:
 * ``shapes`` (:mod:`train.datasets.shapes`): synthetic 32x32 RGB images of one
   geometric shape (circle, square, triangle, cross, star) on a textured background,
   with its pixel mask; ``train`` 10,000 / ``test`` 2,000.
+* ``shapes64`` (:class:`train.datasets.shapes.Shapes64`): 64x64 scenes of 1 to 3 shapes of
+  distinct classes, label = the largest visible one, with the per-pixel class map
+  ``segmentation`` and the foreground ``mask``; ``train`` 8,000 / ``test`` 1,000.
 
 None needs network access. Training programs should prepare them with
 :func:`prepare`, which never asks TFDS to fetch a pre-built copy from GCS::
@@ -28,8 +31,8 @@ or, equivalently, by hand (``import train.datasets`` must run first, to register
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
 
-Preparing is a no-op when the data already exist in ``data_dir``. ``shapes`` configs
-(``"shapes/small"``) can be named as usual.
+Preparing is a no-op when the data already exist in ``data_dir``. ``shapes`` and
+``shapes64`` configs (``"shapes/small"``, ``"shapes64/small"``) can be named as usual.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from train.datasets import digits, mnist5k, shapes
 
 __all__ = ["LOCAL_BUILDERS", "digits", "mnist5k", "prepare", "shapes"]
 
-LOCAL_BUILDERS: tuple[str, ...] = ("digits", "mnist5k", "shapes")
+LOCAL_BUILDERS: tuple[str, ...] = ("digits", "mnist5k", "shapes", "shapes64")
 
 
 def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:

@@ -32,6 +32,12 @@ does, and then it has exactly the shape colour.
   ``image`` and ``mask`` are ``tfds.features.Tensor`` stored as raw bytes (not PNG):
   they decode to the same ``uint8`` arrays, and writing them is much faster.
 
+The same file defines the builder ``shapes64`` (:class:`Shapes64`,
+:func:`generate_multi_batch`): 64 x 64 scenes of 1 to 3 shapes of distinct classes on the
+same backgrounds, later shapes occluding earlier ones, with ``label`` = the class with the
+most visible pixels, a per-pixel class map ``segmentation`` (0 = background, 1..5 = class + 1)
+and ``mask`` = its foreground; ``train`` 8,000 / ``test`` 1,000 (``shapes64/small``: 500 / 100).
+
 Generation is deterministic and independent of order: all random numbers of example
 ``index`` of split ``split`` come from
 ``np.random.default_rng([SEED, SPLIT_IDS[split], index])`` and the rasterisation
@@ -60,10 +66,21 @@ __all__ = [
     "NUM_TRAIN",
     "SEED",
     "SPLIT_IDS",
+    "MAX_OBJECTS",
+    "MIN_CENTRE_SEPARATION",
+    "MULTI_IMAGE_SIZE",
+    "MULTI_MAX_SIZE_FRACTION",
+    "MULTI_MIN_SIZE_FRACTION",
+    "MULTI_NUM_TEST",
+    "MULTI_NUM_TRAIN",
+    "MULTI_SEED",
     "Shapes",
+    "Shapes64",
     "ShapesConfig",
     "generate_batch",
     "generate_example",
+    "generate_multi_batch",
+    "generate_multi_example",
 ]
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
@@ -162,13 +179,15 @@ _NUM_UNIFORM = 14 + 3 * _COLOUR_CANDIDATES  # see `_params`
 _NUM_NORMAL = 3 * (_NOISE_CELLS + 1) ** 2 + 3
 
 
-def _random_numbers(split_id: int, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _random_numbers(
+    split_id: int, indices: Sequence[int], seed: int = SEED, num_uniform: int = _NUM_UNIFORM
+) -> tuple[np.ndarray, np.ndarray]:
     """Per example: all its uniform and normal random numbers, from its own generator."""
-    uniform = np.empty((len(indices), _NUM_UNIFORM))
+    uniform = np.empty((len(indices), num_uniform))
     normal = np.empty((len(indices), _NUM_NORMAL))
     for row, index in enumerate(indices):
-        rng = np.random.default_rng([SEED, split_id, int(index)])
-        uniform[row] = rng.random(_NUM_UNIFORM)
+        rng = np.random.default_rng([seed, split_id, int(index)])
+        uniform[row] = rng.random(num_uniform)
         normal[row] = rng.standard_normal(_NUM_NORMAL)
     return uniform, normal
 
@@ -302,6 +321,139 @@ def generate_example(split: str, index: int, image_size: int = IMAGE_SIZE) -> di
     return {key: value[0] for key, value in batch.items()}
 
 
+# ------------------------------------------------------------------ shapes64: several objects
+
+MULTI_IMAGE_SIZE = 64
+MULTI_NUM_TRAIN = 8_000
+MULTI_NUM_TEST = 1_000
+MULTI_SEED = 7_654_321
+MAX_OBJECTS = 3
+MULTI_MIN_SIZE_FRACTION = 0.2  # diameter of the disc of equal area, in image sides
+MULTI_MAX_SIZE_FRACTION = 0.4
+MIN_CENTRE_SEPARATION = 0.75  # centre distance, in sums of the two circumradii
+
+_CENTRE_TRIES = 16  # random centres drawn per object, the first far enough from the others wins
+_OBJECT_UNIFORM = 2 + 2 * _CENTRE_TRIES + 3 * _COLOUR_CANDIDATES
+_MULTI_NUM_UNIFORM = _NUM_UNIFORM + 1 + len(CLASS_NAMES) + MAX_OBJECTS * _OBJECT_UNIFORM
+
+
+def _unit_areas() -> np.ndarray:
+    """``(num_classes,)`` area of each class's shape at circumradius 1 (shoelace; disc: pi)."""
+    areas = np.full(len(CLASS_NAMES), np.pi)
+    for label, (polygon, _) in enumerate(_SHAPES.values()):
+        if polygon is not None:
+            x, y = polygon[:, 0], polygon[:, 1]
+            areas[label] = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    return areas
+
+
+# Circumradius of each class per unit of area-equivalent radius: sized by area, no class is
+# larger on average, so "the largest object" does not favour discs.
+_RADIUS_PER_AREA_RADIUS = np.sqrt(np.pi / _unit_areas())
+
+
+def _place(
+    radius: np.ndarray,
+    tries: np.ndarray,
+    image_size: int,
+    centres: np.ndarray,
+    radii: np.ndarray,
+    active: np.ndarray,
+) -> np.ndarray:
+    """``(B, 2)`` centres: per example its first try far enough from the placed objects.
+
+    Args:
+        radius: ``(B,)`` circumradius of the new object.
+        tries: ``(B, T, 2)`` uniforms, mapped to centres that keep the object inside.
+        centres, radii, active: ``(B, k, 2)``, ``(B, k)``, ``(B, k)`` the objects placed so
+            far (inactive ones are ignored).
+
+    A try is far enough when its distance to every placed centre is at least
+    :data:`MIN_CENTRE_SEPARATION` times the sum of the two circumradii; an example none of
+    whose tries qualifies (rare) takes the try with the largest such ratio.
+    """
+    candidates = radius[:, None, None] + (image_size - 2 * radius[:, None, None]) * tries
+    distance = np.linalg.norm(candidates[:, :, None] - centres[:, None], axis=-1)  # (B, T, k)
+    ratio = distance / (radius[:, None, None] + radii[:, None])
+    ratio = np.where(active[:, None], ratio, np.inf).min(axis=-1, initial=np.inf)  # (B, T)
+    ok = ratio >= MIN_CENTRE_SEPARATION
+    choice = np.where(ok.any(axis=1), ok.argmax(axis=1), ratio.argmax(axis=1))
+    return candidates[np.arange(len(radius)), choice]
+
+
+def generate_multi_batch(
+    split: str, indices: Sequence[int], image_size: int = MULTI_IMAGE_SIZE
+) -> dict[str, np.ndarray]:
+    """Generates the ``shapes64`` examples ``indices`` of ``split``, vectorised over the batch.
+
+    Each example: the textured background of ``shapes``, then 1 to :data:`MAX_OBJECTS`
+    objects of distinct classes drawn in order (later ones occlude earlier ones), each with
+    its own size, position, rotation and colour (far from the background and from the
+    earlier objects' colours). Every example depends only on its own ``(split, index)``.
+
+    Returns:
+        ``{"image": uint8 (B, S, S, 3), "label": int64 (B,) the class with the most visible
+        pixels (ties: the smaller class), "segmentation": uint8 (B, S, S, 1) 0 = background,
+        1 + class on the objects, "mask": uint8 (B, S, S, 1) segmentation > 0,
+        "index": int64 (B,)}``.
+    """
+    num = len(indices)
+    num_classes = len(CLASS_NAMES)
+    uniform, normal = _random_numbers(SPLIT_IDS[split], indices, MULTI_SEED, _MULTI_NUM_UNIFORM)
+    # The background fields of `_params`; its object fields are replaced per object below.
+    base = _params(uniform[:, :_NUM_UNIFORM], normal, np.zeros(num, np.int64), image_size)
+    image = _backgrounds(base, image_size)
+    extra = uniform[:, _NUM_UNIFORM:]
+    count = 1 + np.minimum((MAX_OBJECTS * extra[:, 0]).astype(np.int64), MAX_OBJECTS - 1)
+    classes = np.argsort(extra[:, 1 : 1 + num_classes], axis=1)  # a random order of classes
+    segmentation = np.zeros((num, image_size, image_size), np.uint8)
+    avoid = image.reshape(num, -1, 3)  # colours every new object must stand out from
+    centres, radii, placed = np.zeros((num, 0, 2)), np.zeros((num, 0)), np.zeros((num, 0), bool)
+    for k in range(MAX_OBJECTS):
+        u = extra[:, 1 + num_classes + k * _OBJECT_UNIFORM :][:, :_OBJECT_UNIFORM]
+        active = k < count
+        label = classes[:, k]
+        fraction = MULTI_MIN_SIZE_FRACTION + (
+            MULTI_MAX_SIZE_FRACTION - MULTI_MIN_SIZE_FRACTION
+        ) * u[:, 0]
+        radius = fraction * image_size / 2 * _RADIUS_PER_AREA_RADIUS[label]
+        tries = u[:, 2 : 2 + 2 * _CENTRE_TRIES].reshape(num, _CENTRE_TRIES, 2)
+        centre = _place(radius, tries, image_size, centres, radii, placed)
+        p = base._replace(
+            label=label,
+            radius=radius,
+            centre=centre,
+            angle=_ROTATION_PERIOD[label] * u[:, 1],
+            candidates=np.floor(256.0 * u[:, 2 + 2 * _CENTRE_TRIES :]).reshape(
+                num, _COLOUR_CANDIDATES, 3
+            ),
+        )
+        colour = _shape_colours(p, avoid)
+        inside = _shape_masks(p, image_size) & active[:, None, None]
+        image = np.where(inside[..., None], colour[:, None, None], image)
+        segmentation = np.where(inside, (label + 1).astype(np.uint8)[:, None, None], segmentation)
+        avoid = np.concatenate([avoid, np.where(active[:, None], colour, avoid[:, 0])[:, None]], 1)
+        centres = np.concatenate([centres, centre[:, None]], axis=1)
+        radii = np.concatenate([radii, radius[:, None]], axis=1)
+        placed = np.concatenate([placed, active[:, None]], axis=1)
+    visible = np.stack([(segmentation == c + 1).sum(axis=(1, 2)) for c in range(num_classes)], 1)
+    return {
+        "image": image.astype(np.uint8),
+        "label": visible.argmax(axis=1).astype(np.int64),
+        "segmentation": segmentation[..., None],
+        "mask": (segmentation > 0).astype(np.uint8)[..., None],
+        "index": np.asarray(indices, dtype=np.int64),
+    }
+
+
+def generate_multi_example(
+    split: str, index: int, image_size: int = MULTI_IMAGE_SIZE
+) -> dict[str, Any]:
+    """Generates ``shapes64`` example ``index`` of ``split``; as ``generate_multi_batch``."""
+    batch = generate_multi_batch(split, [index], image_size)
+    return {key: value[0] for key, value in batch.items()}
+
+
 def _raw_uint8(shape: tuple[int, ...]) -> tfds.features.Tensor:
     """A fixed-shape ``uint8`` feature stored as raw bytes.
 
@@ -388,11 +540,77 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
             for split, num in self._config.split_sizes().items()
         }
 
+    def _generate_batch(self, split: str, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        return generate_batch(split, indices, self._config.image_size)
+
     def _generate_examples(
         self, split: str, num_examples: int
     ) -> Iterator[tuple[int, dict[str, Any]]]:
         for start in range(0, num_examples, _CHUNK):
             indices = range(start, min(start + _CHUNK, num_examples))
-            batch = generate_batch(split, indices, self._config.image_size)
+            batch = self._generate_batch(split, indices)
             for row, index in enumerate(indices):
                 yield index, {key: value[row] for key, value in batch.items()}
+
+
+class Shapes64(Shapes):
+    """Synthetic multi-object scenes with a per-pixel class map (TFDS name ``shapes64``).
+
+    Each ``64 x 64`` RGB image (``uint8``) shows 1 to 3 objects of distinct classes among
+    :data:`CLASS_NAMES` (each with the area of a disc of diameter 20%-40% of the side; centres
+    apart by at least :data:`MIN_CENTRE_SEPARATION` of the summed circumradii; later objects
+    occluding earlier ones) on the textured background of ``shapes``. Features ``image``,
+    ``label`` (the class of the object with the most visible pixels), ``segmentation``
+    (``uint8`` ``(64, 64, 1)``: 0 background, 1..5 the class + 1), ``mask`` (``uint8``
+    ``(64, 64, 1)``, the foreground: segmentation > 0) and ``index``. Supervised keys
+    ``("image", "label")``.
+
+    Configs: ``default`` (8,000 train / 1,000 test; a CPU-affordable training set at 256
+    patches per image) and ``small`` (500 / 100, for smoke tests); the first ``n`` examples
+    of ``small`` equal those of ``default``. See :func:`generate_multi_batch`.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    code_path: ClassVar[epath.Path] = epath.Path(__file__)
+    BUILDER_CONFIGS = [
+        ShapesConfig(
+            name="default",
+            description="64x64 scenes of 1-3 shapes, 8,000 train / 1,000 test.",
+            image_size=MULTI_IMAGE_SIZE,
+            num_train=MULTI_NUM_TRAIN,
+            num_test=MULTI_NUM_TEST,
+        ),
+        ShapesConfig(
+            name="small",
+            description="64x64 scenes of 1-3 shapes, 500 train / 100 test (smoke tests).",
+            image_size=MULTI_IMAGE_SIZE,
+            num_train=500,
+            num_test=100,
+        ),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self._config.image_size
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=(
+                "Synthetic RGB scenes of 1 to 3 filled geometric shapes of distinct classes "
+                f"({', '.join(CLASS_NAMES)}) on a random textured background, later shapes "
+                "occluding earlier ones; label = the class with the most visible pixels, "
+                "with the per-pixel class map (0 = background) and the foreground mask."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": _raw_uint8((size, size, 3)),
+                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                    "segmentation": _raw_uint8((size, size, 1)),
+                    "mask": _raw_uint8((size, size, 1)),
+                    "index": tfds.features.Scalar(dtype=np.int64),
+                }
+            ),
+            supervised_keys=("image", "label"),
+        )
+
+    def _generate_batch(self, split: str, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        return generate_multi_batch(split, indices, self._config.image_size)

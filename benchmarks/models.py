@@ -3,11 +3,16 @@
     python -m benchmarks.models --json OUT [--presets cbt_tiny,...] [--skip-train]
                                 [--train-presets cbt_tiny,cbt_small] [--batch 8]
 
-Table 1 (every preset in `cbsa_jax.models.PRESETS`): trainable parameters (1,000 classes) and
+Table 1 (every preset in `cbsa_jax.models.PRESETS`): trainable parameters (1,000 classes),
 forward GFLOPs per image from XLA's cost analysis of the compiled forward
-(`jax.jit(...).lower(...).compile().cost_analysis()`), batch 1, at 224 x 224; the `nano` presets
-(4 x 4 patches, 4 x 4 cells) at their natural 32 x 32. Models are abstract (`nnx.eval_shape`):
-nothing big is allocated. FLOPs count a multiply-add as two.
+(`jax.jit(...).lower(...).compile().cost_analysis()`; a multiply-add counts two FLOPs and
+element-wise work counts too), and GMACs per image as the paper counts them (fvcore: one per
+multiply-add of every matmul and convolution, `benchmarks/_macs.py`), twice: as this library
+executes the forward, and with the ISTA step associated as the reference computes it
+(`X M - (X M^T) M`, which fvcore counts; this library picks `X (M - M^T M)` when cheaper, see
+`cbsa_jax.unroll.ista_association`), beside fvcore's count of the official model where there is
+one. Batch 1, at 224 x 224; the `nano` presets (4 x 4 patches, 4 x 4 cells) at their natural
+32 x 32. Models are abstract (`nnx.eval_shape`): nothing big is allocated.
 
 Table 2 (`--train-presets`, default CBT-T and CBT-S at 224 x 224, batch 8): one AdamW train step
 (`benchmarks/_step.py`: cross-entropy, `nnx.split` / `nnx.merge`, donated state), its median time
@@ -32,10 +37,15 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import _harness as h
+from benchmarks import _macs
 from benchmarks._step import cpu_compiler_options, host_initialised, make_step
 from cbsa_jax.models import PRESETS, create
 
 DEFAULT_TRAIN = ("cbt_tiny", "cbt_small")
+
+# fvcore's FlopCountAnalysis of the official PyTorch models (QishuaiWen/CBSA, eval mode), 224 x
+# 224, batch 1, 1,000 classes, in GMACs
+FVCORE_GMACS = {"cbt_tiny": 0.654, "cbt_small": 2.374, "cbt_base": 9.014, "cbt_large": 28.797}
 
 
 def natural_size(name: str, image_size: int = 224) -> int:
@@ -47,8 +57,9 @@ def count_params(model) -> int:
 
 
 def forward_cost(name: str, *, image_size: int = 224, num_classes: int = 1000, dtype=None,
-                 batch: int = 1) -> dict:
-    """Parameters and XLA's forward cost of preset `name` (abstract model, eval mode)."""
+                 batch: int = 1, compile: bool = True) -> dict:
+    """Parameters, XLA's forward cost and the forward's multiply-adds of preset `name` (abstract
+    model, eval mode); `compile=False` skips XLA (its GFLOPs are then NaN)."""
     size = natural_size(name, image_size)
     abstract = nnx.eval_shape(lambda: create(name, num_classes=num_classes, image_size=size,
                                              dtype=dtype))
@@ -59,11 +70,20 @@ def forward_cost(name: str, *, image_size: int = 224, num_classes: int = 1000, d
         return nnx.merge(graphdef, state)(images)
 
     images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    macs = _macs.count_macs(forward, state, images)
+    with _macs.ista_association("tokens"):
+        macs_reference = _macs.count_macs(forward, state, images)
+    fvcore = FVCORE_GMACS.get(name) if (size, batch, num_classes) == (224, 1, 1000) else None
     t0 = time.perf_counter()
-    compiled = jax.jit(forward).lower(state, images).compile()
-    cost = h.cost_analysis(compiled)
+    cost = (h.cost_analysis(jax.jit(forward).lower(state, images).compile()) if compile
+            else {"flops": math.nan})
     return {"preset": name, "params": count_params(abstract), "image_size": size,
             "batch": batch, "gflops_per_image": cost["flops"] / batch / 1e9,
+            "gmacs_per_image": macs / batch / 1e9,
+            "gmacs_reference_ista": macs_reference / batch / 1e9,
+            "fvcore_gmacs": fvcore,
+            "fvcore_deviation": None if fvcore is None else macs_reference / batch / 1e9 / fvcore
+            - 1,
             "compile_s": time.perf_counter() - t0,
             "note": "natural size 32 x 32" if size != image_size else ""}
 
@@ -121,7 +141,12 @@ PRESET_COLUMNS = [
     ("preset", "<", lambda r: r["preset"]),
     ("params", ">", lambda r: f"{r['params']:,}"),
     ("image", ">", lambda r: f"{r['image_size']}"),
-    ("GFLOPs / image", ">", lambda r: h.fmt(r["gflops_per_image"], ".3f")),
+    ("GFLOPs / image (XLA)", ">", lambda r: h.fmt(r["gflops_per_image"], ".3f")),
+    ("GMACs / image", ">", lambda r: h.fmt(r.get("gmacs_per_image"), ".3f")),
+    ("GMACs, reference ISTA", ">", lambda r: h.fmt(r.get("gmacs_reference_ista"), ".3f")),
+    ("fvcore (official)", ">", lambda r: h.fmt(r.get("fvcore_gmacs"), ".3f")),
+    ("vs fvcore", ">", lambda r: "-" if r.get("fvcore_deviation") is None
+     else f"{100 * r['fvcore_deviation']:+.2f}%"),
     ("note", "<", lambda r: r.get("note", "")),
 ]
 
@@ -202,8 +227,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print("  " + "  ".join(fn(row) for _, _, fn in TRAIN_COLUMNS), flush=True)
             h.write_json(args.json, payload)
     print()
-    print(f"Forward cost (XLA cost analysis, batch 1, {args.image_size} x {args.image_size}; "
-          "nano presets at 32 x 32):")
+    print(f"Forward cost per image (batch 1, {args.image_size} x {args.image_size}; nano presets "
+          "at 32 x 32): XLA cost-analysis GFLOPs (a multiply-add is 2, element-wise work "
+          "included) and GMACs of the matrix products and convolutions (fvcore's convention):")
     print(h.table(payload["presets"], PRESET_COLUMNS))
     if payload["train"]:
         print()

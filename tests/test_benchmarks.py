@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks import _harness as h
-from benchmarks import attention, compare, gpu, models
+from benchmarks import _macs, attention, compare, gpu, models
 from cbsa_jax import attention as att
 
 TINY = ["--sizes", "17", "--matmul-n", "128", "--target-s", "0.01", "--min-repeats", "1",
@@ -153,6 +153,10 @@ def test_models_benchmark_tables(tmp_path, capsys):
     assert [r["preset"] for r in data["presets"]] == ["cbt_nano"]
     for row in data["presets"]:
         assert row["params"] > 0 and row["gflops_per_image"] > 0 and row["image_size"] == 32
+        # XLA counts a multiply-add as two FLOPs plus element-wise work: above 2 x the MACs
+        assert 0 < 2 * row["gmacs_per_image"] < row["gflops_per_image"]
+        assert row["gmacs_reference_ista"] > row["gmacs_per_image"]  # 17 tokens > 64 / 2
+        assert row["fvcore_gmacs"] is None and row["fvcore_deviation"] is None
     (train,) = data["train"]
     for key in ("step_ms", "images_per_s", "step_gflop", "achieved_gflops", "matmul_gflops",
                 "fraction_of_matmul"):
@@ -216,3 +220,43 @@ def test_harness_helpers(tmp_path):
     assert _load(path) == {"a": None, "b": [1.0, None]}
     text = h.table([{"x": 1}], [("x", ">", lambda r: str(r["x"]))])
     assert text.splitlines()[0] == "| x |" and text.splitlines()[1] == "|--:|"
+
+
+def test_macs_of_products_convolutions_and_loops():
+    a, b = jnp.zeros((2, 3, 5)), jnp.zeros((2, 5, 7))
+    assert _macs.count_macs(jnp.matmul, a, b) == 2 * 3 * 5 * 7
+    assert _macs.count_macs(lambda x, y: jnp.einsum("bij,bjk->ik", x, y), a, b) == 2 * 3 * 5 * 7
+    x, k = jnp.zeros((2, 16, 16, 3)), jnp.zeros((3, 3, 3, 8))
+    conv = jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert conv.shape == (2, 8, 8, 8)
+    assert _macs.count_macs(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        x, k) == 2 * 8 * 8 * 8 * 27
+    grouped = jnp.zeros((3, 3, 1, 6))  # depthwise-style: 6 outputs, 3 groups of 1 input channel
+    assert _macs.count_macs(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=3), x, grouped) == 2 * 16 * 16 * 6 * 9
+    m = jnp.zeros((4, 4))
+    inner = jax.jit(lambda m: m @ m)  # a pjit sub-program, under a scan of length 5
+    assert _macs.count_macs(lambda m: jax.lax.fori_loop(0, 5, lambda i, m: inner(m), m), m) \
+        == 5 * 64
+    assert _macs.count_macs(lambda m: jax.lax.cond(True, lambda m: m @ m @ m, lambda m: m, m),
+                            m) == 2 * 64  # the dearer branch
+    assert _macs.count_macs(jax.grad(lambda m: jnp.sum(m @ m)), m) == 3 * 64  # fwd + 2 bwd
+    with pytest.raises(ValueError, match="while_trips"):
+        _macs.count_macs(lambda m: jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (
+            c[0] + 1, c[1] @ c[1]), (0, m)), m)
+
+
+def test_cbt_tiny_macs_agree_with_fvcore_on_the_official_model():
+    row = models.forward_cost("cbt_tiny", compile=False)
+    assert row["fvcore_gmacs"] == models.FVCORE_GMACS["cbt_tiny"]
+    assert abs(row["fvcore_deviation"]) < 0.01  # the paper's 0.654 GMACs, to 1%
+    # one image of D = 192 holds 197 > 96 tokens: the operator-form ISTA is executed, 12 layers
+    # x (3 N D^2 - N D^2 - D^3) fewer multiply-adds than the reference's association
+    n, d = 197, 192
+    saved = 12 * (2 * n * d * d - d**3) / 1e9
+    assert row["gmacs_reference_ista"] - row["gmacs_per_image"] == pytest.approx(saved, rel=1e-9)
+    with pytest.raises(ValueError, match="kind must be"), _macs.ista_association("left"):
+        pass

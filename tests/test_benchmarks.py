@@ -260,3 +260,47 @@ def test_cbt_tiny_macs_agree_with_fvcore_on_the_official_model():
     assert row["gmacs_reference_ista"] - row["gmacs_per_image"] == pytest.approx(saved, rel=1e-9)
     with pytest.raises(ValueError, match="kind must be"), _macs.ista_association("left"):
         pass
+
+
+def test_official_benchmark_interleaves_and_checks_its_arguments(tmp_path):
+    from benchmarks import official
+
+    order = []
+    times = official.interleaved({"official": lambda: order.append("o"),
+                                  "ours": lambda: order.append("j")}, rounds=3, target_s=0.0)
+    assert order == ["o", "j"] + ["o", "j"] * 3  # one warm-up each, then alternating rounds
+    assert [len(t) for t in times.values()] == [3, 3]
+    row = official._row("layer", "x", {"official": [2.0, 4.0, 9.0], "ours": [1.0, 1.5, 3.0]},
+                        1e-7, N=65)
+    assert row["ratio"] == pytest.approx(1.5 / 4.0)
+    assert row["ratio_of_minima"] == pytest.approx(0.5)
+    with pytest.raises(FileNotFoundError, match="models.py"):
+        official.load_official(str(tmp_path))
+    with pytest.raises(SystemExit):
+        official.parse_args(["--repo", str(tmp_path), "--presets", "crate_tiny"])
+    args = official.parse_args(["--repo", str(tmp_path)])
+    assert args.sizes == [65, 257, 1025, 4097] and args.parts == ["layer", "train", "infer"]
+    assert args.train_batches == [8, 64] and args.infer_batches == [1, 64]
+
+
+def test_official_benchmark_smoke(tmp_path, capsys):
+    """Both sides at small sizes against a checkout of the official code: PyTorch (the `compare`
+    extra) and CBSA_OFFICIAL_REPO (a checkout of github.com/QishuaiWen/CBSA) are needed."""
+    pytest.importorskip("torch", reason="the official benchmark needs the 'compare' extra")
+    repo = os.environ.get("CBSA_OFFICIAL_REPO")
+    if not repo or not os.path.isdir(repo):
+        pytest.skip("set CBSA_OFFICIAL_REPO to a checkout of github.com/QishuaiWen/CBSA")
+    from benchmarks import official
+
+    out = tmp_path / "official.json"
+    official.main(["--repo", repo, "--json", str(out), "--sizes", "65", "--presets",
+                   "cbt_tiny", "--train-batches", "2", "--infer-batches", "1", "--image-size",
+                   "128", "--num-classes", "10", "--rounds", "1", "--target-s", "0.001"])
+    data = _load(out)
+    assert data["machine"]["torch_threads"] == os.cpu_count()
+    assert [(r["case"], r["status"]) for r in data["rows"]] == [
+        ("layer", "ok"), ("train", "ok"), ("infer", "ok")]
+    for row in data["rows"]:
+        assert row["max_rel_diff"] < 1e-4  # the converted model computes the official function
+        assert row["official_ms"] > 0 and row["ours_ms"] > 0 and row["ratio"] > 0
+    assert "ours / official" in capsys.readouterr().out

@@ -1,0 +1,400 @@
+"""This library against the official PyTorch CBT, side by side in one process.
+
+    python -m benchmarks.official --repo PATH [--json OUT] [--parts layer,train,infer]
+                                  [--sizes 65,257,1025,4097] [--presets cbt_tiny,cbt_small]
+                                  [--train-batches 8,64] [--infer-batches 1,64] [--rounds 5]
+
+`PATH` is a checkout of https://github.com/QishuaiWen/CBSA (or its `CBSA_image_classification`
+folder): its `models.py` (the CBT `VisionTransformer`, conv stem, `CBSA`, `ISTA`) is imported
+from there; nothing of it is copied into this project. Needs PyTorch and einops
+(`pip install -e .[compare]`).
+
+For every case both models get the same random weights: the official model is built (torch's
+initialisation, BatchNorm running statistics re-drawn so eval mode uses them) and converted with
+`cbsa_jax.convert.cbt_from_torch`; the outputs are compared before anything is timed (the
+`max_rel_diff` column, the largest difference over the largest magnitude; a case whose outputs
+disagree by more than `--tolerance` is reported and not timed). Then each side is warmed up and
+timed in `--rounds` interleaved rounds (official, ours, official, ...), each of about
+`--target-s` per side, float32; the medians and their ratio (ours / official: below 1 is faster)
+are reported, and the ratio of the fastest calls beside it (on a loaded machine PyTorch's OpenMP
+threads, which spin at their barriers, lose far more to other processes than XLA's thread pool
+does, and the minima show what each side does when it has the cores). PyTorch runs with
+`torch.set_num_threads(os.cpu_count())`, JAX calls end with `block_until_ready`.
+
+Cases (`--parts`):
+- `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
+  backward (gradients of the sum of its output in the input and every parameter), batch 1, at
+  N = g^2 + 1 tokens (`--sizes`).
+- `train`: one training step of CBT-T / CBT-S at 224 x 224 (`--presets`, `--train-batches`):
+  forward in train mode (BatchNorm batch statistics), softmax cross-entropy, backward, AdamW
+  update (lr 1e-4, weight decay 0.05; torch.optim.AdamW, optax.adamw with the state donated).
+- `infer`: the eval-mode forward (`--infer-batches`); torch under `torch.inference_mode()`.
+
+Nothing is asserted about the times; the JSON records the machine and its load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from benchmarks import _harness as h
+from benchmarks._step import make_step
+from cbsa_jax.convert import cbt_from_torch
+from cbsa_jax.models import PRESETS
+
+PARTS = ("layer", "train", "infer")
+OFFICIAL_MODULE = "cbsa_official_models"
+
+
+# ----------------------------------------------------------------------------------------------
+# the official code
+
+
+def load_official(repo: str):
+    """The official `models.py` as a module, imported from the checkout `repo`."""
+    root = pathlib.Path(repo).expanduser().resolve()
+    folder = next((p for p in (root / "CBSA_image_classification", root)
+                   if (p / "models.py").is_file() and (p / "attn_layers.py").is_file()), None)
+    if folder is None:
+        raise FileNotFoundError(f"{root} holds neither models.py nor "
+                                "CBSA_image_classification/models.py of the official CBT code")
+    if OFFICIAL_MODULE in sys.modules:
+        return sys.modules[OFFICIAL_MODULE]
+    sys.path.insert(0, str(folder))  # models.py does `from attn_layers import *`
+    spec = importlib.util.spec_from_file_location(OFFICIAL_MODULE, folder / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[OFFICIAL_MODULE] = module
+    return module
+
+
+def official_cbt(official, torch, preset: str, *, image_size: int, num_classes: int,
+                 depth: int | None = None, seed: int = 0):
+    """The official CBT `VisionTransformer` of our `preset`'s widths, torch's initialisation
+    (seeded), BatchNorm running statistics re-drawn (so that eval mode exercises them)."""
+    cfg = PRESETS[preset]
+    torch.manual_seed(seed)
+    net = official.VisionTransformer(
+        attn=official.CBSA, ffn=official.ISTA, image_size=image_size, patch_size=cfg.patch_size,
+        num_classes=num_classes, dim=cfg.dim, depth=cfg.depth if depth is None else depth,
+        heads=cfg.heads, dim_head=cfg.dim_head)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def ours_from(net, preset: str, *, image_size: int, num_classes: int, depth: int | None = None):
+    """The same weights in this library's model, through the converter (eval mode)."""
+    cfg = PRESETS[preset]
+    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+    return cbt_from_torch(state, image_size=image_size, patch_size=cfg.patch_size,
+                          num_classes=num_classes, dim=cfg.dim,
+                          depth=cfg.depth if depth is None else depth, heads=cfg.heads,
+                          dim_head=cfg.dim_head)
+
+
+def max_rel_diff(a, b) -> float:
+    """max |a - b| / max |b| over all leaves (a, b: sequences of numpy arrays)."""
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        worst = max(worst, float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-30))
+    return worst
+
+
+# ----------------------------------------------------------------------------------------------
+# interleaved timing
+
+
+def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, target_s: float,
+                max_per_round: int = 20) -> dict[str, list[float]]:
+    """Time each of `calls` (name -> call that blocks until done) in `rounds` interleaved rounds
+    after one warm-up call each; every round runs each call k times, k sized from the warm-up so
+    that a round takes about `target_s` per call. Returns name -> all timed seconds."""
+    first = {}
+    for name, call in calls.items():
+        t0 = time.perf_counter()
+        call()
+        first[name] = time.perf_counter() - t0
+    per_round = max(1, min(max_per_round, math.ceil(target_s / max(max(first.values()), 1e-6))))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _row(case: str, what: str, times: dict[str, list[float]], diff: float, **extra) -> dict:
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    low = {name: float(np.min(t)) for name, t in times.items()}
+    return {"case": case, "what": what, "official_ms": med["official"] * 1e3,
+            "ours_ms": med["ours"] * 1e3, "ratio": med["ours"] / med["official"],
+            "official_min_ms": low["official"] * 1e3, "ours_min_ms": low["ours"] * 1e3,
+            "ratio_of_minima": low["ours"] / low["official"],
+            "max_rel_diff": diff, "repeats": len(times["ours"]), "status": "ok",
+            "official_times_ms": [t * 1e3 for t in times["official"]],
+            "ours_times_ms": [t * 1e3 for t in times["ours"]], **extra}
+
+
+def _skipped(case: str, what: str, status: str, diff: float | None = None, **extra) -> dict:
+    return {"case": case, "what": what, "official_ms": None, "ours_ms": None, "ratio": None,
+            "ratio_of_minima": None, "max_rel_diff": diff, "repeats": 0, "status": status, **extra}
+
+
+# ----------------------------------------------------------------------------------------------
+# the cases
+
+
+def layer_case(official, torch, n: int, *, preset: str = "cbt_small", rounds: int,
+               target_s: float, tolerance: float, seed: int = 0) -> dict:
+    """The CBSA layer of `preset` (with projections), fwd+bwd at batch 1 and n = g^2 + 1."""
+    g = math.isqrt(n - 1)
+    if g * g + 1 != n:
+        raise ValueError(f"layer sizes must be g^2 + 1 (a g x g grid and a cls token), got {n}")
+    cfg = PRESETS[preset]
+    what = f"CBSA layer D={cfg.dim} H={cfg.heads}, fwd+bwd, batch 1"
+    size = g * cfg.patch_size
+    net = official_cbt(official, torch, preset, image_size=size, num_classes=10, depth=1,
+                       seed=seed)
+    layer_t = net.transformer.layers[0][0].fn
+    model = ours_from(net, preset, image_size=size, num_classes=10, depth=1)
+    layer_j = model.blocks[0].attn
+    graphdef, params = nnx.split(layer_j)
+
+    x_np = np.random.default_rng(seed).standard_normal((1, n, cfg.dim)).astype(np.float32)
+    x_t = torch.from_numpy(x_np).requires_grad_(True)
+    t_params = [x_t, *layer_t.parameters()]
+
+    def torch_call():
+        for p in t_params:
+            p.grad = None
+        layer_t(x_t).sum().backward()
+        return [x_t.grad, *(p.grad for p in t_params[1:])]
+
+    def loss(params, x):
+        return jnp.sum(nnx.merge(graphdef, params)(x, grid=(g, g)))
+
+    x_j = jnp.asarray(x_np)
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x_j).compile()
+
+    def ours_call():
+        return jax.block_until_ready(compiled(params, x_j))
+
+    out_t = layer_t(x_t).detach().numpy()
+    out_j = np.asarray(layer_j(x_j, grid=(g, g)))
+    grads_t = torch_call()
+    _, (_, gx_j) = ours_call()
+    diff = max_rel_diff([out_j, np.asarray(gx_j)], [out_t, grads_t[0].numpy()])
+    if not diff <= tolerance:
+        return _skipped("layer", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
+                        N=n)
+    times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        target_s=target_s)
+    return _row("layer", what, times, diff, N=n)
+
+
+def _images(batch: int, size: int, num_classes: int, seed: int):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, 3, size, size)).astype(np.float32)  # NCHW
+    return images, rng.integers(0, num_classes, batch)
+
+
+def train_case(official, torch, preset: str, batch: int, *, image_size: int, num_classes: int,
+               rounds: int, target_s: float, tolerance: float, budget_gb: float,
+               seed: int = 0) -> dict:
+    """One AdamW step (train-mode forward, cross-entropy, backward, update) of both models."""
+    what = f"{preset} train step (fwd+bwd+AdamW), batch {batch}, {image_size}"
+    base = {"preset": preset, "batch": batch}
+    net = official_cbt(official, torch, preset, image_size=image_size, num_classes=num_classes,
+                       seed=seed)
+    model = ours_from(net, preset, image_size=image_size, num_classes=num_classes)
+    images_np, labels_np = _images(batch, image_size, num_classes, seed)
+
+    # train-mode forward of both, before any update
+    net.train()
+    model.train()
+    logits_t = net(torch.from_numpy(images_np)).detach().numpy()
+    probe = nnx.clone(model)
+    logits_j = np.asarray(probe(jnp.asarray(images_np.transpose(0, 2, 3, 1))))
+    diff = max_rel_diff([logits_j], [logits_t])
+    if not diff <= tolerance:
+        return _skipped("train", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
+                        **base)
+
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
+    images_t, labels_t = torch.from_numpy(images_np), torch.from_numpy(labels_np)
+
+    def torch_call():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(images_t), labels_t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step, state = make_step(model, optax.adamw(1e-4, weight_decay=0.05))
+    images_j = jnp.asarray(images_np.transpose(0, 2, 3, 1))
+    labels_j = jnp.asarray(labels_np, jnp.int32)
+    compiled = step.lower(state, images_j, labels_j).compile()
+    peak_gb = h.memory_analysis(compiled)["peak"] / h.GB
+    if peak_gb > budget_gb:
+        return _skipped("train", what, f"oom (estimated {peak_gb:.1f} GB > {budget_gb} GB)",
+                        diff, **base)
+    holder = [state]
+
+    def ours_call():
+        holder[0], loss = compiled(holder[0], images_j, labels_j)
+        return jax.block_until_ready(loss)
+
+    times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        target_s=target_s)
+    return _row("train", what, times, diff, peak_mb=peak_gb * 1e3, **base)
+
+
+def infer_case(official, torch, preset: str, batch: int, *, image_size: int, num_classes: int,
+               rounds: int, target_s: float, tolerance: float, seed: int = 0) -> dict:
+    """The eval-mode forward of both models."""
+    what = f"{preset} inference (eval forward), batch {batch}, {image_size}"
+    net = official_cbt(official, torch, preset, image_size=image_size, num_classes=num_classes,
+                       seed=seed).eval()
+    model = ours_from(net, preset, image_size=image_size, num_classes=num_classes)
+    graphdef, state = nnx.split(model)
+    images_np, _ = _images(batch, image_size, num_classes, seed)
+    images_t = torch.from_numpy(images_np)
+    images_j = jnp.asarray(images_np.transpose(0, 2, 3, 1))
+    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images_j).compile()
+
+    def torch_call():
+        with torch.inference_mode():
+            return net(images_t)
+
+    def ours_call():
+        return jax.block_until_ready(compiled(state, images_j))
+
+    diff = max_rel_diff([np.asarray(ours_call())], [torch_call().numpy()])
+    if not diff <= tolerance:
+        return _skipped("infer", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
+                        preset=preset, batch=batch)
+    times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        target_s=target_s)
+    return _row("infer", what, times, diff, preset=preset, batch=batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line
+
+
+COLUMNS = [
+    ("what", "<", lambda r: r["what"] + (f", N={r['N']:,}" if "N" in r else "")),
+    ("official ms", ">", lambda r: h.fmt(r["official_ms"], ",.2f")),
+    ("ours ms", ">", lambda r: h.fmt(r["ours_ms"], ",.2f")),
+    ("ours / official", ">", lambda r: h.fmt(r["ratio"], ".2f")),
+    ("ratio of minima", ">", lambda r: h.fmt(r["ratio_of_minima"], ".2f")),
+    ("max rel diff", ">", lambda r: h.fmt(r["max_rel_diff"], ".1e")),
+    ("runs", ">", lambda r: str(r["repeats"])),
+    ("status", "<", lambda r: r["status"]),
+]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.official", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", required=True,
+                   help="checkout of github.com/QishuaiWen/CBSA (or its "
+                        "CBSA_image_classification folder)")
+    p.add_argument("--json", help="write the rows and the machine to this JSON file")
+    p.add_argument("--parts", default=",".join(PARTS))
+    p.add_argument("--sizes", default="65,257,1025,4097", help="CBSA layer token counts g^2 + 1")
+    p.add_argument("--layer-preset", default="cbt_small",
+                   help="the preset whose CBSA layer is timed (cbt_small: D=384, H=6)")
+    p.add_argument("--presets", default="cbt_tiny,cbt_small")
+    p.add_argument("--train-batches", default="8,64")
+    p.add_argument("--infer-batches", default="1,64")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case")
+    p.add_argument("--target-s", type=float, default=0.5,
+                   help="time per round and side, roughly (at least one call)")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest max-relative difference of the outputs before a case is timed")
+    p.add_argument("--memory-budget-gb", type=float, default=h.default_memory_budget_gb())
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="torch.set_num_threads (default: every core, os.cpu_count())")
+    args = p.parse_args(argv)
+    args.parts = h.parse_list(args.parts)
+    h.check_choices(p, args.parts, PARTS, "part")
+    args.presets = h.parse_list(args.presets)
+    h.check_choices(p, [*args.presets, args.layer_preset],
+                    [k for k in sorted(PRESETS) if k.startswith("cbt_") and "exact" not in k],
+                    "preset")
+    args.sizes = h.parse_list(args.sizes, int)
+    args.train_batches = h.parse_list(args.train_batches, int)
+    args.infer_batches = h.parse_list(args.infer_batches, int)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    try:
+        import torch
+    except ImportError as e:
+        raise SystemExit("benchmarks.official needs PyTorch: pip install -e '.[compare]'") from e
+    official = load_official(args.repo)
+    torch.set_num_threads(args.threads)
+    info = h.machine_info()
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    config = {k: v for k, v in vars(args).items()}
+    payload = {"benchmark": "official", "machine": info, "config": config, "rows": []}
+    print(f"# ours / official PyTorch CBT, {info['date']}, {info['processor']} "
+          f"({info['cpu_count']} cores), jax {info['jax']}, torch {info['torch']} "
+          f"({info['torch_threads']} threads); load average {info['load_average']}", flush=True)
+    common = dict(rounds=args.rounds, target_s=args.target_s, tolerance=args.tolerance)
+    jobs = []
+    if "layer" in args.parts:
+        jobs += [lambda n=n: layer_case(official, torch, n, preset=args.layer_preset, **common)
+                 for n in args.sizes]
+    model_kw = dict(image_size=args.image_size, num_classes=args.num_classes, **common)
+    if "train" in args.parts:
+        jobs += [lambda p=p, b=b: train_case(official, torch, p, b,
+                                             budget_gb=args.memory_budget_gb, **model_kw)
+                 for b in args.train_batches for p in args.presets]
+    if "infer" in args.parts:
+        jobs += [lambda p=p, b=b: infer_case(official, torch, p, b, **model_kw)
+                 for b in args.infer_batches for p in args.presets]
+    t_start = time.perf_counter()
+    for job in jobs:
+        row = job()
+        row["load_average"] = os.getloadavg()
+        payload["rows"].append(row)
+        print("  " + "  ".join(fn(row) for _, _, fn in COLUMNS), flush=True)
+        h.write_json(args.json, payload)
+    payload["wall_s"] = time.perf_counter() - t_start
+    payload["machine"]["load_average_end"] = os.getloadavg()
+    h.write_json(args.json, payload)
+    print()
+    print(h.table(payload["rows"], COLUMNS))
+    print(f"\nload average at the start {info['load_average']}, at the end "
+          f"{payload['machine']['load_average_end']}; wall clock {payload['wall_s']:.0f} s")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

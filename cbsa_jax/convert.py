@@ -318,6 +318,95 @@ def cbt_from_torch(state_dict, *, image_size, patch_size: int, num_classes: int,
 
 
 # ----------------------------------------------------------------------------------------------
+# the CBT segmentation decoder (the reference's CBSA_semantic_segmentation `MaskTransformer`)
+
+__all__ += ["cbt_decoder_key_map", "cbt_decoder_from_torch"]
+
+CBT_DECODER_CELLS = (10, 10)  # the reference's blocks hard-code 10 x 10 representatives
+_CBT_DECODER_DEFAULTS = {"num_classes": 150, "heads": 3, "dim_head": 100}  # its other constants
+
+
+def cbt_decoder_key_map(*, depth: int, heads: int, dim_head: int, dim: int
+                        ) -> dict[str, tuple[tuple, Transform]]:
+    """PyTorch key -> (path in `nnx.state(decoder)`, transform) for the reference decoder."""
+    heads_in: Transform = lambda w: w.T.reshape(dim, heads, dim_head)  # noqa: E731
+    heads_out: Transform = lambda w: w.T.reshape(heads, dim_head, dim)  # noqa: E731
+    per_head: Transform = lambda v: v.reshape(heads)  # noqa: E731  [H, 1, 1] -> [H]
+    keys: dict[str, tuple[tuple, Transform]] = {"cls_emb": (("class_embedding",), _IDENTITY)}
+    for norm, dst in (("decoder_norm", "norm"), ("mask_norm", "mask_norm")):
+        keys[f"{norm}.weight"] = ((dst, "scale"), _IDENTITY)
+        keys[f"{norm}.bias"] = ((dst, "bias"), _IDENTITY)
+    for layer in range(depth):
+        src, dst = f"net.layers.{layer}", ("blocks", layer)
+        keys[f"{src}.norm.weight"] = ((*dst, "norm", "scale"), _IDENTITY)
+        keys[f"{src}.norm.bias"] = ((*dst, "norm", "bias"), _IDENTITY)
+        keys[f"{src}.fn.proj.weight"] = ((*dst, "attn", "proj", 0), heads_in)
+        keys[f"{src}.fn.to_out.weight"] = ((*dst, "attn", "out_kernel"), heads_out)
+        keys[f"{src}.fn.to_out.bias"] = ((*dst, "attn", "out_bias"), _IDENTITY)
+        keys[f"{src}.fn.step_x"] = ((*dst, "attn", "step_x"), per_head)
+        keys[f"{src}.fn.step_rep"] = ((*dst, "attn", "step_rep"), per_head)
+    return keys
+
+
+def _decoder_sizes(weights: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """depth, dim, num_classes, heads, dim_head of a reference decoder state dict, read from the
+    shapes (the reference's constants where the keys that carry them are absent: the key check
+    then names what is missing)."""
+    sizes = dict(_CBT_DECODER_DEFAULTS)
+    layer_ids = {int(k.split(".")[2]) for k in weights
+                 if k.startswith("net.layers.") and k.split(".")[2].isdigit()}
+    sizes["depth"] = max(layer_ids) + 1 if layer_ids else 1
+    emb = weights.get("cls_emb")
+    if emb is not None and np.ndim(emb) == 3:
+        sizes["num_classes"], sizes["dim"] = int(emb.shape[1]), int(emb.shape[2])
+    else:
+        for key in ("decoder_norm.weight", "net.layers.0.norm.weight"):
+            if key in weights and np.ndim(weights[key]) == 1:
+                sizes["dim"] = int(weights[key].shape[0])
+                break
+        else:
+            raise ValueError("state_dict does not match the model: missing keys ['cls_emb', "
+                             "'decoder_norm.weight'] (cannot read the decoder width)")
+    step = weights.get("net.layers.0.fn.step_x")
+    if step is not None and np.ndim(step) >= 1 and np.shape(step)[0] >= 1:
+        sizes["heads"] = int(np.shape(step)[0])
+    proj = weights.get("net.layers.0.fn.proj.weight")
+    if proj is not None and np.ndim(proj) == 2 and proj.shape[0] % sizes["heads"] == 0:
+        sizes["dim_head"] = int(proj.shape[0]) // sizes["heads"]
+    return sizes
+
+
+def cbt_decoder_from_torch(state_dict, *, cells: tuple[int, int] = CBT_DECODER_CELLS, dtype=None,
+                           param_dtype=np.float32):
+    """The official CBT segmentation decoder (`MaskTransformer` of the reference's
+    `CBSA_semantic_segmentation`) as a `cbsa_jax.models.MaskTransformerDecoder`, in eval mode.
+
+    `state_dict`: the decoder's state dict (a `{key: array}` mapping or a `.pth` path; keys as
+    the reference names them, e.g. `cls_emb`, `net.layers.0.fn.proj.weight`, `mask_norm.bias`).
+    Width, depth, classes, heads and head width are read from the shapes; the reference's
+    10 x 10 representative cells are its constant (`cells`).
+
+    `decoder(features, grid=(gh, gw))` maps patch features `[B, gh*gw, D]` (the encoder's
+    output after its final norm, cls dropped) to mask logits `[B, gh, gw, K]`;
+    `decoder(features, grid=..., image_size=(H, W))` upsamples them to `[B, H, W, K]` as the
+    reference does (bilinear, half-pixel centres, no antialiasing). Any grid with at least
+    `cells` patches per side works, square or not.
+
+    Raises ValueError listing every unknown, missing or mis-shaped key.
+    """
+    from cbsa_jax.models.segmenter import MaskTransformerDecoder
+
+    weights = load_torch_state_dict(state_dict)
+    s = _decoder_sizes(weights)
+    key_map = cbt_decoder_key_map(depth=s["depth"], heads=s["heads"], dim_head=s["dim_head"],
+                                  dim=s["dim"])
+    return assign(lambda: MaskTransformerDecoder(
+        s["dim"], s["num_classes"], depth=s["depth"], heads=s["heads"], dim_head=s["dim_head"],
+        attention="cbsa", cells=tuple(cells), dtype=dtype, param_dtype=param_dtype,
+        rngs=nnx.Rngs(0)), weights, key_map)
+
+
+# ----------------------------------------------------------------------------------------------
 # pretrained softmax ViTs: timm (.pth / .safetensors), AugReg / vit_jax and big_vision (.npz)
 
 __all__ += ["load_safetensors", "save_safetensors", "load_npz", "load_vit_weights",

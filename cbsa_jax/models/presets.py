@@ -8,8 +8,11 @@
 | CRATE at CBT widths (the reference's) | crate_cbt_{tiny,small,base,large} | MSSA / ISTA | as CBT |
 | ToST at CBT widths (the reference's) | tost_{nano,tiny,small,base,large} | TSSA / ISTA | as CBT |
 | softmax ViT | vit_{nano,tiny,small,base,large} | softmax / MLP | as CBT |
+| timm's ViT (pretrained weights) | vit_timm_{nano,tiny,small,base,large} | softmax / MLP | as CBT |
 
-Official CRATE uses the linear patch embedding, the others the reference's conv stem. `nano`
+Official CRATE uses the linear patch embedding, the others the reference's conv stem; the
+`vit_timm` presets are timm's architecture (plain patch projection, qkv bias, LayerNorm eps
+1e-6), which `cbsa_jax.convert.vit_from_timm` / `save_timm` read and write. `nano`
 presets (dim 64, depth 4, 4 heads of 16, a 2-block conv stem for 4 x 4 patches, 4 x 4
 representative cells) are for CPU runs; every nano uses the same stem, for fair comparisons.
 """
@@ -64,6 +67,9 @@ def _build() -> dict[str, ModelConfig]:
         presets[f"tost_{size}"] = cfg
     for size, cfg in _family("softmax", ffn="mlp").items():
         presets[f"vit_{size}"] = cfg
+    for size, cfg in _family("softmax", ffn="mlp", patch_embed="projection", qkv_bias=True,
+                             norm_eps=1e-6).items():
+        presets[f"vit_timm_{size}"] = cfg
     return presets
 
 

@@ -191,7 +191,10 @@ class VisionTransformer(nnx.Module):
         x = jnp.concatenate([cls, x], axis=1)
         return x + self.position_embedding(grid).astype(x.dtype), grid
 
-    def __call__(self, images, *, capture: bool = False):
+    def encode(self, images, *, capture: bool = False):
+        """The last block's tokens, before the head: (`[B, 1 + gh*gw, D]`, grid); with
+        `capture=True`, (tokens, grid, per-block internals). Dense heads (e.g. the segmenter) apply
+        `head_norm` to the patch tokens `tokens[:, 1:]` themselves."""
         x, grid = self.tokens(images)
         captured = []
         for block in self.blocks:
@@ -199,6 +202,11 @@ class VisionTransformer(nnx.Module):
             if capture:
                 x, aux = x
                 captured.append(aux)
+        return (x, grid, captured) if capture else (x, grid)
+
+    def __call__(self, images, *, capture: bool = False):
+        x, grid, *rest = self.encode(images, capture=capture)
+        captured = rest[0] if capture else []
         pool = self.config.pool
         pooled = (x[:, 0] if pool is Pool.CLS else
                   jnp.mean(x[:, 1:] if pool is Pool.PATCH_MEAN else x, axis=1))

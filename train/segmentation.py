@@ -1,0 +1,112 @@
+"""Semantic segmentation: per-pixel cross-entropy, the confusion matrix and mIoU.
+
+The metrics are pure functions of arrays (jit-able, no TensorFlow):
+
+- `confusion_matrix(labels, predictions, num_classes, ignore_index=...)`: `[K, K]` int32 counts,
+  row = true class, column = predicted class, over the valid pixels (labels in [0, K); the ignore
+  value and padding never count);
+- `iou_per_class(confusion)`: intersection / union per class, NaN where a class occurs in neither
+  the labels nor the predictions;
+- `mean_iou(confusion)`: the mean of the per-class IoU over the classes that occur (union > 0), as
+  mmsegmentation's `nanmean`;
+- `pixel_accuracy(confusion)`: correct / valid pixels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["IGNORE_INDEX", "confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy",
+           "pixel_cross_entropy", "summarize"]
+
+IGNORE_INDEX = 255  # ADE20K's "other" after the usual label shift; never a class
+
+
+def confusion_matrix(labels, predictions, num_classes: int, *, ignore_index: int = IGNORE_INDEX,
+                     weights=None) -> jax.Array:
+    """`[K, K]` int32 counts of (true, predicted) pairs over the valid pixels.
+
+    Args:
+      labels: int `[...]` true classes; pixels outside [0, K) (e.g. `ignore_index`) are skipped.
+      predictions: int `[...]` predicted classes in [0, K), same shape.
+      num_classes: K.
+      weights: optional 0/1 mask broadcastable to `labels` (e.g. `[B, 1, 1]` marking padded
+        examples); zero entries are skipped.
+    """
+    labels, predictions = jnp.asarray(labels), jnp.asarray(predictions)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels and predictions must have the same shape, got {labels.shape} "
+                         f"and {predictions.shape}")
+    k = int(num_classes)
+    valid = (labels >= 0) & (labels < k) & (labels != ignore_index)
+    if weights is not None:
+        valid &= jnp.broadcast_to(jnp.asarray(weights) > 0, labels.shape)
+    index = jnp.where(valid, k * labels.astype(jnp.int32) + predictions.astype(jnp.int32), k * k)
+    # index k*k (an invalid pixel) lies outside [0, length) and is dropped by bincount
+    return jnp.bincount(index.reshape(-1), length=k * k).astype(jnp.int32).reshape(k, k)
+
+
+def _as_float(confusion):
+    confusion = jnp.asarray(confusion)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be a square [K, K] matrix, got shape {confusion.shape}")
+    return confusion.astype(jnp.promote_types(confusion.dtype, jnp.float32))
+
+
+def iou_per_class(confusion) -> jax.Array:
+    """`[K]` intersection over union; NaN for a class absent from labels and predictions."""
+    c = _as_float(confusion)
+    inter = jnp.diagonal(c)
+    union = c.sum(axis=0) + c.sum(axis=1) - inter
+    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1), jnp.nan)
+
+
+def mean_iou(confusion) -> jax.Array:
+    """Mean IoU over the classes that occur (in the labels or the predictions); NaN if none."""
+    iou = iou_per_class(confusion)
+    present = ~jnp.isnan(iou)
+    return jnp.where(present.any(), jnp.sum(jnp.where(present, iou, 0)) /
+                     jnp.maximum(present.sum(), 1), jnp.nan)
+
+
+def pixel_accuracy(confusion) -> jax.Array:
+    """Correctly classified / valid pixels (NaN when there are none)."""
+    c = _as_float(confusion)
+    total = c.sum()
+    return jnp.where(total > 0, jnp.trace(c) / jnp.where(total > 0, total, 1), jnp.nan)
+
+
+def pixel_cross_entropy(logits, labels, *, ignore_index: int = IGNORE_INDEX, weights=None):
+    """(sum of per-pixel cross-entropies, number of valid pixels), both float32.
+
+    `logits [..., K]` (computed in float32 whatever their dtype), `labels [...]` int; pixels with
+    a label outside [0, K) (the ignore value) contribute nothing; `weights` as in
+    `confusion_matrix`.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    labels = jnp.asarray(labels)
+    k = logits.shape[-1]
+    valid = (labels >= 0) & (labels < k) & (labels != ignore_index)
+    if weights is not None:
+        valid &= jnp.broadcast_to(jnp.asarray(weights) > 0, labels.shape)
+    safe = jnp.where(valid, labels, 0).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid.astype(jnp.float32))
+
+
+def summarize(confusion) -> dict[str, float | list[float | None]]:
+    """`miou`, `pixel_accuracy` and `iou_per_class` (None for an absent class) of a host confusion
+    matrix, in float64 (a whole split's counts may exceed float32's exact integers)."""
+    c = np.asarray(confusion, np.float64)
+    inter = np.diagonal(c)
+    union = c.sum(axis=0) + c.sum(axis=1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, np.nan)
+    present = union > 0
+    total = c.sum()
+    return {"miou": float(iou[present].mean()) if present.any() else float("nan"),
+            "pixel_accuracy": float(np.trace(c) / total) if total > 0 else float("nan"),
+            "iou_per_class": [None if np.isnan(v) else float(v) for v in iou]}

@@ -22,7 +22,10 @@ __all__ = ["ConfigError", "base_config", "load", "apply_overrides", "validate",
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "digits.py")
 
+TASKS = ("classification", "segmentation", "language")
 AUGMENTS = ("none", "flip", "translate", "crop_flip")
+SEGMENTATION_AUGMENTS = ("none", "flip")  # the class map moves with the image
+DECODERS = ("cbt", "softmax", "linear")
 OPTIMIZERS = ("adamw", "lion", "sgd")
 SCHEDULES = ("cosine", "constant")
 NONFINITE = ("skip", "stop")
@@ -38,6 +41,7 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
     """Every field the training program reads, with its default."""
     c = ml_collections.ConfigDict()
+    c.task = "classification"  # classification | segmentation | language (train/steps.py TASKS)
     # data
     c.dataset = "digits"  # a local builder (digits, shapes) or any TFDS image classification name
     c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
@@ -57,6 +61,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.shuffle_buffer = 16_384
     c.data_shards = 0  # 0 = one per process; fixing it makes the data order host-count invariant
+    # segmentation (config.task = "segmentation"): per-pixel classes from a class-map feature
+    c.segmentation = ml_collections.ConfigDict()
+    c.segmentation.label_key = "segmentation"  # the dataset's [H, W, 1] class-map feature
+    c.segmentation.num_classes = 0  # 0 = the dataset's `label` classes + 1 (0 = background)
+    c.segmentation.ignore_index = 255  # pixels with this label count nowhere
+    c.segmentation.reduce_zero_label = False  # ADE20K: 0 ("other") -> ignore, k -> k - 1
+    c.segmentation.decoder = "cbt"  # cbt | softmax | linear (cbsa_jax.models.segmenter)
+    c.segmentation.decoder_depth = 2
+    # language (config.task = "language"): fixed-length token sequences, next-token prediction
+    c.language = ml_collections.ConfigDict()
+    c.language.tokens_key = "tokens"  # the dataset's [T + 1] int feature
+    c.language.vocab_size = 256  # bytes
     # model
     c.model = ml_collections.ConfigDict()
     c.model.name = "cbt_nano"
@@ -185,8 +201,26 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     base = base_config()
     unknown = sorted(set(config.keys()) - set(base.keys()))
     _check(not unknown, f"unknown config fields {unknown}")
-    unknown = sorted(set(config.model.keys()) - set(base.model.keys()))
-    _check(not unknown, f"unknown config fields {['model.' + k for k in unknown]}")
+    for group in ("model", "segmentation", "language"):
+        unknown = sorted(set(config[group].keys()) - set(base[group].keys()))
+        _check(not unknown, f"unknown config fields {[group + '.' + k for k in unknown]}")
+    _check(config.task in TASKS, f"config.task must be one of {TASKS}, got {config.task!r}")
+    if config.task == "segmentation":
+        seg = config.segmentation
+        _check(config.augment in SEGMENTATION_AUGMENTS,
+               f"config.augment must be one of {SEGMENTATION_AUGMENTS} for segmentation (the "
+               f"class map moves with the image), got {config.augment!r}")
+        _check(seg.decoder in DECODERS, f"config.segmentation.decoder must be one of {DECODERS}, "
+                                        f"got {seg.decoder!r}")
+        for name in ("num_classes", "ignore_index", "decoder_depth"):
+            _check(isinstance(seg[name], int) and seg[name] >= (1 if name == "decoder_depth"
+                                                                  else 0),
+                   f"config.segmentation.{name} must be an integer >= "
+                   f"{1 if name == 'decoder_depth' else 0}, got {seg[name]!r}")
+    if config.task == "language":
+        _check(isinstance(config.language.vocab_size, int) and config.language.vocab_size >= 2,
+               f"config.language.vocab_size must be an integer >= 2, got "
+               f"{config.language.vocab_size!r}")
     _check(isinstance(config.dataset, str) and config.dataset != "",
            "config.dataset must be a dataset name")
     size = config.image_size
@@ -235,6 +269,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                f"config.mesh.{axis} must be a positive integer or -1, got {v!r}")
     _check(sum(config.mesh[a] == -1 for a in ("data", "fsdp", "model")) <= 1,
            "config.mesh: at most one axis may be -1")
+    if config.task == "language":  # the language model checks its own preset when built
+        return config
     _check(config.model.name in PRESETS,
            f"config.model.name must be one of {sorted(PRESETS)}, got {config.model.name!r}")
     try:

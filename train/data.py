@@ -4,8 +4,8 @@ Training batches are a pure function of (seed, epoch, position): every epoch res
 own seed and every example's augmentation draws from a stateless seed folded from its position,
 so resuming at step s rebuilds the epoch and skips the batches already seen; nothing about the
 iterator needs saving beyond the step. Evaluation reads each process's share of the split once,
-pads every process to the same number of batches and marks padding with `mask = 0`, so no example
-is dropped or counted twice.
+pads every process to the same number of batches and marks padding with `valid = 0`, so no example
+is dropped or counted twice. What a batch holds depends on `config.task` (see `train_batches`).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ class DataSpec:
     """
 
     name: str
-    num_classes: int
-    channels: int
-    image_size: tuple[int, int]
+    num_classes: int  # classes (classification, per-pixel classes) or vocabulary (language)
+    channels: int  # image channels (0 for language)
+    image_size: tuple[int, ...]  # (H, W); for language (sequence length + 1,)
     shards: tuple[int, ...]  # the shards this process reads
     train_splits: tuple  # TFDS split of every shard
     eval_splits: tuple
@@ -110,13 +110,45 @@ def _split_sizes(builder, split: str, count: int) -> tuple[tuple[int, ...], list
     return sizes, shares
 
 
+def _require(features, config, *keys: str) -> None:
+    missing = [k for k in keys if k not in features]
+    if missing:
+        raise DataError(f"config.dataset: {config.dataset!r} has no {missing} feature(s), which "
+                        f"task {config.task!r} reads (features: {list(features.keys())})")
+
+
+def _task_facts(builder, config) -> tuple[int, int, tuple[int, ...]]:
+    """(num_classes, channels, example size) of the dataset for `config.task`."""
+    features = builder.info.features
+    size = config.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if config.task == "classification":
+        _require(features, config, "image", "label")
+        return int(features["label"].num_classes), int(features["image"].shape[-1]), size
+    if config.task == "segmentation":
+        seg = config.segmentation
+        _require(features, config, "image", seg.label_key)
+        classes = seg.num_classes
+        if not classes:
+            if "label" not in features or not hasattr(features["label"], "num_classes"):
+                raise DataError(f"config.segmentation.num_classes: {config.dataset!r} has no "
+                                f"'label' ClassLabel to count classes from; set it")
+            classes = int(features["label"].num_classes) + 1  # + background (0)
+        return int(classes), int(features["image"].shape[-1]), size
+    lang = config.language
+    _require(features, config, lang.tokens_key)
+    shape = tuple(features[lang.tokens_key].shape)
+    if len(shape) != 1 or shape[0] is None or shape[0] < 2:
+        raise DataError(f"config.language.tokens_key: {lang.tokens_key!r} must be a fixed-length "
+                        f"1-D sequence of at least 2 tokens, got shape {shape}")
+    return int(lang.vocab_size), 0, shape
+
+
 def data_spec(builder, config: ml_collections.ConfigDict, *, process_index: int,
               process_count: int) -> DataSpec:
     """Sizes, classes and channels of the dataset, and this process's shards and batches."""
     features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise DataError(f"config.dataset: {config.dataset!r} has no 'image' and 'label' "
-                        f"features (features: {list(features.keys())})")
+    num_classes, channels, size = _task_facts(builder, config)
     for split in (config.train_split, config.eval_split):
         if builder.info.splits and split.split("[")[0] not in builder.info.splits:
             raise DataError(f"config: split {split!r} is not in {config.dataset!r} (splits: "
@@ -137,11 +169,9 @@ def data_spec(builder, config: ml_collections.ConfigDict, *, process_index: int,
         raise DataError(f"config.batch_size {config.batch_size} exceeds the training split "
                         f"({sum(train_sizes)} examples in {shard_count} shards)")
     per_process = shard_count // process_count
-    size = config.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    del features
     return DataSpec(
-        name=config.dataset, num_classes=int(features["label"].num_classes),
-        channels=int(features["image"].shape[-1]), image_size=size,
+        name=config.dataset, num_classes=num_classes, channels=channels, image_size=size,
         shards=tuple(range(process_index * per_process, (process_index + 1) * per_process)),
         train_splits=tuple(train_splits), eval_splits=tuple(eval_splits),
         train_examples=train_sizes, eval_examples=eval_sizes, shard_batch=shard_batch,
@@ -163,11 +193,29 @@ def _resize_to(image, size):
     return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
 
 
+def _class_map(example, config) -> tf.Tensor:
+    """The per-pixel class map `[H, W, 1]` as float32 (exact small integers), with ADE-style
+    `reduce_zero_label` (0 -> ignore, k -> k - 1) applied."""
+    seg = config.segmentation
+    labels = tf.cast(example[seg.label_key], tf.float32)
+    if labels.shape.rank == 2:
+        labels = labels[..., None]
+    if seg.reduce_zero_label:
+        labels = tf.where(labels == 0, float(seg.ignore_index), labels - 1)
+    return labels
+
+
+def _resize_labels(labels, size):
+    if tuple(labels.shape[:2]) == tuple(size):
+        return labels
+    return tf.image.resize(labels, size, method="nearest")
+
+
 def _train_map(config, spec: DataSpec):
     size = spec.image_size
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops: skip autograph's slow rewrite
-    def fn(seed, example):
+    def classification(seed, example):
         image = example["image"]
         seeds = tf.random.experimental.stateless_split(seed, 3)
         if config.augment == "crop_flip":
@@ -187,14 +235,31 @@ def _train_map(config, spec: DataSpec):
         image = tf.ensure_shape(normalize(image, config), (*size, spec.channels))
         return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
-    return fn
+    @tf.autograph.experimental.do_not_convert
+    def segmentation(seed, example):
+        # image and class map move together: one flip decision for both channels stacks
+        image = _resize_to(example["image"], size)
+        labels = _resize_labels(_class_map(example, config), size)
+        if config.augment == "flip":
+            both = augment.random_flip(tf.concat([image, labels], axis=-1), seed)
+            image, labels = both[..., :-1], both[..., -1:]
+        image = tf.ensure_shape(normalize(image, config), (*size, spec.channels))
+        return {"image": image, "segmentation": tf.cast(labels[..., 0], tf.int32)}
+
+    @tf.autograph.experimental.do_not_convert
+    def language(seed, example):
+        del seed
+        return {"tokens": tf.cast(example[config.language.tokens_key], tf.int32)}
+
+    return {"classification": classification, "segmentation": segmentation,
+            "language": language}[config.task]
 
 
 def _eval_map(config, spec: DataSpec):
     size = spec.image_size
 
     @tf.autograph.experimental.do_not_convert
-    def fn(example):
+    def classification(example):
         image = example["image"]
         if config.eval_crop_fraction < 1:
             image = augment.center_resize_crop(image, size=size,
@@ -203,9 +268,36 @@ def _eval_map(config, spec: DataSpec):
             image = _resize_to(image, size)
         image = tf.ensure_shape(normalize(image, config), (*size, spec.channels))
         return {"image": image, "label": tf.cast(example["label"], tf.int32),
-                "mask": tf.constant(1.0, tf.float32)}
+                "valid": tf.constant(1.0, tf.float32)}
 
-    return fn
+    @tf.autograph.experimental.do_not_convert
+    def segmentation(example):
+        image = tf.ensure_shape(normalize(_resize_to(example["image"], size), config),
+                                (*size, spec.channels))
+        labels = _resize_labels(_class_map(example, config), size)
+        return {"image": image, "segmentation": tf.cast(labels[..., 0], tf.int32),
+                "valid": tf.constant(1.0, tf.float32)}
+
+    @tf.autograph.experimental.do_not_convert
+    def language(example):
+        return {"tokens": tf.cast(example[config.language.tokens_key], tf.int32),
+                "valid": tf.constant(1.0, tf.float32)}
+
+    return {"classification": classification, "segmentation": segmentation,
+            "language": language}[config.task]
+
+
+def _blank(config, spec: DataSpec) -> dict[str, tf.Tensor]:
+    """One padding example of the eval batches (`valid` = 0)."""
+    if config.task == "language":
+        out = {"tokens": tf.zeros(spec.image_size, tf.int32)}
+    else:
+        out = {"image": tf.zeros((*spec.image_size, spec.channels), tf.float32)}
+        if config.task == "classification":
+            out["label"] = tf.constant(0, tf.int32)
+        else:
+            out["segmentation"] = tf.fill(spec.image_size, config.segmentation.ignore_index)
+    return {**out, "valid": tf.constant(0.0, tf.float32)}
 
 
 def _options() -> tf.data.Options:
@@ -239,8 +331,10 @@ def train_batches(builder, config, spec: DataSpec, *,
                   start_step: int) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of every global training batch from step `start_step` on, forever.
 
-    Each item is `{"image": float32 [local_batch, H, W, C], "label": int32 [local_batch],
-    "epoch": int, "position": int}` (position: the batch's index within its epoch).
+    Each item holds the task's arrays (classification: `image` float32 [local_batch, H, W, C],
+    `label` int32 [local_batch]; segmentation: `image`, `segmentation` int32 [local_batch, H, W];
+    language: `tokens` int32 [local_batch, T + 1]) and `epoch`, `position` (ints; position: the
+    batch's index within its epoch).
     """
     steps = spec.steps_per_epoch
     epoch, skip = divmod(start_step, steps)
@@ -255,15 +349,14 @@ def train_batches(builder, config, spec: DataSpec, *,
 
 def eval_batches(builder, config, spec: DataSpec) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of every evaluation batch: `spec.eval_steps` batches on every
-    process, each `{"image", "label", "mask"}`; padding examples have mask 0."""
+    process, each the task's arrays plus `valid` (float32, 0 for padding examples)."""
     shards = []
     for shard in spec.shards:
         ds = builder.as_dataset(split=spec.eval_splits[shard], shuffle_files=False)
         ds = ds.map(_eval_map(config, spec), num_parallel_calls=tf.data.AUTOTUNE)
         pad = spec.eval_steps * spec.shard_eval_batch - spec.eval_examples[shard]
         if pad:
-            blank = {"image": tf.zeros((*spec.image_size, spec.channels), tf.float32),
-                     "label": tf.constant(0, tf.int32), "mask": tf.constant(0.0, tf.float32)}
+            blank = _blank(config, spec)
             ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
         shards.append(ds.batch(spec.shard_eval_batch, drop_remainder=True))
     ds = shards[0] if len(shards) == 1 else tf.data.Dataset.zip(tuple(shards)).map(_concat)

@@ -20,14 +20,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cbsa_jax.models import ModelConfig, VisionTransformer
 from train import config as config_lib
 from train import data as data_lib
 from train import mesh as mesh_lib
 from train import optim
 from train.checkpoint import Checkpointer
 from train.metrics import MetricsWriter, Progress
-from train.steps import Task, make_task
+from train.steps import Task, make_task, task_def
 
 __all__ = ["run", "experiment", "Experiment", "NonFiniteError", "load_experiment"]
 
@@ -64,22 +63,26 @@ def _global_batch(local: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local)
 
 
+def _device_batch(batch: dict, keys, sharding) -> dict[str, jax.Array]:
+    """The global arrays of `keys` from this process's rows of a batch."""
+    return {k: _global_batch(batch[k], sharding) for k in keys}
+
+
 def _with_shardings(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
 
 
-def _evaluate(task_eval, state, builder, config, spec, batch_sharding) -> dict[str, float]:
-    totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
+def _evaluate(task: Task, eval_step, state, builder, config, spec,
+              batch_sharding) -> dict[str, float]:
+    """Add up the task's eval sums over the whole eval split, then finalize them once."""
+    keys = (*task.definition.eval_keys, "valid")
+    totals = None
     for batch in data_lib.eval_batches(builder, config, spec):
-        sums = task_eval(state, _global_batch(batch["image"], batch_sharding),
-                         _global_batch(batch["label"], batch_sharding),
-                         _global_batch(batch["mask"], batch_sharding))
-        for k, v in jax.device_get(sums).items():
-            totals[k] += float(v)
-    n = max(totals["count"], 1.0)
-    return {"loss": totals["loss"] / n, "accuracy": totals["top1"] / n,
-            "top5": totals["top5"] / n, "examples": totals["count"]}
+        sums = jax.device_get(eval_step(state, _device_batch(batch, keys, batch_sharding)))
+        sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+        totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
+    return task.finalize(totals)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +90,9 @@ class Experiment:
     """Everything a run derives from its config before touching the data or the state."""
 
     config: ml_collections.ConfigDict
-    model_config: ModelConfig
     num_classes: int
-    image_size: tuple[int, int]
+    channels: int
+    image_size: tuple[int, ...]
     steps_per_epoch: int
     total_steps: int
     mesh: jax.sharding.Mesh
@@ -97,11 +100,16 @@ class Experiment:
     state_sharding: object
     batch_sharding: jax.sharding.NamedSharding
 
+    @property
+    def model_config(self):
+        """The vision model's `ModelConfig` (classification and segmentation encoders)."""
+        return config_lib.model_config(self.config).replace(channels=self.channels)
+
     def abstract_state(self):
         """The state's shapes, dtypes and shardings (a restore target)."""
         return _with_shardings(self.task.abstract_state, self.state_sharding)
 
-    def model(self, state) -> VisionTransformer:
+    def model(self, state) -> nnx.Module:
         """The model of a `TrainState` (EMA parameters when kept), in eval mode."""
         params = state.ema_params if state.ema_params is not None else state.params
         model = nnx.merge(self.task.graphdef, params, state.batch_stats)
@@ -114,29 +122,28 @@ class Experiment:
         return {"step": step, "epoch": epoch, "position": position,
                 "steps_per_epoch": self.steps_per_epoch,
                 "num_classes": self.num_classes, "image_size": list(self.image_size),
-                "channels": self.model_config.channels,
+                "channels": self.channels, "task": self.config.task,
                 "config": json.loads(self.config.to_json()), **extra}
 
 
 def experiment(config: ml_collections.ConfigDict, *, num_classes: int, channels: int,
                image_size, steps_per_epoch: int, devices=None) -> Experiment:
-    """Model, optimizer, schedule, mesh and shardings for `config` on this dataset's shapes."""
+    """Task, model, optimizer, schedule, mesh and shardings for `config` on this dataset."""
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    model_config = config_lib.model_config(config).replace(channels=channels)
-    model_config.grid_for(size, name="config.image_size")
     mesh = mesh_lib.make_mesh(config, devices)
     total_steps = config.num_train_steps or config.num_epochs * steps_per_epoch
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else None
-
-    def build(rngs: nnx.Rngs) -> VisionTransformer:
-        return VisionTransformer(model_config, num_classes=num_classes, image_size=size,
-                                 dtype=dtype, rngs=rngs)
-
-    abstract_params = nnx.state(nnx.eval_shape(lambda: build(nnx.Rngs(0))), nnx.Param)
+    try:
+        definition = task_def(config, num_classes=num_classes, channels=channels,
+                              image_size=size, dtype=dtype)
+        abstract_params = nnx.state(nnx.eval_shape(lambda: definition.build(nnx.Rngs(0))),
+                                    nnx.Param)
+    except ValueError as e:  # a model the dataset's shapes cannot feed: a config problem
+        raise config_lib.ConfigError(f"config.model: {e}") from None
     tx = optim.make_optimizer(config, abstract_params, schedule)
-    task = make_task(config, build, tx, schedule, num_classes)
-    return Experiment(config=config, model_config=model_config, num_classes=num_classes,
+    task = make_task(config, definition, tx, schedule)
+    return Experiment(config=config, num_classes=num_classes, channels=channels,
                       image_size=size, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                       mesh=mesh, task=task,
                       state_sharding=mesh_lib.state_shardings(task.abstract_state, mesh),
@@ -162,11 +169,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     steps_per_epoch, total_steps = exp.steps_per_epoch, exp.total_steps
     replicated = mesh_lib.replicated(exp.mesh)
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    ranking = task.ranking
+    best_key = f"best_{ranking}"
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                        best_metric=ranking)
     restored = ckpt.restore(exp.abstract_state())
     if restored is not None:
         state, meta, _ = restored
-        best = meta.get("best_accuracy")
+        best = meta.get(best_key)
         if lead:
             print(f"resumed from {ckpt.directory}/{int(state.step)} "
                   f"(epoch {meta.get('epoch')}, batch {meta.get('position')})", flush=True)
@@ -177,12 +187,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
         state, best = init(jax.random.key(config.seed)), None
 
     writer = MetricsWriter(workdir, enabled=lead)
-    eval_step = jax.jit(task.eval_step,
-                        in_shardings=(state_sharding, batch_sharding, batch_sharding,
-                                      batch_sharding), out_shardings=replicated)
+    eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding),
+                        out_shardings=replicated)
 
     def evaluate(state):
-        return _evaluate(eval_step, state, builder, config, spec, batch_sharding)
+        return _evaluate(task, eval_step, state, builder, config, spec, batch_sharding)
 
     if config.eval_only:
         metrics = evaluate(state)
@@ -194,9 +203,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
             print(json.dumps(summary), flush=True)
         return summary
 
-    train_step = jax.jit(task.train_step,
-                         in_shardings=(state_sharding, batch_sharding, batch_sharding),
+    train_step = jax.jit(task.train_step, in_shardings=(state_sharding, batch_sharding),
                          out_shardings=(state_sharding, replicated), donate_argnums=0)
+    train_keys = task.definition.train_keys
+    shown = task.definition.progress
     eval_every = config.eval_every_steps or steps_per_epoch
     ckpt_every = config.checkpoint_every_steps or steps_per_epoch
     step = int(state.step)
@@ -216,16 +226,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
         first_step = step - len(host) + 1
         bad = [first_step + i for i, m in enumerate(host) if m["nonfinite"]]
         elapsed = time.perf_counter() - window_start
-        values = {k: float(np.mean([m[k] for m in host])) for k in ("loss", "accuracy",
-                                                                   "grad_norm")}
+        values = {k: float(np.mean([m[k] for m in host])) for k in host[-1]
+                  if k not in ("lr", "nonfinite")}
         values["lr"] = float(host[-1]["lr"])
         values["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
         values["nonfinite_steps"] = float(len(bad))
         pending.clear()
         window_start, window_steps = time.perf_counter(), 0
         writer.write(step, "train", values)
-        progress.update(0, {"loss": values["loss"], "acc": values["accuracy"],
-                            "img/s": values["images_per_sec"]})
+        bar = {"loss": values["loss"], "img/s": values["images_per_sec"]}
+        if shown in values:
+            bar = {"loss": values["loss"], shown[:4]: values[shown],
+                   "img/s": values["images_per_sec"]}
+        progress.update(0, bar)
         if bad:
             message = (f"non-finite loss or gradient at step {bad[0]}"
                        f"{f' (and {len(bad) - 1} more steps)' if len(bad) > 1 else ''}")
@@ -237,8 +250,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     with _Preemption() as preemption:
         while step < total_steps:
             batch = next(batches)
-            state, metrics = train_step(state, _global_batch(batch["image"], batch_sharding),
-                                        _global_batch(batch["label"], batch_sharding))
+            state, metrics = train_step(state, _device_batch(batch, train_keys, batch_sharding))
             step += 1
             window_steps += 1
             pending.append(metrics)
@@ -250,15 +262,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                 flush_metrics(step)
                 last_eval = evaluate(state)
                 writer.write(step, config.eval_split, last_eval)
-                progress.write(f"step {step}: {config.eval_split} accuracy "
-                               f"{last_eval['accuracy']:.4f} loss {last_eval['loss']:.4f}")
+                progress.write(f"step {step}: {config.eval_split} {ranking} "
+                               f"{last_eval[ranking]:.4f} loss {last_eval['loss']:.4f}")
             stop = preemption.requested or step == stop_at
             if do_eval or step % ckpt_every == 0 or stop:
-                finite_eval = do_eval and np.isfinite(last_eval["loss"])
-                if finite_eval and (best is None or last_eval["accuracy"] > best):
-                    best = last_eval["accuracy"]
-                ckpt.save(step, state, exp.meta(step, best_accuracy=best),
-                          metrics={"accuracy": last_eval["accuracy"]} if finite_eval else None)
+                finite_eval = (do_eval and np.isfinite(last_eval["loss"])
+                               and np.isfinite(last_eval[ranking]))
+                if finite_eval and (best is None or last_eval[ranking] > best):
+                    best = last_eval[ranking]
+                ckpt.save(step, state, exp.meta(step, **{best_key: best}),
+                          metrics={ranking: last_eval[ranking]} if finite_eval else None)
             if stop:
                 stopped_by = "SIGTERM" if preemption.requested else "stop_at"
                 progress.write(f"{stopped_by}: saved a checkpoint at step {step}; exiting")
@@ -270,7 +283,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     summary = {
         "step": step, "total_steps": total_steps, "stopped_by": stopped_by,
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "final_eval": last_eval, "best_accuracy": best, "workdir": os.path.abspath(workdir),
+        "final_eval": last_eval, best_key: best, "workdir": os.path.abspath(workdir),
         "checkpoint": ckpt.directory,
     }
     if lead:

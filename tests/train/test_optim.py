@@ -90,7 +90,7 @@ def test_ema_tracks_the_parameters_and_batchnorm_statistics_update(data_dir):
                                 fill_on_host(abstract.batch_stats, np.random.default_rng(1)))
     images = jnp.asarray(np.random.default_rng(0).normal(size=(32, 8, 8, 1)), jnp.float32)
     labels = jnp.arange(32, dtype=jnp.int32) % 10
-    new, _ = jax.jit(exp.task.train_step)(state, images, labels)
+    new, _ = jax.jit(exp.task.train_step)(state, {"image": images, "label": labels})
     for e, p0, p1 in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(state.params),
                          jax.tree.leaves(new.params), strict=True):
         np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p1, rtol=1e-5, atol=1e-7)

@@ -778,7 +778,7 @@ def load_vit(weights: Mapping[str, np.ndarray], config: ModelConfig, *, num_clas
     any of `LAYOUTS` (detected from the keys when `layout` is None).
 
     The position embedding is resampled bilinearly when `image_size` gives another grid. A
-    head of another `num_classes` than the checkpoint's (or none) stays at its initial value.
+    head of another `num_classes` than the checkpoint's (or none) starts at zero.
     Raises ValueError listing every unknown, missing and mis-shaped key.
     """
     layout = detect_layout(weights) if layout is None else layout
@@ -795,20 +795,17 @@ def load_vit(weights: Mapping[str, np.ndarray], config: ModelConfig, *, num_clas
         if layout == "timm" and prefix == 0:  # no_embed_class: cls gets no position
             pe = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
         weights[pos_key] = pe
-    head_keys = {"timm": ("head.weight", "head.bias"),
-                 "augreg": ("head/kernel", "head/bias")}[
-        "timm" if layout == "timm" else "augreg"]
-    head = weights.get(head_keys[0])
-    new_head = head is None or np.shape(head)[0 if layout == "timm" else -1] != num_classes
-    keep_init = None
-    if new_head:
-        for key in head_keys:
-            weights.pop(key, None)
-            key_map.pop(key)
-        keep_init = lambda path: path in (("head_kernel",), ("head_bias",))  # noqa: E731
+    timm = layout == "timm"
+    kernel_key, bias_key = ("head.weight", "head.bias") if timm else ("head/kernel", "head/bias")
+    head = weights.get(kernel_key)
+    if head is None or np.ndim(head) != 2 or np.shape(head)[0 if timm else 1] != num_classes:
+        # a new head starts at zero (big_vision's head_zeroinit): nothing is drawn at random
+        shape = (num_classes, config.dim) if timm else (config.dim, num_classes)
+        weights[kernel_key] = np.zeros(shape, np.float32)
+        weights[bias_key] = np.zeros(num_classes, np.float32)
     return assign(lambda: VisionTransformer(
         config, num_classes=num_classes, image_size=size, dtype=dtype, param_dtype=param_dtype,
-        rngs=nnx.Rngs(0)), weights, key_map, keep_init=keep_init)
+        rngs=nnx.Rngs(0)), weights, key_map)
 
 
 _ATTENTION_NAMES = {"softmax": AttentionKind.SOFTMAX, "adapted": AttentionKind.AGENT,
@@ -830,7 +827,7 @@ def vit_from_timm(state_dict, *, heads: int | None = None, image_size=None,
     layer (`AttentionKind.AGENT`: queries pooled to `cells`, softmax over all keys, read back by
     a softmax over the representatives) in every block, or in the first `attention_blocks`;
     `selection="reference"` reproduces the official code's token selection. `num_classes` other
-    than the checkpoint's gives a freshly initialised head. `model(images_nhwc) -> logits`.
+    than the checkpoint's gives a new head, zero-initialised. `model(images_nhwc) -> logits`.
     """
     if attention not in _ATTENTION_NAMES:
         raise ValueError(f"attention must be one of {sorted(_ATTENTION_NAMES)}, got "

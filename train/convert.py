@@ -17,18 +17,13 @@ import argparse
 import os
 import sys
 
-__all__ = ["main", "convert"]
+__all__ = ["main", "convert", "save_initial"]
 
 
 def convert(checkpoint: str, config, workdir: str, *, num_classes: int) -> str:
     """Convert and save; returns the checkpoint directory."""
-    import jax
-    from flax import nnx
-
     from cbsa_jax.convert import cbt_from_torch
     from train import config as config_lib
-    from train.checkpoint import Checkpointer
-    from train.loop import experiment
 
     config.model.selection = "reference"
     config_lib.validate(config)
@@ -42,12 +37,26 @@ def convert(checkpoint: str, config, workdir: str, *, num_classes: int) -> str:
                            num_classes=num_classes, dim=model_config.dim,
                            depth=model_config.depth, heads=model_config.heads,
                            dim_head=model_config.dim_head)
-    exp = experiment(config, num_classes=num_classes, channels=model_config.channels,
-                     image_size=size, steps_per_epoch=1, devices=jax.devices()[:1])
+    return save_initial(model, config, workdir, num_classes=num_classes, image_size=size,
+                        converted_from=os.path.abspath(checkpoint))
+
+
+def save_initial(model, config, workdir: str, *, num_classes: int, image_size,
+                 **meta) -> str:
+    """Save `model`'s weights as the step-0 training checkpoint of `config` in `workdir` (fresh
+    optimizer state; `meta` is recorded beside it); returns the checkpoint directory."""
+    import jax
+    from flax import nnx
+
+    from train.checkpoint import Checkpointer
+    from train.loop import experiment
+
+    exp = experiment(config, num_classes=num_classes, channels=model.config.channels,
+                     image_size=image_size, steps_per_epoch=1, devices=jax.devices()[:1])
     _, params, batch_stats = nnx.split(model, nnx.Param, ...)
     state = jax.jit(exp.task.state_from, out_shardings=exp.state_sharding)(params, batch_stats)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    ckpt.save(0, state, exp.meta(0, converted_from=os.path.abspath(checkpoint)))
+    ckpt.save(0, state, exp.meta(0, **meta))
     ckpt.wait()
     ckpt.close()
     return ckpt.directory

@@ -18,8 +18,13 @@ timed in `--rounds` interleaved rounds (official, ours, official, ...), each of 
 `--target-s` per side, float32; the medians and their ratio (ours / official: below 1 is faster)
 are reported, and the ratio of the fastest calls beside it (on a loaded machine PyTorch's OpenMP
 threads, which spin at their barriers, lose far more to other processes than XLA's thread pool
-does, and the minima show what each side does when it has the cores). PyTorch runs with
-`torch.set_num_threads(os.cpu_count())`, JAX calls end with `block_until_ready`.
+does, and the minima show what each side does when it has the cores), and the ratio of the
+median CPU seconds per call (meaningful with one thread a side: `taskset -c 0 ... --threads 1`
+compares one core against one core, which other processes disturb least). PyTorch runs with
+`torch.set_num_threads(os.cpu_count())`, JAX calls end with `block_until_ready`. This library's
+executables are compiled with the benchmarks' train-step options (`--ours-options tuned`: on the
+CPU, XLA's YNNPACK fusions without its convolutions, `benchmarks/_step.py`) or XLA's defaults
+(`--ours-options xla-default`).
 
 Cases (`--parts`):
 - `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
@@ -51,11 +56,14 @@ import optax
 from flax import nnx
 
 from benchmarks import _harness as h
-from benchmarks._step import make_step
+from benchmarks._step import cpu_compiler_options, make_step
 from cbsa_jax.convert import cbt_from_torch
 from cbsa_jax.models import PRESETS
 
 PARTS = ("layer", "train", "infer")
+# how this library's executables are compiled: the benchmarks' train-step options (on the CPU,
+# XLA's YNNPACK fusions without its convolutions, see benchmarks/_step.py) or XLA's defaults
+OPTIONS = {"tuned": cpu_compiler_options, "xla-default": dict}
 OFFICIAL_MODULE = "cbsa_official_models"
 
 
@@ -123,41 +131,48 @@ def max_rel_diff(a, b) -> float:
 
 
 def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, target_s: float,
-                max_per_round: int = 20) -> dict[str, list[float]]:
+                max_per_round: int = 20) -> dict[str, dict[str, list[float]]]:
     """Time each of `calls` (name -> call that blocks until done) in `rounds` interleaved rounds
     after one warm-up call each; every round runs each call k times, k sized from the warm-up so
-    that a round takes about `target_s` per call. Returns name -> all timed seconds."""
+    that a round takes about `target_s` per call. Returns name -> {"wall": seconds, "cpu": the
+    process's CPU seconds} of every timed call."""
     first = {}
     for name, call in calls.items():
         t0 = time.perf_counter()
         call()
         first[name] = time.perf_counter() - t0
     per_round = max(1, min(max_per_round, math.ceil(target_s / max(max(first.values()), 1e-6))))
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    times = {name: {"wall": [], "cpu": []} for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
             for _ in range(per_round):
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 call()
-                times[name].append(time.perf_counter() - t0)
+                times[name]["wall"].append(time.perf_counter() - t0)
+                times[name]["cpu"].append(time.process_time() - c0)
     return times
 
 
-def _row(case: str, what: str, times: dict[str, list[float]], diff: float, **extra) -> dict:
-    med = {name: float(np.median(t)) for name, t in times.items()}
-    low = {name: float(np.min(t)) for name, t in times.items()}
+def _row(case: str, what: str, times: dict[str, dict[str, list[float]]], diff: float,
+         **extra) -> dict:
+    med = {name: float(np.median(t["wall"])) for name, t in times.items()}
+    low = {name: float(np.min(t["wall"])) for name, t in times.items()}
+    cpu = {name: float(np.median(t["cpu"])) for name, t in times.items()}
     return {"case": case, "what": what, "official_ms": med["official"] * 1e3,
             "ours_ms": med["ours"] * 1e3, "ratio": med["ours"] / med["official"],
             "official_min_ms": low["official"] * 1e3, "ours_min_ms": low["ours"] * 1e3,
             "ratio_of_minima": low["ours"] / low["official"],
-            "max_rel_diff": diff, "repeats": len(times["ours"]), "status": "ok",
-            "official_times_ms": [t * 1e3 for t in times["official"]],
-            "ours_times_ms": [t * 1e3 for t in times["ours"]], **extra}
+            "official_cpu_ms": cpu["official"] * 1e3, "ours_cpu_ms": cpu["ours"] * 1e3,
+            "cpu_ratio": cpu["ours"] / max(cpu["official"], 1e-12),
+            "max_rel_diff": diff, "repeats": len(times["ours"]["wall"]), "status": "ok",
+            "official_times_ms": [t * 1e3 for t in times["official"]["wall"]],
+            "ours_times_ms": [t * 1e3 for t in times["ours"]["wall"]], **extra}
 
 
 def _skipped(case: str, what: str, status: str, diff: float | None = None, **extra) -> dict:
     return {"case": case, "what": what, "official_ms": None, "ours_ms": None, "ratio": None,
-            "ratio_of_minima": None, "max_rel_diff": diff, "repeats": 0, "status": status, **extra}
+            "ratio_of_minima": None, "cpu_ratio": None, "max_rel_diff": diff, "repeats": 0,
+            "status": status, **extra}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +180,8 @@ def _skipped(case: str, what: str, status: str, diff: float | None = None, **ext
 
 
 def layer_case(official, torch, n: int, *, preset: str = "cbt_small", rounds: int,
-               target_s: float, tolerance: float, seed: int = 0) -> dict:
+               target_s: float, tolerance: float, options: dict | None = None,
+               seed: int = 0) -> dict:
     """The CBSA layer of `preset` (with projections), fwd+bwd at batch 1 and n = g^2 + 1."""
     g = math.isqrt(n - 1)
     if g * g + 1 != n:
@@ -194,7 +210,8 @@ def layer_case(official, torch, n: int, *, preset: str = "cbt_small", rounds: in
         return jnp.sum(nnx.merge(graphdef, params)(x, grid=(g, g)))
 
     x_j = jnp.asarray(x_np)
-    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x_j).compile()
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x_j).compile(
+        compiler_options=options)
 
     def ours_call():
         return jax.block_until_ready(compiled(params, x_j))
@@ -220,7 +237,7 @@ def _images(batch: int, size: int, num_classes: int, seed: int):
 
 def train_case(official, torch, preset: str, batch: int, *, image_size: int, num_classes: int,
                rounds: int, target_s: float, tolerance: float, budget_gb: float,
-               seed: int = 0) -> dict:
+               options: dict | None = None, seed: int = 0) -> dict:
     """One AdamW step (train-mode forward, cross-entropy, backward, update) of both models."""
     what = f"{preset} train step (fwd+bwd+AdamW), batch {batch}, {image_size}"
     base = {"preset": preset, "batch": batch}
@@ -253,7 +270,7 @@ def train_case(official, torch, preset: str, batch: int, *, image_size: int, num
     step, state = make_step(model, optax.adamw(1e-4, weight_decay=0.05))
     images_j = jnp.asarray(images_np.transpose(0, 2, 3, 1))
     labels_j = jnp.asarray(labels_np, jnp.int32)
-    compiled = step.lower(state, images_j, labels_j).compile()
+    compiled = step.lower(state, images_j, labels_j).compile(compiler_options=options)
     peak_gb = h.memory_analysis(compiled)["peak"] / h.GB
     if peak_gb > budget_gb:
         return _skipped("train", what, f"oom (estimated {peak_gb:.1f} GB > {budget_gb} GB)",
@@ -270,7 +287,8 @@ def train_case(official, torch, preset: str, batch: int, *, image_size: int, num
 
 
 def infer_case(official, torch, preset: str, batch: int, *, image_size: int, num_classes: int,
-               rounds: int, target_s: float, tolerance: float, seed: int = 0) -> dict:
+               rounds: int, target_s: float, tolerance: float, options: dict | None = None,
+               seed: int = 0) -> dict:
     """The eval-mode forward of both models."""
     what = f"{preset} inference (eval forward), batch {batch}, {image_size}"
     net = official_cbt(official, torch, preset, image_size=image_size, num_classes=num_classes,
@@ -280,7 +298,8 @@ def infer_case(official, torch, preset: str, batch: int, *, image_size: int, num
     images_np, _ = _images(batch, image_size, num_classes, seed)
     images_t = torch.from_numpy(images_np)
     images_j = jnp.asarray(images_np.transpose(0, 2, 3, 1))
-    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images_j).compile()
+    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images_j).compile(
+        compiler_options=options)
 
     def torch_call():
         with torch.inference_mode():
@@ -308,6 +327,7 @@ COLUMNS = [
     ("ours ms", ">", lambda r: h.fmt(r["ours_ms"], ",.2f")),
     ("ours / official", ">", lambda r: h.fmt(r["ratio"], ".2f")),
     ("ratio of minima", ">", lambda r: h.fmt(r["ratio_of_minima"], ".2f")),
+    ("CPU-time ratio", ">", lambda r: h.fmt(r["cpu_ratio"], ".2f")),
     ("max rel diff", ">", lambda r: h.fmt(r["max_rel_diff"], ".1e")),
     ("runs", ">", lambda r: str(r["repeats"])),
     ("status", "<", lambda r: r["status"]),
@@ -336,6 +356,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest max-relative difference of the outputs before a case is timed")
     p.add_argument("--memory-budget-gb", type=float, default=h.default_memory_budget_gb())
+    p.add_argument("--ours-options", default="tuned", choices=sorted(OPTIONS),
+                   help="XLA compile options of this library's executables: 'tuned' (the "
+                        "benchmarks' train-step options: on the CPU, YNNPACK without "
+                        "convolutions) or 'xla-default'")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="torch.set_num_threads (default: every core, os.cpu_count())")
     args = p.parse_args(argv)
@@ -366,7 +390,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"# ours / official PyTorch CBT, {info['date']}, {info['processor']} "
           f"({info['cpu_count']} cores), jax {info['jax']}, torch {info['torch']} "
           f"({info['torch_threads']} threads); load average {info['load_average']}", flush=True)
-    common = dict(rounds=args.rounds, target_s=args.target_s, tolerance=args.tolerance)
+    common = dict(rounds=args.rounds, target_s=args.target_s, tolerance=args.tolerance,
+                  options=OPTIONS[args.ours_options]() or None)
+    info["ours_compiler_options"] = common["options"] or {}
     jobs = []
     if "layer" in args.parts:
         jobs += [lambda n=n: layer_case(official, torch, n, preset=args.layer_preset, **common)

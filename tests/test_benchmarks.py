@@ -269,11 +269,14 @@ def test_official_benchmark_interleaves_and_checks_its_arguments(tmp_path):
     times = official.interleaved({"official": lambda: order.append("o"),
                                   "ours": lambda: order.append("j")}, rounds=3, target_s=0.0)
     assert order == ["o", "j"] + ["o", "j"] * 3  # one warm-up each, then alternating rounds
-    assert [len(t) for t in times.values()] == [3, 3]
-    row = official._row("layer", "x", {"official": [2.0, 4.0, 9.0], "ours": [1.0, 1.5, 3.0]},
+    assert [len(t["wall"]) for t in times.values()] == [3, 3]
+    assert all(c >= 0 for t in times.values() for c in t["cpu"])
+    row = official._row("layer", "x", {"official": {"wall": [2.0, 4.0, 9.0], "cpu": [1, 2, 3]},
+                                       "ours": {"wall": [1.0, 1.5, 3.0], "cpu": [1, 1, 1]}},
                         1e-7, N=65)
     assert row["ratio"] == pytest.approx(1.5 / 4.0)
     assert row["ratio_of_minima"] == pytest.approx(0.5)
+    assert row["cpu_ratio"] == pytest.approx(0.5)
     with pytest.raises(FileNotFoundError, match="models.py"):
         official.load_official(str(tmp_path))
     with pytest.raises(SystemExit):

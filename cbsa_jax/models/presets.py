@@ -15,6 +15,9 @@ Official CRATE uses the linear patch embedding, the others the reference's conv 
 1e-6), which `cbsa_jax.convert.vit_from_timm` / `save_timm` read and write. `nano`
 presets (dim 64, depth 4, 4 heads of 16, a 2-block conv stem for 4 x 4 patches, 4 x 4
 representative cells) are for CPU runs; every nano uses the same stem, for fair comparisons.
+
+`create_segmenter(encoder, num_classes=..., decoder="cbt" | "softmax" | "linear")` puts any of
+these encoders under a segmentation decoder (`cbsa_jax.models.segmenter`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cbsa_jax.models.config import ModelConfig
+from cbsa_jax.models.segmenter import DECODER_PRESETS, DecoderConfig, Segmenter, build_decoder
 from cbsa_jax.models.vit import VisionTransformer
 
-__all__ = ["PRESETS", "create", "get_config"]
+__all__ = ["PRESETS", "create", "get_config", "create_segmenter", "decoder_config"]
 
 _WIDTHS = {  # dim, depth, heads (head width 64)
     "tiny": (192, 12, 3),
@@ -96,3 +100,39 @@ def create(name: str, *, num_classes: int, image_size=224, seed: int = 0,
     return VisionTransformer(config, num_classes=num_classes, image_size=image_size,
                              dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs if rngs is not None else nnx.Rngs(seed))
+
+
+def decoder_config(decoder: str | DecoderConfig, encoder: str = "") -> DecoderConfig:
+    """A `DecoderConfig`, or the `DECODER_PRESETS` entry `decoder`. A bare kind ("cbt",
+    "softmax", "linear") takes the CPU-sized `<kind>_nano` widths for a nano encoder and the
+    reference's (2 blocks, 3 heads of 100, 10 x 10 cells) otherwise."""
+    if isinstance(decoder, DecoderConfig):
+        return decoder
+    key = str(decoder).lower().replace("-", "_")
+    if encoder.lower().endswith("nano") and f"{key}_nano" in DECODER_PRESETS:
+        key = f"{key}_nano"
+    if key not in DECODER_PRESETS:
+        raise ValueError(f"unknown decoder {decoder!r}; decoders are {sorted(DECODER_PRESETS)}")
+    return DECODER_PRESETS[key]
+
+
+def create_segmenter(name: str, *, num_classes: int, decoder: str | DecoderConfig = "cbt",
+                     image_size=224, seed: int = 0, rngs: nnx.Rngs | None = None, dtype=None,
+                     param_dtype=jnp.float32, decoder_overrides: dict | None = None,
+                     **overrides) -> Segmenter:
+    """A `Segmenter`: the encoder preset `name` (e.g. "cbt_tiny", "vit_nano") + a decoder
+    (`decoder_config(decoder, name)`, e.g. "cbt", "softmax", "linear") for `num_classes`.
+
+    `overrides` replace encoder `ModelConfig` fields, `decoder_overrides` `DecoderConfig`
+    fields (e.g. `{"cells": (8, 8)}`). `image_size` sizes the encoder's position table; other
+    sizes interpolate it.
+    """
+    rngs = rngs if rngs is not None else nnx.Rngs(seed)
+    config = get_config(name, **overrides)
+    dec = decoder_config(decoder, name)
+    dec = dec.replace(**decoder_overrides) if decoder_overrides else dec
+    # the encoder's classifier is unused; one class keeps it small
+    encoder = VisionTransformer(config, num_classes=1, image_size=image_size, dtype=dtype,
+                                param_dtype=param_dtype, rngs=rngs)
+    return Segmenter(encoder, build_decoder(dec, dim=config.dim, num_classes=num_classes,
+                                            dtype=dtype, param_dtype=param_dtype, rngs=rngs))

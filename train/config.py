@@ -31,7 +31,8 @@ SCHEDULES = ("cosine", "constant")
 NONFINITE = ("skip", "stop")
 DTYPES = ("float32", "bfloat16")
 MODEL_FIELDS = ("attention", "dim", "depth", "heads", "dim_head", "ffn", "patch_size",
-                "patch_embed", "patch_norm", "cells", "selection", "eps", "mlp_ratio", "pool")
+                "patch_embed", "patch_norm", "cells", "selection", "eps", "mlp_ratio", "pool",
+                "qkv_bias", "norm_eps", "attention_blocks", "other_attention")
 
 
 class ConfigError(ValueError):

@@ -16,10 +16,10 @@ from train.loop import load_experiment
 TINY = ["--config.model.name=vit_timm_nano", "--config.model.depth=1", "--config.mesh.data=1"]
 
 
-def _pretrained(path, dim=64):
-    """A random one-block timm ViT for 8 x 8 one-channel digits (patch 2, 4 x 4 grid)."""
-    weights = _random_timm(dim=dim, depth=1, patch=2, channels=1, hidden=4 * dim, classes=10,
-                           grid=4)
+def _pretrained(path, dim=64, depth=1):
+    """A random timm ViT for 8 x 8 one-channel digits (patch 2, 4 x 4 grid)."""
+    weights = _random_timm(dim=dim, depth=depth, patch=2, channels=1, hidden=4 * dim,
+                           classes=10, grid=4)
     if path.endswith(".npz"):
         np.savez(path, **weights)
     else:
@@ -71,3 +71,18 @@ def test_a_mismatched_checkpoint_is_one_error_naming_the_keys(tmp_path, capsys):
     code = adapt_cli.main(["--checkpoint", path, "--workdir", str(tmp_path / "w"), *TINY])
     err = capsys.readouterr().err
     assert code == 2 and "missing keys ['blocks.0.norm1.bias']" in err
+
+
+def test_adapt_the_first_k_blocks(tmp_path, capsys):
+    path = str(tmp_path / "vit.npz")
+    _pretrained(path, depth=2)
+    workdir = str(tmp_path / "run")
+    code = adapt_cli.main(["--checkpoint", path, "--workdir", workdir, "--blocks", "1",
+                           *TINY, "--config.model.depth=2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "--config.model.attention_blocks=1" in out
+    exp, state, _ = load_experiment(workdir)
+    assert exp.config.model.attention_blocks == 1
+    kinds = [type(block.attn).__name__ for block in exp.model(state).blocks]
+    assert kinds == ["AgentAttention", "SoftmaxAttention"]

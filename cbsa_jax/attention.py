@@ -27,6 +27,7 @@ The output is `step_x * broadcast(contraction(Q))` per head. Named instantiation
 from __future__ import annotations
 
 import enum
+import functools
 from typing import NamedTuple
 
 import jax
@@ -610,6 +611,13 @@ def causal_cbsa(w, queries, *, step_x=None, step_rep=None, chunk: int = 64,
         w, queries, step_x, step_rep, contraction, broadcast, eps, tau, state)
     if w.shape[-2] == 0:
         return w, state
+    return _causal_cbsa_scan(w, queries, beta, gamma, tau, eps, state, chunk=chunk,
+                             contraction=contraction, remat=remat)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk", "contraction", "remat"))
+def _causal_cbsa_scan(w, queries, beta, gamma, tau, eps, state, *, chunk, contraction, remat):
+    """The compiled body of `causal_cbsa` (arguments already validated)."""
 
     def fn(carry, wc):
         return _causal_cbsa_chunk(carry, wc, queries, beta, gamma, tau=tau,
@@ -695,6 +703,11 @@ def causal_linear(q, k, v, *, chunk: int = 64, state: CausalLinearState | None =
         state = CausalLinearState(*(s.astype(dtype) for s in state))
     if q.shape[-2] == 0:
         return q, state
+    return _causal_linear_scan(q, k, v, state, chunk=chunk, remat=remat)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk", "remat"))
+def _causal_linear_scan(q, k, v, state, *, chunk, remat):
     state, out = _chunks(jnp.concatenate([q, k, v], axis=-1), chunk, _causal_linear_chunk, state,
                          remat=remat)
     return out.astype(q.dtype), state

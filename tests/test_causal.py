@@ -110,7 +110,7 @@ def test_exact_step_is_the_gradient_of_the_prefix_objective(x64, rng):
 
 
 def test_gradients_match_the_oracle(x64, rng):
-    w, q, sx, sr = _inputs(rng)
+    w, q, sx, sr = _inputs(rng, n=7)
     cot = jnp.asarray(rng.normal(size=w.shape))
 
     def loss(fn):
@@ -128,14 +128,14 @@ def test_gradients_match_the_oracle(x64, rng):
 def test_gradients_through_the_state(x64, rng):
     """The carried state is differentiable too: a prefix split in two (state handed over) has the
     gradients of the whole sequence."""
-    w, q, sx, sr = _inputs(rng)
+    w, q, sx, sr = _inputs(rng, n=7)
 
     def whole(w):
         return jnp.sum(jnp.sin(att.causal_cbsa(w, q, step_x=sx, step_rep=sr, chunk=3)[0]))
 
     def split(w):
-        a, state = att.causal_cbsa(w[..., :5, :], q, step_x=sx, step_rep=sr, chunk=2)
-        b, _ = att.causal_cbsa(w[..., 5:, :], q, step_x=sx, step_rep=sr, chunk=4, state=state)
+        a, state = att.causal_cbsa(w[..., :4, :], q, step_x=sx, step_rep=sr, chunk=3)
+        b, _ = att.causal_cbsa(w[..., 4:, :], q, step_x=sx, step_rep=sr, chunk=3, state=state)
         return jnp.sum(jnp.sin(jnp.concatenate([a, b], axis=-2)))
 
     gw, gs = jax.jit(lambda w: (jax.grad(whole)(w), jax.grad(split)(w)))(w)

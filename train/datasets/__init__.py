@@ -31,6 +31,9 @@ or, equivalently, by hand (``import train.datasets`` must run first, to register
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
 
+``stdlib_bytes`` (:mod:`train.datasets.stdlib`) holds byte windows of this Python's own
+standard-library sources, for language models (``"stdlib_bytes/small"`` for tests).
+
 Preparing is a no-op when the data already exist in ``data_dir``. ``shapes`` and
 ``shapes64`` configs (``"shapes/small"``, ``"shapes64/small"``) can be named as usual.
 """
@@ -39,11 +42,11 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from train.datasets import digits, mnist5k, shapes
+from train.datasets import digits, mnist5k, shapes, stdlib
 
-__all__ = ["LOCAL_BUILDERS", "digits", "mnist5k", "prepare", "shapes"]
+__all__ = ["LOCAL_BUILDERS", "digits", "mnist5k", "prepare", "shapes", "stdlib"]
 
-LOCAL_BUILDERS: tuple[str, ...] = ("digits", "mnist5k", "shapes", "shapes64")
+LOCAL_BUILDERS: tuple[str, ...] = ("digits", "mnist5k", "shapes", "shapes64", "stdlib_bytes")
 
 
 def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:

@@ -200,6 +200,7 @@ def _class_map(example, config) -> tf.Tensor:
     labels = tf.cast(example[seg.label_key], tf.float32)
     if labels.shape.rank == 2:
         labels = labels[..., None]
+    labels = labels[..., :1]  # a class map stored as an RGB image (scene_parse150) repeats it
     if seg.reduce_zero_label:
         labels = tf.where(labels == 0, float(seg.ignore_index), labels - 1)
     return labels
@@ -323,6 +324,22 @@ def _epoch(builder, config, spec: DataSpec, epoch: int, shard: int) -> tf.data.D
     return ds.batch(spec.shard_batch, drop_remainder=True)
 
 
+def _check_class_map(batch: dict, config, spec: DataSpec) -> dict:
+    """Raise DataError when a segmentation batch holds a label >= the number of classes (or
+    < 0) other than the ignore value: such a pixel would silently count nowhere."""
+    if config.task != "segmentation":
+        return batch
+    labels, ignore = batch["segmentation"], config.segmentation.ignore_index
+    bad = ((labels < 0) | (labels >= spec.num_classes)) & (labels != ignore)
+    if bad.any():
+        values = sorted(set(np.unique(labels[bad]).tolist()))
+        raise DataError(f"config.segmentation: {config.dataset!r} has per-pixel labels "
+                        f"{values[:10]} outside [0, {spec.num_classes}) that are not the ignore "
+                        f"value {ignore} (set config.segmentation.num_classes, ignore_index or "
+                        f"reduce_zero_label)")
+    return batch
+
+
 def _concat(*batches):
     return {k: tf.concat([b[k] for b in batches], axis=0) for k in batches[0]}
 
@@ -343,7 +360,8 @@ def train_batches(builder, config, spec: DataSpec, *,
         ds = shards[0] if len(shards) == 1 else tf.data.Dataset.zip(tuple(shards)).map(_concat)
         ds = ds.skip(skip).prefetch(2).with_options(_options())
         for position, batch in enumerate(ds.as_numpy_iterator(), start=skip):
-            yield {**batch, "epoch": epoch, "position": position}
+            yield {**_check_class_map(batch, config, spec), "epoch": epoch,
+                   "position": position}
         epoch, skip = epoch + 1, 0
 
 
@@ -360,4 +378,5 @@ def eval_batches(builder, config, spec: DataSpec) -> Iterator[dict[str, np.ndarr
             ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
         shards.append(ds.batch(spec.shard_eval_batch, drop_remainder=True))
     ds = shards[0] if len(shards) == 1 else tf.data.Dataset.zip(tuple(shards)).map(_concat)
-    return ds.prefetch(2).with_options(_options()).as_numpy_iterator()
+    batches = ds.prefetch(2).with_options(_options()).as_numpy_iterator()
+    return (_check_class_map(batch, config, spec) for batch in batches)

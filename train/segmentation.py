@@ -1,4 +1,11 @@
-"""Semantic segmentation: per-pixel cross-entropy, the confusion matrix and mIoU.
+"""Semantic segmentation: the task (`config.task = "segmentation"`), its loss and its metrics.
+
+The task trains a `cbsa_jax.models.Segmenter` (the encoder of `config.model` + the decoder of
+`config.segmentation.decoder`) with per-pixel cross-entropy (float32, over the valid pixels; the
+ignore value counts nowhere). Evaluation adds up the loss, the number of valid pixels and a
+`[K, K]` confusion matrix over the eval split; `finalize` turns them into `loss`, `miou` (the
+ranking metric), `pixel_accuracy` and `iou_<k>` per class. Batches: `image` float32
+`[B, H, W, C]`, `segmentation` int32 `[B, H, W]` (eval adds `valid`).
 
 The metrics are pure functions of arrays (jit-able, no TensorFlow):
 
@@ -16,10 +23,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from flax import nnx
+
+from cbsa_jax.models import Segmenter, VisionTransformer, decoder_config
+from cbsa_jax.models.segmenter import build_decoder
 
 __all__ = ["IGNORE_INDEX", "confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy",
-           "pixel_cross_entropy", "summarize"]
+           "pixel_cross_entropy", "summarize", "segmentation", "segmentation_decoder_config"]
 
 IGNORE_INDEX = 255  # ADE20K's "other" after the usual label shift; never a class
 
@@ -110,3 +122,72 @@ def summarize(confusion) -> dict[str, float | list[float | None]]:
     return {"miou": float(iou[present].mean()) if present.any() else float("nan"),
             "pixel_accuracy": float(np.trace(c) / total) if total > 0 else float("nan"),
             "iou_per_class": [None if np.isnan(v) else float(v) for v in iou]}
+
+
+# ----------------------------------------------------------------------------------------------
+# the task
+
+
+def segmentation_decoder_config(config: ml_collections.ConfigDict):
+    """The `DecoderConfig` of `config.segmentation` (a nano encoder gets the nano widths)."""
+    seg = config.segmentation
+    dec = decoder_config(seg.decoder, config.model.name)
+    return dec if dec.kind.value == "linear" else dec.replace(depth=seg.decoder_depth)
+
+
+def segmentation(config: ml_collections.ConfigDict, *, num_classes: int, channels: int,
+                 image_size: tuple[int, int], dtype):
+    """The segmentation `TaskDef`: per-pixel cross-entropy; eval mIoU, pixel accuracy, IoUs."""
+    from train.steps import TaskDef, vision_model_config
+
+    model_config = vision_model_config(config, channels=channels, image_size=image_size)
+    dec_config = segmentation_decoder_config(config)
+    grid = model_config.grid_for(image_size, name="config.image_size")
+    if dec_config.kind.value == "cbt" and (grid[0] < dec_config.cells[0]
+                                           or grid[1] < dec_config.cells[1]):
+        raise ValueError(f"config.image_size {tuple(image_size)} gives a {grid[0]}x{grid[1]} "
+                         f"patch grid, fewer patches than the decoder's "
+                         f"{dec_config.cells[0]}x{dec_config.cells[1]} representative cells")
+    ignore = int(config.segmentation.ignore_index)
+    k = int(num_classes)
+
+    def build(rngs: nnx.Rngs) -> Segmenter:
+        # the encoder's classifier is unused; one class keeps it small
+        encoder = VisionTransformer(model_config, num_classes=1, image_size=image_size,
+                                    dtype=dtype, rngs=rngs)
+        decoder = build_decoder(dec_config, dim=model_config.dim, num_classes=k, dtype=dtype,
+                                rngs=rngs)
+        return Segmenter(encoder, decoder)
+
+    def loss(model, batch, step):
+        del step
+        labels = batch["segmentation"]
+        logits = model(batch["image"])
+        total, pixels = pixel_cross_entropy(logits, labels, ignore_index=ignore)
+        valid = (labels >= 0) & (labels < k) & (labels != ignore)
+        hits = jnp.sum(((jnp.argmax(logits, -1) == labels) & valid).astype(jnp.float32))
+        n = jnp.maximum(pixels, 1.0)
+        return total / n, {"accuracy": hits / n}
+
+    def eval_sums(model, batch):
+        labels, weights = batch["segmentation"], batch["valid"][:, None, None]
+        logits = model(batch["image"])
+        total, pixels = pixel_cross_entropy(logits, labels, ignore_index=ignore, weights=weights)
+        confusion = confusion_matrix(labels, jnp.argmax(logits, -1), k, ignore_index=ignore,
+                                     weights=weights)
+        return {"loss": total, "pixels": pixels, "confusion": confusion,
+                "count": jnp.sum(batch["valid"])}
+
+    def finalize(sums):
+        pixels = float(sums["pixels"])
+        s = summarize(sums["confusion"])
+        out = {"loss": float(sums["loss"]) / max(pixels, 1.0), "miou": s["miou"],
+               "pixel_accuracy": s["pixel_accuracy"], "pixels": pixels,
+               "examples": float(sums["count"])}
+        out.update({f"iou_{c}": float("nan") if v is None else v
+                    for c, v in enumerate(s["iou_per_class"])})
+        return out
+
+    return TaskDef(build=build, loss=loss, eval_sums=eval_sums, finalize=finalize,
+                   ranking="miou", train_keys=("image", "segmentation"),
+                   eval_keys=("image", "segmentation"), progress="accuracy")

@@ -33,14 +33,14 @@ def test_examples_are_the_stdlib_bytes(small):
     for split, arrays in data.items():
         paths = [p for p in files if stdlib.split_of(p) == split]
         stream = np.frombuffer(stdlib.split_stream(root, paths, config.max_file_bytes), np.uint8)
-        tokens, offsets = arrays["bytes"], arrays["offset"]
+        tokens, offsets = arrays["tokens"], arrays["offset"]
         assert tokens.dtype == np.uint8 and tokens.shape[1] == config.seq_len + 1 == 65
         assert len(tokens) == (len(stream) - 1) // config.seq_len > 0
         order = np.argsort(offsets)
         np.testing.assert_array_equal(offsets[order], np.arange(len(tokens)) * config.seq_len)
         for i in order[:: max(len(order) // 7, 1)]:
             np.testing.assert_array_equal(tokens[i], stream[offsets[i]: offsets[i] + 65])
-    text = bytes(data["train"]["bytes"][np.argmin(data["train"]["offset"])])
+    text = bytes(data["train"]["tokens"][np.argmin(data["train"]["offset"])])
     assert text.startswith(b'"""')  # __future__.py's docstring: real source text
 
 
@@ -62,7 +62,7 @@ def test_metadata_records_python_and_bytes(small):
     assert meta["python_version"] == platform.python_version()
     assert meta["train_files"] + meta["test_files"] == 24
     for split in ("train", "test"):
-        assert (meta[f"{split}_bytes"] - 1) // 64 == len(data[split]["bytes"])
+        assert (meta[f"{split}_bytes"] - 1) // 64 == len(data[split]["tokens"])
 
 
 def test_preparation_is_deterministic(small, tmp_path):
@@ -71,7 +71,7 @@ def test_preparation_is_deterministic(small, tmp_path):
     for split in ("train", "test"):
         other = _load(again, split)
         a, b = np.argsort(data[split]["offset"]), np.argsort(other["offset"])
-        np.testing.assert_array_equal(data[split]["bytes"][a], other["bytes"][b])
+        np.testing.assert_array_equal(data[split]["tokens"][a], other["tokens"][b])
 
 
 def test_windows_overlap_by_one_byte():

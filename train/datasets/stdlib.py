@@ -15,7 +15,7 @@ A real text corpus that is already on every machine that runs this code: the ``.
   one ``\\x00`` separator (a byte that never occurs in Python source), and cut into windows of
   ``seq_len + 1`` bytes with stride ``seq_len`` (consecutive windows share one byte, so every
   byte but the first is a prediction target exactly once); the last partial window is dropped.
-  Features: ``bytes`` (``uint8 [seq_len + 1]``: inputs ``bytes[:-1]``, targets ``bytes[1:]``)
+  Features: ``tokens`` (``uint8 [seq_len + 1]``: inputs ``tokens[:-1]``, targets ``tokens[1:]``)
   and ``offset`` (``int64``, the window's start in the split's stream).
 * The sources differ between Python versions, so ``info.metadata`` records the Python version,
   the stdlib path, and per split the number of files and of bytes (``metadata.json`` in the
@@ -128,7 +128,7 @@ class StdlibBytes(tfds.core.GeneratorBasedBuilder):
                 "site-packages excluded, split by a SHA-256 hash of the relative path; windows "
                 f"of {seq_len} + 1 bytes (inputs and shifted targets), stride {seq_len}."),
             features=tfds.features.FeaturesDict({
-                "bytes": tfds.features.Tensor(shape=(seq_len + 1,), dtype=np.uint8),
+                "tokens": tfds.features.Tensor(shape=(seq_len + 1,), dtype=np.uint8),
                 "offset": tfds.features.Scalar(dtype=np.int64),
             }),
             metadata=tfds.core.MetadataDict(),
@@ -158,4 +158,4 @@ class StdlibBytes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, stream: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
         seq_len = self.builder_config.seq_len
         for i, window in enumerate(windows(stream, seq_len)):
-            yield i, {"bytes": window, "offset": i * seq_len}
+            yield i, {"tokens": window, "offset": i * seq_len}

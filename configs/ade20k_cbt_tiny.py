@@ -13,6 +13,12 @@ trains from scratch unless a pretrained CBT-T checkpoint is converted in first.
 
 TFDS downloads and prepares `scene_parse150` (about 1 GB) into `--config.data_dir` on first use;
 the mock-data test (`tests/train/test_segmentation_train.py`) runs one step of this config.
+
+Check the labels before quoting numbers: TFDS's `scene_parse150` builder (4.9) reads the Places
+Challenge 2017 `annotations_instance` PNGs, stored as 3-channel images; this config reads their
+first (R) channel as the class map. The paper's 150-class benchmark is ADEChallengeData2016's
+single-channel `annotations`; a builder over those (same `annotation` key) needs no other change.
+Labels >= 150 that are not the ignore value stop the run with one line (exit 2).
 """
 
 from train.config import base_config

@@ -85,11 +85,12 @@ def test_bad_segmentation_inputs_exit_2_with_one_line(shapes64_dir, tmp_path, ca
 
 
 def test_ade20k_config_one_step_on_mock_data(tmp_path):
-    """configs/ade20k_cbt_tiny.py through TFDS scene_parse150 (mocked), shrunk to CPU size:
-    annotations 0..150 with label 0 ignored, 150 classes, the reference decoder."""
-    c = _config("ade20k_cbt_tiny.py", data_dir=str(tmp_path / "tfds"), image_size=160,
+    """configs/ade20k_cbt_tiny.py through TFDS scene_parse150 (mocked), shrunk to CPU size (one
+    block, 8 x 8 patches of 80 x 80 images: the 10 x 10 grid the reference decoder's cells need):
+    annotations 0..150 with label 0 ignored, 150 classes."""
+    c = _config("ade20k_cbt_tiny.py", data_dir=str(tmp_path / "tfds"), image_size=80,
                 batch_size=2, num_train_steps=1, checkpoint_every_steps=1,
-                **{"model.depth": 1, "model.dtype": "float32"})
+                **{"model.depth": 1, "model.patch_size": 8, "model.dtype": "float32"})
     assert c.segmentation.num_classes == 150 and c.segmentation.reduce_zero_label
     with tfds.testing.mock_data(num_examples=4, max_value=151):
         summary = loop.run(c, str(tmp_path / "run"))

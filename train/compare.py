@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train.compare", "name": name, "config": args.config,
         "dataset": base.dataset, "command": " ".join(["python -m train.compare", *argv]),
         "machine": _harness.machine_info(),
-        "recipe_summary": f"{base.num_epochs} epochs, batch {base.batch_size}, "
+        "recipe_summary": (f"{base.num_train_steps} steps" if base.num_train_steps else
+                           f"{base.num_epochs} epochs") + f", batch {base.batch_size}, "
                           f"{base.optimizer} lr {base.learning_rate}",
         "recipe": json.loads(base.to_json()),
         "wall_seconds": round(time.perf_counter() - started, 1),

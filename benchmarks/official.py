@@ -21,10 +21,10 @@ threads, which spin at their barriers, lose far more to other processes than XLA
 does, and the minima show what each side does when it has the cores), and the ratio of the
 median CPU seconds per call (meaningful with one thread a side: `taskset -c 0 ... --threads 1`
 compares one core against one core, which other processes disturb least). PyTorch runs with
-`torch.set_num_threads(os.cpu_count())`, JAX calls end with `block_until_ready`. This library's
-executables are compiled with the benchmarks' train-step options (`--ours-options tuned`: on the
-CPU, XLA's YNNPACK fusions without its convolutions, `benchmarks/_step.py`) or XLA's defaults
-(`--ours-options xla-default`).
+`torch.set_num_threads(os.cpu_count())` (or the cores `taskset` leaves it), JAX calls end with
+`block_until_ready`. This library's executables are compiled with the benchmarks' train-step
+options (`--ours-options tuned`: on the CPU, XLA's YNNPACK fusions without its convolutions,
+`benchmarks/_step.py`) or XLA's defaults (`--ours-options xla-default`).
 
 Cases (`--parts`):
 - `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
@@ -334,6 +334,14 @@ COLUMNS = [
 ]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (XLA sizes its pool the same way)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.official", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -360,8 +368,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="XLA compile options of this library's executables: 'tuned' (the "
                         "benchmarks' train-step options: on the CPU, YNNPACK without "
                         "convolutions) or 'xla-default'")
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="torch.set_num_threads (default: every core, os.cpu_count())")
+    p.add_argument("--threads", type=int, default=usable_cores(),
+                   help="torch.set_num_threads (default: every core this process may run on, "
+                        "os.cpu_count() unless restricted by taskset)")
     args = p.parse_args(argv)
     args.parts = h.parse_list(args.parts)
     h.check_choices(p, args.parts, PARTS, "part")

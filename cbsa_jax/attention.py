@@ -436,9 +436,9 @@ def agent(q, k=None, v=None, *, representatives: Representatives, step_x=None, t
 #
 # The prefix sums are carried as a `CausalCBSAState` (running max, normaliser, weighted sum per
 # representative); a sequence is processed in chunks of c tokens by a `lax.scan`, each chunk
-# forming every token's prefix sums from the carried state plus a masked [c, c] sum inside the
-# chunk, then contracting the c prefix representative sets in one batch. Cost O(N (c m p + m^2 p))
-# and memory O(c (c m + m p)) per chunk: linear in N. Causal softmax and causal linear attention
+# forming every token's prefix sums from the carried state and an associative scan inside the
+# chunk, then contracting the c prefix representative sets in one batch. Cost
+# O(N (m p log c + m^2 p)) and memory O(c m p) per chunk: linear in N. Causal softmax and causal linear attention
 # have the same `(out, state)` / step interface, so a decoder can run any of the three.
 
 
@@ -505,24 +505,36 @@ def _chunks(x, chunk: int, fn, carry, *, remat: bool):
     return carry, outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-2)
 
 
+def _combine_statistics(x, y):
+    """Merge the prefix statistics (shift mu, normaliser z, weighted sum a) of two consecutive
+    stretches of tokens: an associative operation, exact for any shifts (mu carries no
+    gradient)."""
+    mu = jnp.maximum(x[0], y[0])
+    fx, fy = jnp.exp(x[0] - mu), jnp.exp(y[0] - mu)
+    return mu, x[1] * fx + y[1] * fy, x[2] * fx + y[2] * fy
+
+
+def _prefix_statistics(state: CausalCBSAState, logits, wf):
+    """Every token's prefix statistics after the carried `state`: (running max `[..., H, c, m]`,
+    normaliser `[..., H, c, m]`, weighted sum `[..., H, c, m, p]`), by an associative scan over
+    the chunk (O(c log c m p) work, exponents <= 0, exact)."""
+    mu = jax.lax.stop_gradient(logits)[..., None]  # [..., H, c, m, 1]: one token's own max
+    one = jnp.exp(logits - jax.lax.stop_gradient(logits))[..., None]  # 1, with the gradient of l
+    leaves = (mu, one, one * wf[..., :, None, :])
+    mu, z, a = jax.lax.associative_scan(_combine_statistics, leaves, axis=mu.ndim - 3)
+    carried = (state.max[..., None, :, None], state.norm[..., None, :, None],
+               state.sums[..., None, :, :])
+    mu, z, a = _combine_statistics(carried, (mu, z, a))
+    return mu[..., 0], z[..., 0], a
+
+
 def _causal_cbsa_chunk(state: CausalCBSAState, w, q0, beta, gamma, *, tau, contraction, eps):
     """One chunk of causal CBSA: `w [..., H, c, p]` after the prefix summarised by `state` ->
     (state after the chunk, `[..., H, c, p]` in the compute dtype)."""
     dtype = state.sums.dtype
     wf = w.astype(dtype)
-    c = w.shape[-2]
     logits = jnp.einsum("...hcp,hmp->...hcm", wf, q0.astype(dtype)) / tau  # [..., H, c, m]
-    # the stabiliser: each token's running max, including the carried prefix (no gradient: the
-    # ratios below do not depend on it)
-    run_max = jax.lax.stop_gradient(jnp.maximum(state.max[..., None, :],
-                                                jax.lax.cummax(logits, axis=logits.ndim - 2)))
-    decay = jnp.exp(state.max[..., None, :] - run_max)  # [..., H, c(t), m]; 0 for the empty prefix
-    causal = jnp.tril(jnp.ones((c, c), bool))[..., None]  # [t, i, 1]: i <= t
-    diff = logits[..., None, :, :] - run_max[..., :, None, :]  # [..., H, t, i, m]
-    weights = jnp.exp(jnp.where(causal, diff, -jnp.inf))  # exp(l_ji - max_tj), i <= t
-    norm = state.norm[..., None, :] * decay + jnp.sum(weights, axis=-2)  # [..., H, t, m]
-    sums = (state.sums[..., None, :, :] * decay[..., None]
-            + jnp.einsum("...tim,...ip->...tmp", weights, wf))  # [..., H, t, m, p]
+    run_max, norm, sums = _prefix_statistics(state, logits, wf)
     reps = q0.astype(dtype)[:, None] + beta[..., None] * (sums / norm[..., None])
     if contraction is Contraction.SOFTMAX:
         con = softmax_contraction(reps, tau)
@@ -530,10 +542,9 @@ def _causal_cbsa_chunk(state: CausalCBSAState, w, q0, beta, gamma, *, tau, contr
         con = exact_contraction(reps, eps)
     else:
         raise ValueError(f"contraction must be 'softmax' or 'exact', got {contraction.value!r}")
-    # token t's own column S^(t)[:, t]: its diagonal weight over its prefix normaliser
-    own = jnp.diagonal(weights, axis1=-3, axis2=-2)  # [..., H, m, t]
-    own = jnp.swapaxes(own, -1, -2) / norm  # [..., H, t, m]
-    out = gamma * jnp.einsum("...tm,...tmp->...tp", own, con)
+    # token t's own column S^(t)[:, t]: its weight over its prefix normaliser
+    own = jnp.exp(logits - run_max) / norm  # [..., H, t, m]
+    out = gamma * jnp.sum(own[..., None] * con, axis=-2)
     new_state = CausalCBSAState(run_max[..., -1, :], norm[..., -1, :], sums[..., -1, :, :])
     return new_state, out
 

@@ -236,3 +236,24 @@ def test_bad_input_is_named(kwargs, match):
     w = np.zeros((B, H, N, P), np.float32)
     with pytest.raises(ValueError, match=match):
         att.causal_cbsa(w, args.pop("queries"), **args)
+
+
+def test_benchmark_smoke(tmp_path):
+    """`python -m benchmarks.causal` runs every attention and writes its JSON (no timing
+    asserted)."""
+    import json
+
+    from benchmarks import causal as bench
+
+    path = tmp_path / "causal.json"
+    payload = bench.main(["--sizes", "16,32", "--modes", "fwd", "--target_s", "0", "--repeats",
+                          "1", "--heads", "2", "--dim_head", "8", "--queries", "4", "--chunk", "8",
+                          "--json", str(path)])
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["attention"], r["n"]) for r in rows] == [
+        (a, n) for n in (16, 32) for a in ("cbsa", "softmax", "linear")]
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
+    assert "cbsa_faster_than_softmax_fwd_from_n" in payload["summary"]
+    assert bench.summarise([{"attention": "cbsa", "n": n, "mode": "fwd", "status": "ok",
+                             "median_ms": float(n)} for n in (4096, 16384, 65536)])[
+        "cbsa_fwd_slope_4096_65536"] == pytest.approx(1.0)

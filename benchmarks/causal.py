@@ -1,0 +1,189 @@
+"""Time and memory of the causal attentions as the sequence grows: causal CBSA, causal softmax,
+causal linear.
+
+    python -m benchmarks.causal --json OUT [--sizes 1024,4096,16384,65536] [--modes fwdbwd]
+
+Per-head inputs `[1, H, N, p]` (H = 4, p = 64 by default). `cbsa` is
+`cbsa_jax.attention.causal_cbsa` (m = 16 learned queries per head, chunks of 64 tokens, the
+softmax contraction, rematerialised chunks); `softmax` is `jax.nn.dot_product_attention(...,
+is_causal=True)` on separate q, k, v (through `causal_softmax`), which materialises the H x N x N
+scores; `linear` is `causal_linear` (elu + 1 feature map, chunks of 64). Modes: `fwd` is the
+output, `fwdbwd` the value and gradient of `sum(out)` w.r.t. every input (the queries included).
+
+Each executable is compiled first and XLA's memory analysis read; a row whose peak
+(temp + argument + output bytes) exceeds the memory budget is reported as `oom (estimated ...)`
+and not run. Times are medians after a warm-up (`benchmarks._harness.time_call`). The summary
+gives each attention's log-log slope of time in N over the sizes from 4,096 to 65,536 and the
+smallest N at which causal CBSA is faster than causal softmax. The JSON is rewritten after every
+row, so an interrupted run keeps what it measured. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import _harness as h
+from cbsa_jax import attention as att
+
+ATTENTIONS = ("cbsa", "softmax", "linear")
+MODES = ("fwd", "fwdbwd")
+DEFAULT_SIZES = (1024, 4096, 16384, 65536)
+
+
+def build(name: str, n: int, mode: str, cfg: argparse.Namespace):
+    """(jitted function, its concrete arguments) for one row."""
+    rng = np.random.default_rng(0)
+    shape = (cfg.batch, cfg.heads, n, cfg.dim_head)
+
+    def normal(s):
+        return jnp.asarray(rng.standard_normal(s), cfg.dtype)
+
+    if name == "cbsa":
+        args = (normal(shape), normal((cfg.heads, cfg.queries, cfg.dim_head)),
+                jnp.ones((cfg.heads,), jnp.float32), jnp.ones((cfg.heads,), jnp.float32))
+
+        def out(w, q, sx, sr):
+            return att.causal_cbsa(w, q, step_x=sx, step_rep=sr, chunk=cfg.chunk)[0]
+    elif name == "softmax":
+        args = tuple(normal(shape) for _ in range(3))
+
+        def out(q, k, v):
+            return att.causal_softmax(q, k, v)[0]
+    elif name == "linear":
+        args = tuple(normal(shape) for _ in range(3))
+
+        def out(q, k, v):
+            return att.causal_linear(q, k, v, chunk=cfg.chunk)[0]
+    else:
+        raise ValueError(f"unknown attention {name!r}")
+    if mode == "fwd":
+        fn = out
+    else:
+        def fn(*a):
+            return jax.value_and_grad(lambda *b: jnp.sum(out(*b).astype(jnp.float32)),
+                                      argnums=tuple(range(len(a))))(*a)
+    return jax.jit(fn), args
+
+
+def run_row(name: str, n: int, mode: str, cfg: argparse.Namespace) -> dict:
+    row = {"attention": name, "n": n, "mode": mode, "status": "ok"}
+    try:
+        fn, args = build(name, n, mode, cfg)
+        compiled = fn.lower(*args).compile()
+        memory = h.memory_analysis(compiled)
+        row["peak_mb"] = memory["peak"] / h.MB
+        row.update({k: v for k, v in h.cost_analysis(compiled).items()})
+        if math.isfinite(memory["peak"]) and memory["peak"] > cfg.memory_budget_gb * h.GB:
+            row["status"] = f"oom (estimated {memory['peak'] / h.GB:.1f} GB)"
+            return row
+        timing = h.time_call(lambda: compiled(*args), target_s=cfg.target_s,
+                             min_repeats=cfg.repeats, max_repeats=max(cfg.repeats, 10))
+        row["median_ms"] = timing.median_s * 1e3
+        row["times_ms"] = [t * 1e3 for t in timing.times_s]
+        row["rss_peak_mb"] = h.rss_peak_mb()
+    except Exception as e:  # an allocation failure at run time is a result too
+        row["status"] = h.error_text(e)
+    return row
+
+
+def summarise(rows: list[dict], lo: int = 4096, hi: int = 65536) -> dict:
+    """Per attention and mode: log-log slope of time in N over [lo, hi]; the crossover N."""
+    out: dict = {}
+    modes = sorted({r["mode"] for r in rows})
+    for mode in modes:
+        ok = [r for r in rows if r["mode"] == mode and r["status"] == "ok"]
+        for name in ATTENTIONS:
+            pts = sorted((r["n"], r["median_ms"]) for r in ok
+                         if r["attention"] == name and lo <= r["n"] <= hi)
+            if len(pts) >= 2:
+                out[f"{name}_{mode}_slope_{lo}_{hi}"] = h.loglog_slope(*zip(*pts, strict=True))
+                out[f"{name}_{mode}_slope_range"] = [pts[0][0], pts[-1][0]]
+        cbsa = {r["n"]: r["median_ms"] for r in ok if r["attention"] == "cbsa"}
+        soft = {r["n"]: r["median_ms"] for r in rows
+                if r["mode"] == mode and r["attention"] == "softmax"
+                and (r["status"] == "ok" or r["status"].startswith("oom"))}
+        faster = [n for n in sorted(cbsa) if n in soft
+                  and (not isinstance(soft[n], float) or cbsa[n] < soft[n])]
+        out[f"cbsa_faster_than_softmax_{mode}_from_n"] = faster[0] if faster else None
+        for n in sorted(cbsa):
+            ratio = soft.get(n)
+            if isinstance(ratio, float):
+                out[f"softmax_over_cbsa_{mode}_n{n}"] = ratio / cbsa[n]
+    return out
+
+
+COLUMNS = [
+    ("attention", "<", lambda r: r["attention"]),
+    ("N", ">", lambda r: str(r["n"])),
+    ("mode", "<", lambda r: r["mode"]),
+    ("time (ms)", ">", lambda r: h.fmt(r.get("median_ms"), ".1f")),
+    ("peak MB (XLA)", ">", lambda r: h.fmt(r.get("peak_mb"), ".0f")),
+    ("GFLOP", ">", lambda r: h.fmt(r.get("flops", math.nan) / 1e9, ".2f")),
+    ("status", "<", lambda r: r["status"]),
+]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.causal",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
+    p.add_argument("--attentions", default=",".join(ATTENTIONS))
+    p.add_argument("--modes", default="fwdbwd")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--dim_head", type=int, default=64)
+    p.add_argument("--queries", type=int, default=16, help="CBSA's m")
+    p.add_argument("--chunk", type=int, default=64, help="CBSA / linear scan chunk")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--memory_budget_gb", type=float, default=h.default_memory_budget_gb())
+    p.add_argument("--target_s", type=float, default=2.0, help="timing budget per row")
+    p.add_argument("--repeats", type=int, default=3, help="at least this many timed calls")
+    cfg = p.parse_args(argv)
+    cfg.sizes = h.parse_list(cfg.sizes, int)
+    cfg.attentions = h.parse_list(cfg.attentions)
+    cfg.modes = h.parse_list(cfg.modes)
+    h.check_choices(p, cfg.attentions, ATTENTIONS, "attention")
+    h.check_choices(p, cfg.modes, MODES, "mode")
+    if not cfg.sizes or any(n < 1 for n in cfg.sizes):
+        p.error("--sizes must be positive integers")
+    cfg.dtype = np.dtype(jnp.bfloat16 if cfg.dtype == "bfloat16" else np.float32)
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    cfg = parse_args(argv)
+    info = h.machine_info()
+    config = {k: (v.name if isinstance(v, np.dtype) else v) for k, v in vars(cfg).items()}
+    payload = {"benchmark": "causal", "command": "python -m benchmarks.causal "
+               + " ".join(sys.argv[1:] if argv is None else argv),
+               "machine": info, "config": config, "rows": [], "summary": {}}
+    print(f"# causal attention benchmark, {info['date']}, {info['processor']} "
+          f"({info['cpu_count']} cores), jax {info['jax']}; H = {cfg.heads}, p = {cfg.dim_head}, "
+          f"m = {cfg.queries}, chunk {cfg.chunk}, batch {cfg.batch}, {cfg.dtype.name}; load "
+          f"{', '.join(f'{x:.1f}' for x in info.get('load_average') or ())}", flush=True)
+    for n in cfg.sizes:
+        for name in cfg.attentions:
+            for mode in cfg.modes:
+                row = run_row(name, n, mode, cfg)
+                payload["rows"].append(row)
+                print("  " + "  ".join(fn(row) for _, _, fn in COLUMNS), flush=True)
+                payload["summary"] = summarise(payload["rows"])
+                h.write_json(cfg.json, payload)
+    print()
+    print(h.table(payload["rows"], COLUMNS))
+    print()
+    for key, value in payload["summary"].items():
+        print(f"{key}: {value if not isinstance(value, float) else round(value, 3)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

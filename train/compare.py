@@ -20,7 +20,8 @@ k x k for each k (m = k^2 representatives; seed 0). For each run it records, fro
 Everything lands in `DIR/NAME/` (NAME: the config file's name): one workdir per run
 (`MODEL[_cellsKxK]/seedS`, holding `result.json` once finished), and `NAME.json` (every run,
 per-model mean +- std over seeds, the sweep, machine, command, wall clock), `NAME.md` (the tables)
-and `NAME.png` (accuracy against forward FLOPs, marker area by parameters; the sweep beside it).
+and `NAME.png` (accuracy against forward FLOPs, marker area by parameters; the sweep beside it),
+copied to `--results DIR` too when given (e.g. `docs/results`, where README tables come from).
 Rerunning resumes: finished runs (their `result.json`) are read back, an interrupted one continues
 from its last checkpoint (SIGTERM saves one and stops the comparison; rerun to go on).
 """
@@ -32,6 +33,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -251,6 +253,9 @@ def plot(payload: dict, path: str) -> None:
         m = [r["representatives"] for r in sweep]
         ax.plot(m, [r["final_accuracy"]["mean"] for r in sweep], "o-", label="final accuracy")
         ax.plot(m, [r["jaccard"]["mean"] for r in sweep], "s--", label="Jaccard, cls attention")
+        if payload["baselines"].get("center") is not None:
+            ax.axhline(payload["baselines"]["center"], ls=":", c="grey",
+                       label="Jaccard, centre box (image-blind)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(m, [str(v) for v in m])
         ax.set(xlabel="representatives m", title=f"{sweep[0]['model']}: representatives sweep")
@@ -288,6 +293,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--sweep-model", default="cbt_nano")
     p.add_argument("--mass", type=float, default=0.6, help="segment_eval's attention mass")
     p.add_argument("--out", default="runs/compare")
+    p.add_argument("--results", default=None,
+                   help="also copy NAME.json, NAME.md and NAME.png here (e.g. docs/results)")
     args = p.parse_args(rest)
     args.models = parse_list(args.models) or []
     args.seeds_for = parse_list(args.seeds_for)
@@ -366,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(out, f"{name}.md"), "w") as f:
         f.write(text + "\n")
     plot(payload, os.path.join(out, f"{name}.png"))
+    if args.results:
+        os.makedirs(args.results, exist_ok=True)
+        for ext in ("json", "md", "png"):
+            shutil.copyfile(os.path.join(out, f"{name}.{ext}"),
+                            os.path.join(args.results, f"{name}.{ext}"))
     print(text, flush=True)
     return 0
 

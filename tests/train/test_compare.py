@@ -116,10 +116,12 @@ def test_rerun_skips_finished_runs_and_stops_on_an_interrupted_one(compared, mon
         raise AssertionError(f"retrained {workdir}")
 
     monkeypatch.setattr(loop, "run", must_not_train)
-    assert compare.main(argv) == 0
-    with open(os.path.join(out, "shapes", "shapes.json")) as f:
+    results = os.path.join(out, "published")
+    assert compare.main([*argv, "--results", results]) == 0
+    with open(os.path.join(results, "shapes.json")) as f:
         again = json.load(f)
     assert again["table"] == payload["table"] and again["sweep"] == payload["sweep"]
+    assert sorted(os.listdir(results)) == ["shapes.json", "shapes.md", "shapes.png"]
 
     def interrupted(config, workdir, **kwargs):
         return {"stopped_by": "SIGTERM", "step": 1, "total_steps": 2}

@@ -29,9 +29,22 @@ def conv_widths(dim: int, patch_size: int) -> list[int]:
     return [dim // 2 ** (blocks - 1 - i) for i in range(blocks)]
 
 
+def gelu_erf(x):
+    """Exact GELU, `x Phi(x) = x (1 + erf(x / sqrt 2)) / 2`, through `erf`.
+
+    The same function as `jax.nn.gelu(x, approximate=False)`, which goes through `erfc`: in
+    float32 the two agree to 1e-6 in absolute value and their derivatives to 3e-7 (`erfc` keeps
+    more relative accuracy in the negative tail, where the values are below 1e-3). XLA:CPU
+    evaluates `erfc` as several polynomials selected by range; with `erf` the conv stem's forward
+    and backward take about 7% less time (docs/performance.md).
+    """
+    return x * (0.5 + 0.5 * jax.lax.erf(x * 0.7071067811865476))
+
+
 class ConvPatchEmbed(nnx.Module):
     """The reference's convolutional patch embedding: stride-2 conv3x3 + BatchNorm blocks with
-    exact GELU between them (4 blocks for patch 16, 3 for patch 8; generally log2(patch))."""
+    exact GELU (`gelu_erf`) between them (4 blocks for patch 16, 3 for patch 8; generally
+    log2(patch))."""
 
     def __init__(self, dim: int, patch_size: int, channels: int = 3, *, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -55,7 +68,7 @@ class ConvPatchEmbed(nnx.Module):
         x = images
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             if i:
-                x = jax.nn.gelu(x, approximate=False)
+                x = gelu_erf(x)
             x = norm(conv(x))
         b, gh, gw, d = x.shape
         return x.reshape(b, gh * gw, d)

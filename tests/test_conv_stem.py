@@ -1,0 +1,57 @@
+"""The conv stem's GELU through erf is the exact GELU: the stem gives the outputs and gradients of
+the same stem with `jax.nn.gelu(approximate=False)`, in training and in eval mode."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cbsa_jax.models.vit import ConvPatchEmbed, gelu_erf
+
+
+def test_gelu_erf_is_the_exact_gelu():
+    x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float32)
+    np.testing.assert_allclose(gelu_erf(x), jax.nn.gelu(x, approximate=False), rtol=0, atol=1e-6)
+    grad = jax.vmap(jax.grad(gelu_erf))(x)
+    expected = jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False)))(x)
+    np.testing.assert_allclose(grad, expected, rtol=0, atol=1e-6)
+    assert not np.allclose(gelu_erf(x), jax.nn.gelu(x, approximate=True), atol=1e-4)
+    assert gelu_erf(jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def _with_erfc_gelu(stem, images):
+    """The stem as it was: the same convolutions and norms, `jax.nn.gelu` between them."""
+    x = images
+    for i, (conv, norm) in enumerate(zip(stem.convs, stem.norms, strict=True)):
+        if i:
+            x = jax.nn.gelu(x, approximate=False)
+        x = norm(conv(x))
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_stem_matches_the_erfc_gelu_stem(rng, train):
+    stem = ConvPatchEmbed(32, 8, rngs=nnx.Rngs(0))
+    for norm in stem.norms:  # eval mode must use running statistics that are not (0, 1)
+        norm.mean[...] = jnp.asarray(rng.normal(0, 0.1, norm.mean.shape), jnp.float32)
+        norm.var[...] = jnp.asarray(rng.uniform(0.5, 1.5, norm.var.shape), jnp.float32)
+    stem.train() if train else stem.eval()
+    graphdef, params, rest = nnx.split(stem, nnx.Param, ...)
+    images = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(2, 16, 32)), jnp.float32)
+
+    def loss(fn, params, images):
+        out = fn(nnx.merge(graphdef, params, rest, copy=True), images)
+        return jnp.sum(jnp.sin(out) * weights), out
+
+    results = [jax.value_and_grad(lambda p, x, fn=fn: loss(fn, p, x), argnums=(0, 1),
+                                  has_aux=True)(params, images)
+               for fn in (lambda m, x: m(x), _with_erfc_gelu)]
+    ((_, out), grads), ((_, out_ref), grads_ref) = results
+    assert out.shape == (2, 16, 32)
+    np.testing.assert_allclose(out, out_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        scale = float(jnp.max(jnp.abs(want)))
+        assert scale > 0
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)

@@ -510,21 +510,25 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
         assert isinstance(config, ShapesConfig)
         return config
 
+    DESCRIPTION = (
+        "Synthetic RGB images, each showing exactly one filled geometric shape "
+        f"({', '.join(CLASS_NAMES)}) of random size, position, rotation and "
+        "colour on a random textured (noise plus stripes or checkerboard) "
+        "background, with the shape's pixel mask."
+    )
+    PIXEL_MAPS: ClassVar[tuple[str, ...]] = ("mask",)  # uint8 (S, S, 1) features
+
     def _info(self) -> tfds.core.DatasetInfo:
         size = self._config.image_size
+        maps = {name: _raw_uint8((size, size, 1)) for name in self.PIXEL_MAPS}
         return tfds.core.DatasetInfo(
             builder=self,
-            description=(
-                "Synthetic RGB images, each showing exactly one filled geometric shape "
-                f"({', '.join(CLASS_NAMES)}) of random size, position, rotation and "
-                "colour on a random textured (noise plus stripes or checkerboard) "
-                "background, with the shape's pixel mask."
-            ),
+            description=self.DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {
                     "image": _raw_uint8((size, size, 3)),
                     "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                    "mask": _raw_uint8((size, size, 1)),
+                    **maps,
                     "index": tfds.features.Scalar(dtype=np.int64),
                 }
             ),
@@ -590,27 +594,13 @@ class Shapes64(Shapes):
         ),
     ]
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = self._config.image_size
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(
-                "Synthetic RGB scenes of 1 to 3 filled geometric shapes of distinct classes "
-                f"({', '.join(CLASS_NAMES)}) on a random textured background, later shapes "
-                "occluding earlier ones; label = the class with the most visible pixels, "
-                "with the per-pixel class map (0 = background) and the foreground mask."
-            ),
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": _raw_uint8((size, size, 3)),
-                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                    "segmentation": _raw_uint8((size, size, 1)),
-                    "mask": _raw_uint8((size, size, 1)),
-                    "index": tfds.features.Scalar(dtype=np.int64),
-                }
-            ),
-            supervised_keys=("image", "label"),
-        )
+    DESCRIPTION = (
+        "Synthetic RGB scenes of 1 to 3 filled geometric shapes of distinct classes "
+        f"({', '.join(CLASS_NAMES)}) on a random textured background, later shapes "
+        "occluding earlier ones; label = the class with the most visible pixels, "
+        "with the per-pixel class map (0 = background) and the foreground mask."
+    )
+    PIXEL_MAPS: ClassVar[tuple[str, ...]] = ("segmentation", "mask")
 
     def _generate_batch(self, split: str, indices: Sequence[int]) -> dict[str, np.ndarray]:
         return generate_multi_batch(split, indices, self._config.image_size)

@@ -1,6 +1,8 @@
-"""Vision transformers (CBT, CRATE, ToST, softmax ViT) and the preset registry."""
+"""Vision transformers (CBT, CRATE, ToST, softmax ViT) and the preset registry; decoder-only
+language models (`cbsa_jax.models.lm`: causal CBSA, softmax, linear) and their presets."""
 
 from cbsa_jax.models.config import AttentionKind, FFNKind, ModelConfig, PatchEmbedKind, Pool
+from cbsa_jax.models.lm import LM_PRESETS, LanguageModel, LMConfig, create_lm, get_lm_config
 from cbsa_jax.models.presets import (
     PRESETS,
     create,
@@ -20,6 +22,11 @@ from cbsa_jax.models.vit import ConvPatchEmbed, LinearPatchEmbed, VisionTransfor
 
 __all__ = [
     "DECODER_PRESETS",
+    "LM_PRESETS",
+    "LMConfig",
+    "LanguageModel",
+    "create_lm",
+    "get_lm_config",
     "PRESETS",
     "DecoderConfig",
     "DecoderKind",

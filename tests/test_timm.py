@@ -66,7 +66,7 @@ def _heads(t, h):  # [B, N, C] -> [B, H, N, C/H], head-major channels
 
 def reference_vit(sd, images_nchw, heads, *, adapted=(), reference_selection=False, cells=8):
     """Logits and the tokens after block 0 of a timm ViT whose blocks in `adapted` take the
-    official pooled-query path."""
+    official pooled-query path (`fc_norm` keys: timm's global_pool="avg")."""
     sd = {k: np.asarray(v, np.float64) for k, v in sd.items()}
     x = np.asarray(images_nchw, np.float64)
     w = sd["patch_embed.proj.weight"]
@@ -101,9 +101,11 @@ def reference_vit(sd, images_nchw, heads, *, adapted=(), reference_selection=Fal
         hidden = 0.5 * hidden * (1 + np.vectorize(math.erf)(hidden / math.sqrt(2)))
         x = x + hidden @ sd[pre + "mlp.fc2.weight"].T + sd[pre + "mlp.fc2.bias"]
         after0 = x if after0 is None else after0
-    logits = _ln(x[:, 0], sd["norm.weight"], sd["norm.bias"]) @ sd["head.weight"].T + sd[
-        "head.bias"]
-    return logits, after0
+    if "fc_norm.weight" in sd:
+        pooled = _ln(x[:, 1:].mean(1), sd["fc_norm.weight"], sd["fc_norm.bias"])
+    else:
+        pooled = _ln(x[:, 0], sd["norm.weight"], sd["norm.bias"])
+    return pooled @ sd["head.weight"].T + sd["head.bias"], after0
 
 
 def _random_timm(seed=0, **sizes):
@@ -285,6 +287,21 @@ def test_every_layout_loads_to_the_same_logits(tmp_path):
     assert all(np.array_equal(a, _state(vit_from_timm(str(tmp_path / "timm.npz"),
                                                       heads=HEADS))[p])
                for p, a in _state(timm).items())
+
+
+def test_mean_pooling_and_a_position_table_without_the_cls_slot():
+    """timm's global_pool="avg" (fc_norm after the patch mean) and no_embed_class (pos_embed
+    [1, N, D], cls gets no position)."""
+    sd = _random_timm()
+    sd["fc_norm.weight"], sd["fc_norm.bias"] = sd.pop("norm.weight"), sd.pop("norm.bias")
+    images = _images(32)
+    model = vit_from_timm({**sd, "pos_embed": sd["pos_embed"][:, 1:]}, heads=HEADS)
+    assert model.config.pool.value == "patch_mean"
+    zero_cls = {**sd, "pos_embed": np.concatenate([0 * sd["pos_embed"][:, :1],
+                                                   sd["pos_embed"][:, 1:]], axis=1)}
+    expected, _ = reference_vit(zero_cls, images.transpose(0, 3, 1, 2), HEADS)
+    np.testing.assert_allclose(_logits(model, images), expected, atol=1e-4)
+    assert set(convert.timm_state_dict(model)) == set(zero_cls)
 
 
 def test_adapted_in_the_first_k_blocks():

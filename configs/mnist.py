@@ -6,6 +6,10 @@ test images with the ink mask (used by `python -m train.segment_eval`). The conv
 pooled to 8 x 8 = 64 representatives per head. Swap the model with
 `--config.model.name=crate_nano`, `tost_nano` or `vit_nano` for the same-budget baselines
 (`python -m train.compare` does it for all of them).
+
+Recipe (one for every model, lightly tuned for budget): 10 epochs of 40 steps. Measured on the
+shared 2-core machine, seed 0: cbt_nano 88.6% final test accuracy (190 training images per
+CPU-second), vit_nano 94.4% after 8 of its 10 epochs (60 images per CPU-second).
 """
 
 from train.config import base_config
@@ -22,13 +26,13 @@ def get_config():
     c.model.patch_size = 2
     c.model.cells = (8, 8)
     c.batch_size = 100
-    c.num_epochs = 30
+    c.num_epochs = 10
     c.optimizer = "adamw"
     c.learning_rate = 2e-3
-    c.warmup_epochs = 2.0
+    c.warmup_epochs = 1.0
     c.weight_decay = 0.05
     c.label_smoothing = 0.1
     c.log_every_steps = 20
-    c.eval_every_steps = 200  # every 5 epochs (40 steps each)
-    c.checkpoint_every_steps = 200
+    c.eval_every_steps = 80  # every 2 epochs (40 steps each)
+    c.checkpoint_every_steps = 80
     return c

@@ -261,6 +261,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
             if do_eval:
                 flush_metrics(step)
                 last_eval = evaluate(state)
+                window_start = time.perf_counter()  # images/s measures training only
                 writer.write(step, config.eval_split, last_eval)
                 progress.write(f"step {step}: {config.eval_split} {ranking} "
                                f"{last_eval[ranking]:.4f} loss {last_eval['loss']:.4f}")

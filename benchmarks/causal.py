@@ -106,15 +106,15 @@ def summarise(rows: list[dict], lo: int = 4096, hi: int = 65536) -> dict:
                 out[f"{name}_{mode}_slope_{lo}_{hi}"] = h.loglog_slope(*zip(*pts, strict=True))
                 out[f"{name}_{mode}_slope_range"] = [pts[0][0], pts[-1][0]]
         cbsa = {r["n"]: r["median_ms"] for r in ok if r["attention"] == "cbsa"}
-        soft = {r["n"]: r["median_ms"] for r in rows
+        # a softmax row that did not fit (oom) has no time: CBSA, which ran, is the faster
+        soft = {r["n"]: r.get("median_ms", math.inf) for r in rows
                 if r["mode"] == mode and r["attention"] == "softmax"
                 and (r["status"] == "ok" or r["status"].startswith("oom"))}
-        faster = [n for n in sorted(cbsa) if n in soft
-                  and (not isinstance(soft[n], float) or cbsa[n] < soft[n])]
+        faster = [n for n in sorted(cbsa) if n in soft and cbsa[n] < soft[n]]
         out[f"cbsa_faster_than_softmax_{mode}_from_n"] = faster[0] if faster else None
         for n in sorted(cbsa):
             ratio = soft.get(n)
-            if isinstance(ratio, float):
+            if ratio is not None and math.isfinite(ratio):
                 out[f"softmax_over_cbsa_{mode}_n{n}"] = ratio / cbsa[n]
     return out
 

@@ -257,3 +257,18 @@ def test_benchmark_smoke(tmp_path):
     assert bench.summarise([{"attention": "cbsa", "n": n, "mode": "fwd", "status": "ok",
                              "median_ms": float(n)} for n in (4096, 16384, 65536)])[
         "cbsa_fwd_slope_4096_65536"] == pytest.approx(1.0)
+
+
+def test_a_softmax_row_that_did_not_fit_counts_as_slower():
+    from benchmarks import causal as bench
+
+    rows = [{"attention": "cbsa", "n": n, "mode": "fwdbwd", "status": "ok", "median_ms": t}
+            for n, t in ((4096, 600.0), (16384, 2400.0))]
+    rows += [{"attention": "softmax", "n": 4096, "mode": "fwdbwd", "status": "ok",
+              "median_ms": 500.0},
+             {"attention": "softmax", "n": 16384, "mode": "fwdbwd",
+              "status": "oom (estimated 17.3 GB)"}]
+    summary = bench.summarise(rows)
+    assert summary["cbsa_faster_than_softmax_fwdbwd_from_n"] == 16384
+    assert summary["softmax_over_cbsa_fwdbwd_n4096"] == pytest.approx(500 / 600)
+    assert "softmax_over_cbsa_fwdbwd_n16384" not in summary

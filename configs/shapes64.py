@@ -9,7 +9,7 @@ with `--config.model.name=crate_nano`, `tost_nano` or `vit_nano` for the same-bu
 
 Budget: 8 epochs of 80 steps, sized so that the comparison fits about two hours. Not yet a
 working recipe: in the runs made so far cbt_nano stays at chance (train and test loss flat at
-ln 5 for 8 epochs, lr 2e-3); see issue 11's report before quoting results from it.
+ln 5 for 8 epochs, lr 2e-3); do not quote results from it before a recipe learns.
 """
 
 from train.config import base_config

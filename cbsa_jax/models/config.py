@@ -42,6 +42,35 @@ _ENUMS = {"attention": AttentionKind, "ffn": FFNKind, "patch_embed": PatchEmbedK
           "pool": Pool, "selection": Selection, "other_attention": AttentionKind}
 
 
+def coerce_enums(config, enums: dict) -> None:
+    """Turn the enum fields of a frozen dataclass into their enums (strings are accepted); a bad
+    value raises ValueError naming the field and the allowed values."""
+    for name, kind in enums.items():
+        value = getattr(config, name)
+        try:
+            object.__setattr__(config, name, kind(value))
+        except ValueError:
+            allowed = ", ".join(repr(k.value) for k in kind)
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+def check_positive_ints(config, names) -> None:
+    """ValueError naming the first field of `names` that is not a positive integer."""
+    for name in names:
+        value = getattr(config, name)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def lookup(presets: dict, name: str, what: str, **overrides):
+    """`presets[name]` (case and '-' / '_' insensitive) with `overrides` applied through its
+    validating `replace`; an unknown name raises ValueError listing the presets."""
+    key = name.lower().replace("-", "_")
+    if key not in presets:
+        raise ValueError(f"unknown {what} {name!r}; presets are {sorted(presets)}")
+    return presets[key].replace(**overrides) if overrides else presets[key]
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a vision transformer. Strings are accepted for the enum fields.
@@ -85,17 +114,8 @@ class ModelConfig:
     other_attention: AttentionKind = AttentionKind.SOFTMAX
 
     def __post_init__(self):
-        for name, kind in _ENUMS.items():
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, kind(value))
-            except ValueError:
-                allowed = ", ".join(repr(k.value) for k in kind)
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
-        for name in ("dim", "depth", "heads", "dim_head", "patch_size", "channels"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        coerce_enums(self, _ENUMS)
+        check_positive_ints(self, ("dim", "depth", "heads", "dim_head", "patch_size", "channels"))
         cells = tuple(self.cells) if isinstance(self.cells, list | tuple) else self.cells
         if not (isinstance(cells, tuple) and len(cells) == 2
                 and all(isinstance(c, int) and c >= 1 for c in cells)):

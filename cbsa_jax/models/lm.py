@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cbsa_jax.models.config import check_positive_ints, coerce_enums, lookup
 from cbsa_jax.nn import layers
 
 __all__ = [
@@ -93,18 +94,9 @@ class LMConfig:
     tied_output: bool = True
 
     def __post_init__(self):
-        for name, kind in (("attention", LMAttention), ("ffn", LMFFN)):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, kind(value))
-            except ValueError:
-                allowed = ", ".join(repr(k.value) for k in kind)
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
-        for name in ("dim", "depth", "heads", "dim_head", "vocab_size", "max_len", "num_queries",
-                     "chunk"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        coerce_enums(self, {"attention": LMAttention, "ffn": LMFFN})
+        check_positive_ints(self, ("dim", "depth", "heads", "dim_head", "vocab_size", "max_len",
+                                   "num_queries", "chunk"))
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps!r}")
         if not self.mlp_ratio > 0:
@@ -247,10 +239,7 @@ LM_PRESETS: dict[str, LMConfig] = _build_presets()
 
 def get_lm_config(name: str, **overrides) -> LMConfig:
     """The LM preset's `LMConfig` with `overrides` applied (validated)."""
-    key = name.lower().replace("-", "_")
-    if key not in LM_PRESETS:
-        raise ValueError(f"unknown LM preset {name!r}; presets are {sorted(LM_PRESETS)}")
-    return LM_PRESETS[key].replace(**overrides) if overrides else LM_PRESETS[key]
+    return lookup(LM_PRESETS, name, "LM preset", **overrides)
 
 
 def create_lm(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None, dtype=None,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from cbsa_jax.models.config import ModelConfig
+from cbsa_jax.models.config import ModelConfig, lookup
 from cbsa_jax.models.segmenter import DECODER_PRESETS, DecoderConfig, Segmenter, build_decoder
 from cbsa_jax.models.vit import VisionTransformer
 
@@ -82,10 +82,7 @@ PRESETS: dict[str, ModelConfig] = _build()
 
 def get_config(name: str, **overrides) -> ModelConfig:
     """The preset's `ModelConfig` with `overrides` applied (validated)."""
-    key = name.lower().replace("-", "_")
-    if key not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; presets are {sorted(PRESETS)}")
-    return PRESETS[key].replace(**overrides) if overrides else PRESETS[key]
+    return lookup(PRESETS, name, "model preset", **overrides)
 
 
 def create(name: str, *, num_classes: int, image_size=224, seed: int = 0,

@@ -3,7 +3,11 @@
 `make_step(model, tx)` splits an NNX model into its graph, parameters and the rest (BatchNorm
 statistics), and returns `(step, state)`: `step(state, images, labels) -> (state, loss)` is one
 AdamW step on the mean softmax cross-entropy, jitted with the state donated, so the parameters
-and optimizer moments are updated in place. Everything is a pure function of arrays.
+and optimizer moments are updated in place. Everything is a pure function of arrays: the state
+holds the parameters and statistics as flat lists of arrays (rebuilt into `nnx.State` inside the
+trace), because passing `nnx.State` through a jitted call flattens and rebuilds every
+`nnx.Variable` in Python on each call (about 5 ms per CBT-T step, for its 422 inputs and outputs
+of parameters and AdamW moments; docs/performance.md).
 
 `host_initialised(abstract_model, seed)` fills an abstract model (`nnx.eval_shape`) with
 parameters drawn by numpy at init-like scale, which avoids compiling one random-number kernel per
@@ -40,8 +44,8 @@ def cpu_compiler_options() -> dict:
 
 
 class StepState(NamedTuple):
-    params: nnx.State
-    rest: nnx.State  # BatchNorm statistics and any other non-parameter state
+    params: list  # the leaves of the parameters' nnx.State
+    rest: list  # the leaves of the BatchNorm statistics and any other non-parameter state
     opt_state: optax.OptState
 
 
@@ -59,14 +63,17 @@ def make_step(model: nnx.Module, tx: optax.GradientTransformation | None = None,
     tx = default_optimizer() if tx is None else tx
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params, params_def = jax.tree.flatten(params)
+    rest, rest_def = jax.tree.flatten(rest)
 
     def loss_fn(params, rest, images, labels):
-        m = nnx.merge(graphdef, params, rest, copy=True)
+        m = nnx.merge(graphdef, jax.tree.unflatten(params_def, params),
+                      jax.tree.unflatten(rest_def, rest), copy=True)
         logits = m(images)
         loss = optax.softmax_cross_entropy_with_integer_labels(
             logits.astype(jnp.float32), labels).mean()
         _, _, new_rest = nnx.split(m, nnx.Param, ...)
-        return loss, new_rest
+        return loss, jax.tree.leaves(new_rest)
 
     def step(state: StepState, images, labels):
         (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(

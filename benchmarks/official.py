@@ -24,7 +24,9 @@ compares one core against one core, which other processes disturb least). PyTorc
 `torch.set_num_threads(os.cpu_count())` (or the cores `taskset` leaves it), JAX calls end with
 `block_until_ready`. This library's executables are compiled with the benchmarks' train-step
 options (`--ours-options tuned`: on the CPU, XLA's YNNPACK fusions without its convolutions,
-`benchmarks/_step.py`) or XLA's defaults (`--ours-options xla-default`).
+`benchmarks/_step.py`) or XLA's defaults (`--ours-options xla-default`), and take the model's
+arrays as flat lists rather than `nnx.State` (whose per-`Variable` flattening in Python costs
+a few percent of the small cases; `benchmarks/_step.py`).
 
 Cases (`--parts`):
 - `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
@@ -206,8 +208,10 @@ def layer_case(official, torch, n: int, *, preset: str = "cbt_small", rounds: in
         layer_t(x_t).sum().backward()
         return [x_t.grad, *(p.grad for p in t_params[1:])]
 
+    params, params_def = jax.tree.flatten(params)  # flat arrays: see benchmarks/_step.py
+
     def loss(params, x):
-        return jnp.sum(nnx.merge(graphdef, params)(x, grid=(g, g)))
+        return jnp.sum(nnx.merge(graphdef, jax.tree.unflatten(params_def, params))(x, grid=(g, g)))
 
     x_j = jnp.asarray(x_np)
     compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x_j).compile(
@@ -295,11 +299,12 @@ def infer_case(official, torch, preset: str, batch: int, *, image_size: int, num
                        seed=seed).eval()
     model = ours_from(net, preset, image_size=image_size, num_classes=num_classes)
     graphdef, state = nnx.split(model)
+    state, state_def = jax.tree.flatten(state)  # flat arrays: see benchmarks/_step.py
     images_np, _ = _images(batch, image_size, num_classes, seed)
     images_t = torch.from_numpy(images_np)
     images_j = jnp.asarray(images_np.transpose(0, 2, 3, 1))
-    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images_j).compile(
-        compiler_options=options)
+    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, jax.tree.unflatten(state_def, s))(x)).lower(
+        state, images_j).compile(compiler_options=options)
 
     def torch_call():
         with torch.inference_mode():

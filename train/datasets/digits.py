@@ -37,6 +37,7 @@ __all__ = [
     "NUM_EXAMPLES",
     "SPLIT_RANDOM_STATE",
     "TEST_FRACTION",
+    "stratified_split",
     "Digits",
     "scale_to_uint8",
     "split_indices",
@@ -56,6 +57,21 @@ def scale_to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
+def stratified_split(labels: np.ndarray, test_size, random_state: int) -> dict[str, np.ndarray]:
+    """Sorted row indices of a fixed stratified train / test split of ``labels``.
+
+    ``test_size`` is a fraction or a count, as for :func:`sklearn.model_selection.train_test_split`;
+    returns ``{"train": ..., "test": ...}``, disjoint index arrays covering all rows.
+    """
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)),
+        test_size=test_size,
+        stratify=labels,
+        random_state=random_state,
+    )
+    return {"train": np.sort(train_idx), "test": np.sort(test_idx)}
+
+
 def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     """Returns the sorted ``load_digits`` row indices of the fixed stratified split.
 
@@ -65,13 +81,7 @@ def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     Returns:
         ``{"train": ..., "test": ...}`` with disjoint index arrays covering all rows.
     """
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)),
-        test_size=TEST_FRACTION,
-        stratify=labels,
-        random_state=SPLIT_RANDOM_STATE,
-    )
-    return {"train": np.sort(train_idx), "test": np.sort(test_idx)}
+    return stratified_split(labels, TEST_FRACTION, SPLIT_RANDOM_STATE)
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):

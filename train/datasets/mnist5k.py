@@ -30,7 +30,8 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from sklearn.model_selection import train_test_split
+
+from train.datasets.digits import stratified_split
 
 __all__ = [
     "CLASS_NAMES",
@@ -94,13 +95,7 @@ def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     Returns:
         ``{"train": ...(4000), "test": ...(1000)}``, disjoint, covering all rows.
     """
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)),
-        test_size=NUM_TEST,
-        stratify=labels,
-        random_state=SPLIT_RANDOM_STATE,
-    )
-    return {"train": np.sort(train_idx), "test": np.sort(test_idx)}
+    return stratified_split(labels, NUM_TEST, SPLIT_RANDOM_STATE)
 
 
 class Mnist5k(tfds.core.GeneratorBasedBuilder):

@@ -32,7 +32,9 @@ NONFINITE = ("skip", "stop")
 DTYPES = ("float32", "bfloat16")
 MODEL_FIELDS = ("attention", "dim", "depth", "heads", "dim_head", "ffn", "patch_size",
                 "patch_embed", "patch_norm", "cells", "selection", "eps", "mlp_ratio", "pool",
-                "qkv_bias", "norm_eps", "attention_blocks", "other_attention")
+                "qkv_bias", "norm_eps", "attention_blocks", "other_attention",
+                # language models only (cbsa_jax.models.lm.LMConfig)
+                "num_queries", "chunk", "tied_output")
 
 
 class ConfigError(ValueError):
@@ -188,7 +190,7 @@ def _positive_int(config, name: str, allow_zero: bool = False) -> None:
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict:
-    """The `ModelConfig` fields the config sets (None = the preset's)."""
+    """The model fields the config sets (None = the preset's): `ModelConfig` or `LMConfig`."""
     out = {}
     for name in MODEL_FIELDS:
         value = config.model[name]
@@ -274,6 +276,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         return config
     _check(config.model.name in PRESETS,
            f"config.model.name must be one of {sorted(PRESETS)}, got {config.model.name!r}")
+    foreign = sorted(set(model_overrides(config)) - set(ModelConfig.__dataclass_fields__))
+    _check(not foreign, f"config.model fields {foreign} apply to language models only "
+                        f"(config.task = 'language'), not to {config.model.name!r}")
     try:
         model = PRESETS[config.model.name].replace(**model_overrides(config))
     except (ValueError, TypeError) as e:

@@ -61,6 +61,20 @@ def test_foreign_model_fields_are_named():
         language.language(config, num_classes=256, channels=0, image_size=(65,), dtype=None)
 
 
+def test_lm_only_fields_reach_the_model_and_are_refused_elsewhere():
+    config = _config(None)
+    config.model.num_queries, config.model.chunk, config.model.tied_output = 4, 8, False
+    task = language.language(config, num_classes=256, channels=0, image_size=(17,), dtype=None)
+    model = task.build(nnx.Rngs(0))
+    assert model.config.num_queries == 4 and model.config.chunk == 8
+    assert not model.config.tied_output
+    vision = config_lib.load(os.path.join(os.path.dirname(CONFIG), "digits.py"))
+    vision.model.num_queries = 4
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"config.model fields \['num_queries'\] apply to language models"):
+        config_lib.validate(vision)
+
+
 def test_train_resume_and_generate(tmp_path, capsys):
     data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
     first = loop_lib.run(_config(data_dir), workdir, stop_at=2)

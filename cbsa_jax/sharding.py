@@ -30,13 +30,15 @@ AXES = (
     "representatives",  # learned queries m
     "tokens",  # position embedding length
     "classes",  # classifier outputs
+    "vocab",  # a language model's vocabulary (token embedding, output layer)
     "conv_in",  # conv input channels
     "conv_out",  # conv output channels
     "kernel",  # conv spatial taps
     "patch",  # flattened patch features of a linear patch embedding
 )
 
-#: Logical axis -> mesh axis (or None: replicated). FSDP over `fsdp`, heads and MLP over `model`.
+#: Logical axis -> mesh axis (or None: replicated). FSDP over `fsdp`; heads, MLP and a language
+#: model's vocabulary over `model`.
 DEFAULT_RULES: Mapping[str, str | None] = {
     "embed": "fsdp",
     "heads": "model",
@@ -45,6 +47,7 @@ DEFAULT_RULES: Mapping[str, str | None] = {
     "representatives": None,
     "tokens": None,
     "classes": None,
+    "vocab": "model",  # a language model's embedding and logits split by vocabulary entries
     "conv_in": None,
     "conv_out": "fsdp",
     "kernel": None,

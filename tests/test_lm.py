@@ -107,3 +107,24 @@ def test_causal_cbsa_layer_state_continues_the_sequence():
     np.testing.assert_allclose(jnp.concatenate([head, tail], axis=1), full, rtol=1e-5,
                                atol=1e-5)
     assert [s.shape for s in state] == [(2, 2, 3), (2, 2, 3), (2, 2, 3, 4)]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameters_carry_logical_axes_with_a_vocab_axis(tied):
+    from cbsa_jax.sharding import AXES, DEFAULT_RULES, logical_to_spec
+
+    model = lm.create_lm("lm_cbsa_nano", depth=1, max_len=8, vocab_size=98, tied_output=tied)
+    vocab_dims = 0
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        axes = variable.get_metadata().get("logical_axes")
+        value = variable.get_value()
+        assert axes is not None and len(axes) == value.ndim, (path, axes)
+        assert all(a is None or a in AXES for a in axes), (path, axes)
+        for axis, size in zip(axes, value.shape, strict=True):
+            assert (axis == "vocab") == (size == 98), (path, axes, value.shape)
+            vocab_dims += axis == "vocab"
+        spec = logical_to_spec(axes, DEFAULT_RULES, {"data": 1, "fsdp": 2, "model": 2},
+                               value.shape)  # every axis has a rule
+        if axes == ("vocab", "embed"):  # the token embedding: vocabulary over `model`
+            assert tuple(spec) == ("model", "fsdp")
+    assert vocab_dims == (2 if tied else 3)  # embedding + output bias (+ output kernel)

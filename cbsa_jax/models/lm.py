@@ -166,16 +166,16 @@ class LanguageModel(nnx.Module):
         d = config.dim
         small = nnx.initializers.normal(0.02)
         self.token_embedding = layers.param(rngs, small, (config.vocab_size, d),
-                                            ("classes", "embed"), param_dtype)
+                                            ("vocab", "embed"), param_dtype)
         self.pos_embedding = layers.param(rngs, small, (config.max_len, d), ("tokens", "embed"),
                                           param_dtype)
         self.blocks = nnx.List([LMBlock(config, **kw) for _ in range(config.depth)])
         self.final_norm = layers.layer_norm(d, **kw)
         if not config.tied_output:
             self.head_kernel = layers.param(rngs, layers.DEFAULT_INIT, (d, config.vocab_size),
-                                            ("embed", "classes"), param_dtype)
+                                            ("embed", "vocab"), param_dtype)
         self.head_bias = layers.param(rngs, nnx.initializers.zeros, (config.vocab_size,),
-                                      ("classes",), param_dtype)
+                                      ("vocab",), param_dtype)
 
     def init_state(self, batch_size: int) -> LMState:
         """The empty prefix for `batch_size` sequences (softmax: caches of `max_len` tokens)."""

@@ -17,22 +17,22 @@ def data_dir(tmp_path_factory):
     return path
 
 
-def small_config(data_dir: str, **overrides):
-    """A one-block CBT on digits that compiles and steps in seconds."""
-    c = config_lib.load(os.path.join(os.path.dirname(config_lib.DEFAULT_CONFIG), "digits.py"))
-    c.data_dir = data_dir
-    c.model.depth = 1
-    c.batch_size = 32
-    c.num_train_steps = 3
-    c.log_every_steps = 1
-    c.eval_every_steps = 1000
-    c.checkpoint_every_steps = 1000
-    c.warmup_epochs = 0.0
-    c.mesh.data = 1
-    c.progress = False
-    for dotted, value in overrides.items():
+def quick_config(name: str, **overrides):
+    """`configs/NAME` made quick to test: progress off, one data shard, no warmup, logs every
+    step, no evaluation or checkpoint before step 1000 unless `overrides` (dotted names, e.g.
+    `**{"model.depth": 1}`) say otherwise. Validated."""
+    c = config_lib.load(os.path.join(os.path.dirname(config_lib.DEFAULT_CONFIG), name))
+    defaults = {"log_every_steps": 1, "eval_every_steps": 1000, "checkpoint_every_steps": 1000,
+                "warmup_epochs": 0.0, "mesh.data": 1, "progress": False}
+    for dotted, value in {**defaults, **overrides}.items():
         node, parts = c, dotted.split(".")
         for part in parts[:-1]:
             node = node[part]
         node[parts[-1]] = value
     return config_lib.validate(c)
+
+
+def small_config(data_dir: str, **overrides):
+    """A one-block CBT on digits that compiles and steps in seconds."""
+    return quick_config("digits.py", **{"data_dir": data_dir, "model.depth": 1, "batch_size": 32,
+                                        "num_train_steps": 3, **overrides})

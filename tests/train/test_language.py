@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from cbsa_jax.models import lm
+from tests.train.conftest import quick_config
 from train import config as config_lib
 from train import generate, language
 from train import loop as loop_lib
@@ -21,20 +22,10 @@ CONFIG = os.path.join(os.path.dirname(config_lib.DEFAULT_CONFIG), "lm_stdlib.py"
 
 
 def _config(data_dir, **overrides):
-    c = config_lib.load(CONFIG)
-    c.dataset = "stdlib_bytes/small"
-    c.data_dir = data_dir
-    c.model.name = "lm_cbsa_nano"
-    c.model.depth = 1
-    c.batch_size = 8
-    c.num_train_steps = 4
-    c.log_every_steps = 1
-    c.eval_every_steps = 2
-    c.checkpoint_every_steps = 2
-    c.mesh.data = 1
-    c.progress = False
-    c.update(overrides)
-    return config_lib.validate(c)
+    return quick_config("lm_stdlib.py", **{
+        "dataset": "stdlib_bytes/small", "data_dir": data_dir, "model.name": "lm_cbsa_nano",
+        "model.depth": 1, "batch_size": 8, "num_train_steps": 4, "eval_every_steps": 2,
+        "checkpoint_every_steps": 2, **overrides})
 
 
 def test_metrics_are_per_token_and_skip_padding():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tests.train.conftest import quick_config
 from train import __main__ as train_main
 from train import config as config_lib
 from train import loop, segment
@@ -26,16 +27,7 @@ def shapes64_dir(tmp_path_factory):
 
 
 def _config(name: str, **overrides):
-    c = config_lib.load(os.path.join(CONFIGS, name))
-    defaults = {"num_train_steps": 2, "log_every_steps": 1, "eval_every_steps": 1000,
-                "checkpoint_every_steps": 1000, "warmup_epochs": 0.0, "mesh.data": 1,
-                "progress": False}
-    for dotted, value in {**defaults, **overrides}.items():
-        node, parts = c, dotted.split(".")
-        for part in parts[:-1]:
-            node = node[part]
-        node[parts[-1]] = value
-    return config_lib.validate(c)
+    return quick_config(name, **{"num_train_steps": 2, **overrides})
 
 
 def test_shapes64_trains_resumes_and_the_segment_cli_agrees(shapes64_dir, tmp_path):

@@ -438,8 +438,9 @@ def agent(q, k=None, v=None, *, representatives: Representatives, step_x=None, t
 # representative); a sequence is processed in chunks of c tokens by a `lax.scan`, each chunk
 # forming every token's prefix sums from the carried state and an associative scan inside the
 # chunk, then contracting the c prefix representative sets in one batch. Cost
-# O(N (m p log c + m^2 p)) and memory O(c m p) per chunk: linear in N. Causal softmax and causal linear attention
-# have the same `(out, state)` / step interface, so a decoder can run any of the three.
+# O(N (m p log c + m^2 p)) and memory O(c m p) per chunk: linear in N. Causal softmax and causal
+# linear attention have the same `(out, state)` / step interface, so a decoder can run any of the
+# three.
 
 
 class CausalCBSAState(NamedTuple):

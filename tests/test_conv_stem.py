@@ -1,5 +1,7 @@
-"""The conv stem's GELU through erf is the exact GELU: the stem gives the outputs and gradients of
-the same stem with `jax.nn.gelu(approximate=False)`, in training and in eval mode."""
+"""The conv stem is the reference's: `conv3x3_stride2` is XLA's stride-2 convolution with the same
+derivatives (reverse and forward mode), and with its GELU through erf the stem gives the outputs
+and gradients of the same stem built from `nnx.Conv` and `jax.nn.gelu(approximate=False)`, in
+training and in eval mode."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cbsa_jax.models.vit import ConvPatchEmbed, gelu_erf
+from cbsa_jax.models.vit import ConvPatchEmbed, conv3x3_stride2, gelu_erf
 
 
 def test_gelu_erf_is_the_exact_gelu():
@@ -20,8 +22,43 @@ def test_gelu_erf_is_the_exact_gelu():
     assert gelu_erf(jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
 
 
+def _direct(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16, 3, 5), (1, 15, 13, 4, 6), (2, 2, 3, 2, 3)])
+def test_conv3x3_stride2_is_the_strided_convolution_with_its_derivatives(rng, shape):
+    n, h, w, ci, co = shape
+    x = jnp.asarray(rng.normal(size=(n, h, w, ci)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, ci, co)), jnp.float32)
+    out = conv3x3_stride2(x, k)
+    assert out.shape == (n, (h + 1) // 2, (w + 1) // 2, co)
+    np.testing.assert_allclose(out, _direct(x, k), rtol=1e-5, atol=1e-5)
+    g = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+    for got, want in zip(jax.vjp(conv3x3_stride2, x, k)[1](g), jax.vjp(_direct, x, k)[1](g),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    tx = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    tk = jnp.asarray(rng.normal(size=k.shape), jnp.float32)
+    _, t_got = jax.jvp(conv3x3_stride2, (x, k), (tx, tk))
+    _, t_want = jax.jvp(_direct, (x, k), (tx, tk))
+    np.testing.assert_allclose(t_got, t_want, rtol=1e-5, atol=1e-4)
+
+    def mixed(conv):  # second order: the kernel gradient of <input gradient, tx>
+        def inner(k):
+            return jnp.sum(jax.grad(lambda y: jnp.sum(conv(y, k) * g))(x) * tx)
+        return jax.grad(inner)(k)
+
+    want = mixed(_direct)
+    assert float(jnp.max(jnp.abs(want))) > 0
+    np.testing.assert_allclose(mixed(conv3x3_stride2), want, rtol=1e-5,
+                               atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    assert conv3x3_stride2(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def _with_erfc_gelu(stem, images):
-    """The stem as it was: the same convolutions and norms, `jax.nn.gelu` between them."""
+    """The stem as it was: `nnx.Conv` and the same norms, `jax.nn.gelu` between them."""
     x = images
     for i, (conv, norm) in enumerate(zip(stem.convs, stem.norms, strict=True)):
         if i:

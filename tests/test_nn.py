@@ -196,3 +196,59 @@ def test_every_layer_works_inside_linen_models():
 def test_bad_input_names_the_argument(layers, call, match):
     with pytest.raises(ValueError, match=match):
         call(layers)
+
+
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+def test_batch_norm_is_nnx_batch_norm_with_a_hand_written_backward(rng, dtype):
+    """The same outputs, running statistics and gradients (parameters and input) as
+    nnx.BatchNorm in training mode; eval mode and a mask are nnx.BatchNorm's own code."""
+    kw = dict(momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
+    ours, ref = cnn.layers.BatchNorm(6, **kw), nnx.BatchNorm(6, **kw)
+    values = {name: jnp.asarray(rng.normal(loc, 0.2, 6), jnp.float32)
+              for name, loc in (("scale", 1.0), ("bias", 0.0), ("mean", 0.0))}
+    for bn in (ours, ref):
+        for name, value in values.items():
+            getattr(bn, name)[...] = value
+    x = jnp.asarray(rng.normal(0.5, 2.0, (3, 5, 4, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    tol = 1e-5 if dtype is None else 2e-2
+
+    def run(bn, train):
+        graphdef, params, stats = nnx.split(bn, nnx.Param, ...)
+
+        def loss(params, x):
+            m = nnx.merge(graphdef, params, stats, copy=True)
+            m.train() if train else m.eval()
+            y = m(x)
+            return jnp.sum(jnp.sin(y.astype(jnp.float32)) * w), (y, nnx.state(m, nnx.BatchStat))
+
+        return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+
+    for train in (True, False):
+        ((_, (y, stats)), grads), ((_, (y_ref, stats_ref)), grads_ref) = run(ours, train), run(
+            ref, train)
+        assert y.dtype == y_ref.dtype == (dtype or jnp.float32)
+        np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32),
+                                   rtol=tol, atol=tol)
+        pairs = zip(jax.tree.leaves((stats, grads)), jax.tree.leaves((stats_ref, grads_ref)),
+                    strict=True)
+        for got, want in pairs:
+            scale = float(jnp.max(jnp.abs(want)))
+            assert scale > 0
+            np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                       rtol=0, atol=tol * scale)
+    # the statistics' own cotangents (a loss that reads the batch mean and variance)
+    s, b = ours.scale[...], ours.bias[...]
+
+    def stats_loss(fn, x):
+        y, mean, var = fn(x)
+        return jnp.sum(jnp.sin(y) * w) + jnp.sum(mean * jnp.arange(6.0)) + jnp.sum(jnp.sqrt(var))
+
+    def plain(x):
+        mean = jnp.mean(x, (0, 1, 2))
+        var = jnp.mean(x * x, (0, 1, 2)) - mean**2
+        return (x - mean) / jnp.sqrt(var + 1e-5) * s + b, mean, var
+
+    got = jax.grad(lambda x: stats_loss(lambda x: cnn.layers.batch_norm_train(x, s, b, 1e-5), x))(x)
+    np.testing.assert_allclose(got, jax.grad(lambda x: stats_loss(plain, x))(x), rtol=1e-4,
+                               atol=1e-5)

@@ -109,7 +109,7 @@ class ConvPatchEmbed(nnx.Module):
                      kernel_metadata={"logical_axes": ("kernel", "kernel", "conv_in", "conv_out")})
             for cin, cout in zip(ins, widths, strict=True)])
         self.norms = nnx.List([
-            nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype,
+            layers.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype,
                           rngs=rngs, scale_metadata={"logical_axes": ("conv_out",)},
                           bias_metadata={"logical_axes": ("conv_out",)})
             for cout in widths])

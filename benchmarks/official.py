@@ -133,17 +133,27 @@ def max_rel_diff(a, b) -> float:
 
 
 def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, target_s: float,
-                max_per_round: int = 20) -> dict[str, dict[str, list[float]]]:
+                max_per_round: int = 1000) -> dict[str, dict[str, list[float]]]:
     """Time each of `calls` (name -> call that blocks until done) in `rounds` interleaved rounds
-    after one warm-up call each; every round runs each call k times, k sized from the warm-up so
-    that a round takes about `target_s` per call. Returns name -> {"wall": seconds, "cpu": the
-    process's CPU seconds} of every timed call."""
-    first = {}
+    after one warm-up call and one to three sizing calls each; every round runs each call k times, k
+    sized from the slower side's median sizing call so that a round takes about `target_s` per
+    side (at most `max_per_round` calls). Rounds that long matter for millisecond cases: right
+    after the other framework has run, the first calls of a side are slower (caches, thread
+    wake-ups), and with short rounds those calls, not the steady state, set the median (the N = 65
+    layer with 20 calls a round: ours p50 / p90 1.15 / 1.59 ms; with 200: 0.90 / 1.07 ms;
+    docs/performance.md). Returns name -> {"wall": seconds, "cpu": the process's CPU seconds} of
+    every timed call."""
+    sizing = {}
     for name, call in calls.items():
-        t0 = time.perf_counter()
-        call()
-        first[name] = time.perf_counter() - t0
-    per_round = max(1, min(max_per_round, math.ceil(target_s / max(max(first.values()), 1e-6))))
+        ts = []
+        for _ in range(4):  # the warm-up, then sizing calls until one fills a round
+            t0 = time.perf_counter()
+            call()
+            ts.append(time.perf_counter() - t0)
+            if len(ts) > 1 and ts[-1] >= target_s:
+                break
+        sizing[name] = float(np.median(ts[1:]))
+    per_round = max(1, min(max_per_round, math.ceil(target_s / max(max(sizing.values()), 1e-6))))
     times = {name: {"wall": [], "cpu": []} for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():

@@ -268,8 +268,16 @@ def test_official_benchmark_interleaves_and_checks_its_arguments(tmp_path):
     order = []
     times = official.interleaved({"official": lambda: order.append("o"),
                                   "ours": lambda: order.append("j")}, rounds=3, target_s=0.0)
-    assert order == ["o", "j"] + ["o", "j"] * 3  # one warm-up each, then alternating rounds
+    # a sizing call that fills a round (target_s = 0) ends the sizing: one call a round
+    assert order == ["o", "o", "j", "j"] + ["o", "j"] * 3
     assert [len(t["wall"]) for t in times.values()] == [3, 3]
+    order.clear()
+    times = official.interleaved({"official": lambda: order.append("o"),
+                                  "ours": lambda: order.append("j")}, rounds=3, target_s=1.0,
+                                 max_per_round=2)
+    # fast calls: a warm-up and three sizing calls each, then rounds of max_per_round calls
+    assert order == ["o"] * 4 + ["j"] * 4 + ["o", "o", "j", "j"] * 3
+    assert [len(t["wall"]) for t in times.values()] == [6, 6]
     assert all(c >= 0 for t in times.values() for c in t["cpu"])
     row = official._row("layer", "x", {"official": {"wall": [2.0, 4.0, 9.0], "cpu": [1, 2, 3]},
                                        "ours": {"wall": [1.0, 1.5, 3.0], "cpu": [1, 1, 1]}},

@@ -3,6 +3,7 @@
     python -m benchmarks.official --repo PATH [--json OUT] [--parts layer,train,infer]
                                   [--sizes 65,257,1025,4097] [--presets cbt_tiny,cbt_small]
                                   [--train-batches 8,64] [--infer-batches 1,64] [--rounds 5]
+                                  [--hugepages]
 
 `PATH` is a checkout of https://github.com/QishuaiWen/CBSA (or its `CBSA_image_classification`
 folder): its `models.py` (the CBT `VisionTransformer`, conv stem, `CBSA`, `ISTA`) is imported
@@ -26,7 +27,10 @@ compares one core against one core, which other processes disturb least). PyTorc
 options (`--ours-options tuned`: on the CPU, XLA's YNNPACK fusions without its convolutions,
 `benchmarks/_step.py`) or XLA's defaults (`--ours-options xla-default`), and take the model's
 arrays as flat lists rather than `nnx.State` (whose per-`Variable` flattening in Python costs
-a few percent of the small cases; `benchmarks/_step.py`).
+a few percent of the small cases; `benchmarks/_step.py`). `--hugepages` restarts the process with
+glibc's malloc asking for transparent huge pages (both frameworks alike): XLA:CPU maps its
+per-call buffers afresh at every call, and the CBT-T train step (batch 8) otherwise takes ~72,000
+page faults per call, ~30% of its time once steps run back to back (docs/performance.md).
 
 Cases (`--parts`):
 - `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
@@ -383,6 +387,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="XLA compile options of this library's executables: 'tuned' (the "
                         "benchmarks' train-step options: on the CPU, YNNPACK without "
                         "convolutions) or 'xla-default'")
+    p.add_argument("--hugepages", action="store_true",
+                   help="restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge "
+                        "pages for large allocations, both frameworks alike: XLA's per-call "
+                        "buffers otherwise page-fault every train step; docs/performance.md)")
     p.add_argument("--threads", type=int, default=usable_cores(),
                    help="torch.set_num_threads (default: every core this process may run on, "
                         "os.cpu_count() unless restricted by taskset)")
@@ -401,6 +409,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.hugepages:
+        h.reexec_with_hugepages("benchmarks.official", argv)
     try:
         import torch
     except ImportError as e:
@@ -413,7 +423,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     payload = {"benchmark": "official", "machine": info, "config": config, "rows": []}
     print(f"# ours / official PyTorch CBT, {info['date']}, {info['processor']} "
           f"({info['cpu_count']} cores), jax {info['jax']}, torch {info['torch']} "
-          f"({info['torch_threads']} threads); load average {info['load_average']}", flush=True)
+          f"({info['torch_threads']} threads); huge pages "
+          f"{'on' if h.hugepages_enabled() else 'off'}; load average {info['load_average']}",
+          flush=True)
     common = dict(rounds=args.rounds, target_s=args.target_s, tolerance=args.tolerance,
                   options=OPTIONS[args.ours_options]() or None)
     info["ours_compiler_options"] = common["options"] or {}

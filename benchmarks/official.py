@@ -15,22 +15,23 @@ initialisation, BatchNorm running statistics re-drawn so eval mode uses them) an
 `cbsa_jax.convert.cbt_from_torch`; the outputs are compared before anything is timed (the
 `max_rel_diff` column, the largest difference over the largest magnitude; a case whose outputs
 disagree by more than `--tolerance` is reported and not timed). Then each side is warmed up and
-timed in `--rounds` interleaved rounds (official, ours, official, ...), each of about
-`--target-s` per side, float32; the medians and their ratio (ours / official: below 1 is faster)
-are reported, and the ratio of the fastest calls beside it (on a loaded machine PyTorch's OpenMP
-threads, which spin at their barriers, lose far more to other processes than XLA's thread pool
-does, and the minima show what each side does when it has the cores), and the ratio of the
+timed in `--rounds` interleaved rounds (official, ours, official, ...), each of about `--target-s`
+and at least three calls per side (so that the medians are the steady state, not the first call
+after the other framework's round), float32; the medians and their ratio (ours / official: below 1
+is faster) are reported, and the ratio of the fastest calls beside it (on a loaded machine PyTorch's
+OpenMP threads, which spin at their barriers, lose far more to other processes than XLA's thread
+pool does, and the minima show what each side does when it has the cores), and the ratio of the
 median CPU seconds per call (meaningful with one thread a side: `taskset -c 0 ... --threads 1`
 compares one core against one core, which other processes disturb least). PyTorch runs with
 `torch.set_num_threads(os.cpu_count())` (or the cores `taskset` leaves it), JAX calls end with
-`block_until_ready`. This library's executables are compiled with the benchmarks' train-step
-options (`--ours-options tuned`: on the CPU, XLA's YNNPACK fusions without its convolutions,
-`benchmarks/_step.py`) or XLA's defaults (`--ours-options xla-default`), and take the model's
-arrays as flat lists rather than `nnx.State` (whose per-`Variable` flattening in Python costs
-a few percent of the small cases; `benchmarks/_step.py`). `--hugepages` restarts the process with
-glibc's malloc asking for transparent huge pages (both frameworks alike): XLA:CPU maps its
-per-call buffers afresh at every call, and the CBT-T train step (batch 8) otherwise takes ~72,000
-page faults per call, ~30% of its time once steps run back to back (docs/performance.md).
+`block_until_ready`. This library's executables are compiled with the benchmarks' train-step options
+(`--ours-options tuned`: on the CPU, XLA's YNNPACK fusions without its convolutions,
+`benchmarks/_step.py`) or XLA's defaults (`--ours-options xla-default`), and take the model's arrays
+as flat lists rather than `nnx.State` (whose per-`Variable` flattening in Python costs a few percent
+of the small cases; `benchmarks/_step.py`). `--hugepages` restarts the process with glibc's malloc
+asking for transparent huge pages (both frameworks alike): XLA:CPU maps its per-call buffers afresh
+at every call, and the CBT-T train step (batch 8) otherwise takes ~72,000 page faults per call, ~30%
+of its time once steps run back to back (docs/performance.md).
 
 Cases (`--parts`):
 - `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
@@ -137,16 +138,18 @@ def max_rel_diff(a, b) -> float:
 
 
 def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, target_s: float,
-                max_per_round: int = 1000) -> dict[str, dict[str, list[float]]]:
+                min_per_round: int = 3, max_per_round: int = 1000
+                ) -> dict[str, dict[str, list[float]]]:
     """Time each of `calls` (name -> call that blocks until done) in `rounds` interleaved rounds
-    after one warm-up call and one to three sizing calls each; every round runs each call k times, k
-    sized from the slower side's median sizing call so that a round takes about `target_s` per
-    side (at most `max_per_round` calls). Rounds that long matter for millisecond cases: right
-    after the other framework has run, the first calls of a side are slower (caches, thread
-    wake-ups), and with short rounds those calls, not the steady state, set the median (the N = 65
-    layer with 20 calls a round: ours p50 / p90 1.15 / 1.59 ms; with 200: 0.90 / 1.07 ms;
-    docs/performance.md). Returns name -> {"wall": seconds, "cpu": the process's CPU seconds} of
-    every timed call."""
+    after one warm-up call and one to three sizing calls each; every round runs each call k times,
+    k sized from the slower side's median sizing call so that a round takes about `target_s` per
+    side, within [`min_per_round`, `max_per_round`]. Right after the other framework's round the
+    first call of a side is slower (caches, thread wake-ups, the allocator's pages), so a round
+    needs more than one call for its median to be the steady state a training or serving loop
+    sees: with one call a round, our CBT-T train step measured 169 ms against 183 ms back to
+    back and the official's 235 against 216 ms; with 20-call rounds of the 1-ms N = 65 layer,
+    ours measured p50 / p90 1.15 / 1.59 ms against 0.90 / 1.07 ms with 200 (docs/performance.md).
+    Returns name -> {"wall": seconds, "cpu": the process's CPU seconds} of every timed call."""
     sizing = {}
     for name, call in calls.items():
         ts = []
@@ -157,7 +160,8 @@ def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, target_s
             if len(ts) > 1 and ts[-1] >= target_s:
                 break
         sizing[name] = float(np.median(ts[1:]))
-    per_round = max(1, min(max_per_round, math.ceil(target_s / max(max(sizing.values()), 1e-6))))
+    per_round = max(min_per_round, 1,
+                    min(max_per_round, math.ceil(target_s / max(max(sizing.values()), 1e-6))))
     times = {name: {"wall": [], "cpu": []} for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():

@@ -268,13 +268,13 @@ def test_official_benchmark_interleaves_and_checks_its_arguments(tmp_path):
     order = []
     times = official.interleaved({"official": lambda: order.append("o"),
                                   "ours": lambda: order.append("j")}, rounds=3, target_s=0.0)
-    # a sizing call that fills a round (target_s = 0) ends the sizing: one call a round
-    assert order == ["o", "o", "j", "j"] + ["o", "j"] * 3
-    assert [len(t["wall"]) for t in times.values()] == [3, 3]
+    # a sizing call that fills a round (target_s = 0) ends the sizing: min_per_round calls a round
+    assert order == ["o", "o", "j", "j"] + (["o"] * 3 + ["j"] * 3) * 3
+    assert [len(t["wall"]) for t in times.values()] == [9, 9]
     order.clear()
     times = official.interleaved({"official": lambda: order.append("o"),
                                   "ours": lambda: order.append("j")}, rounds=3, target_s=1.0,
-                                 max_per_round=2)
+                                 min_per_round=1, max_per_round=2)
     # fast calls: a warm-up and three sizing calls each, then rounds of max_per_round calls
     assert order == ["o"] * 4 + ["j"] * 4 + ["o", "o", "j", "j"] * 3
     assert [len(t["wall"]) for t in times.values()] == [6, 6]

@@ -109,9 +109,10 @@ class ConvPatchEmbed(nnx.Module):
                      kernel_metadata={"logical_axes": ("kernel", "kernel", "conv_in", "conv_out")})
             for cin, cout in zip(ins, widths, strict=True)])
         self.norms = nnx.List([
-            layers.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype,
-                          rngs=rngs, scale_metadata={"logical_axes": ("conv_out",)},
-                          bias_metadata={"logical_axes": ("conv_out",)})
+            layers.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs,
+                             scale_metadata={"logical_axes": ("conv_out",)},
+                             bias_metadata={"logical_axes": ("conv_out",)})
             for cout in widths])
 
     def __call__(self, images):
@@ -121,7 +122,7 @@ class ConvPatchEmbed(nnx.Module):
                 x = gelu_erf(x)
             kernel = conv.kernel[...]
             dtype = self.dtype or jnp.result_type(x, kernel)  # nnx.Conv's promotion
-            x = norm(conv3x3_stride2(*layers._cast(dtype, x, kernel)))
+            x = norm(conv3x3_stride2(jnp.asarray(x, dtype), jnp.asarray(kernel, dtype)))
         b, gh, gw, d = x.shape
         return x.reshape(b, gh * gw, d)
 

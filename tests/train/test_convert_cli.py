@@ -1,6 +1,5 @@
 """`python -m train.convert`: an official checkpoint becomes a training checkpoint."""
 
-
 import numpy as np
 from flax import nnx
 

@@ -14,15 +14,27 @@ Maps are `[..., H, rows, cols]` in float32; every row of a softmax map sums to 1
 and measurements: `layer_coding_rate` (per-layer R with the layer's own projection, the
 reference's eps^2 = 0.01), `sparsity` (of ISTA outputs), `hard_assignment` (token ->
 representative), `top_mass_mask` and `jaccard` (segmentation from attention maps).
+
+The maps live in `cbsa_jax.primitives` (the layers compute them when asked to `capture`); they are
+re-exported here, so the forward pass never imports this module.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cbsa_jax import _checks
-from cbsa_jax.coding_rate import rate_scale
+from cbsa_jax.coding_rate import coding_rate, heads
+from cbsa_jax.primitives import (
+    agent_effective_map,
+    cbsa_effective_map,
+    linear_effective_map,
+    softmax_map,
+    tssa_effective_map,
+    tssa_membership,
+)
 
 __all__ = [
     "softmax_map",
@@ -41,53 +53,8 @@ __all__ = [
 ]
 
 
-def softmax_map(q: jax.Array, k: jax.Array, tau=None) -> jax.Array:
-    """softmax over keys of `q k^T / tau` (tau = sqrt(p)).
-
-    `q [..., a, p]`, `k [..., b, p]` -> `[..., a, b]` in float32 or wider.
-    """
-    tau = q.shape[-1] ** 0.5 if tau is None else tau
-    dtype = _checks.compute_dtype(q, k)
-    logits = jnp.einsum("...ap,...bp->...ab", q, k, preferred_element_type=dtype)
-    return jax.nn.softmax(logits / tau, axis=-1)
-
-
-def cbsa_effective_map(weights: jax.Array) -> jax.Array:
-    """`S^T S` for token -> representative weights `S [..., m, N]`: `[..., N, N]`."""
-    s = weights.astype(_checks.compute_dtype(weights))
-    return jnp.einsum("...mi,...mj->...ij", s, s)
-
-
-def agent_effective_map(token_weights: jax.Array, weights: jax.Array) -> jax.Array:
-    """`T S` for `T [..., N, m]` (token-side softmax) and `S [..., m, N]`: `[..., N, N]`."""
-    dtype = _checks.compute_dtype(token_weights, weights)
-    return jnp.matmul(token_weights.astype(dtype), weights.astype(dtype))
-
-
-def linear_effective_map(w: jax.Array, eps) -> jax.Array:
-    """`alpha^2 W W^T - alpha I` (alpha = p / (N eps^2)): the first-order step as a token map."""
-    n, p = w.shape[-2:]
-    alpha = rate_scale(n, p, eps)
-    wf = w.astype(_checks.compute_dtype(w))
-    return alpha**2 * jnp.einsum("...ip,...jp->...ij", wf, wf) - alpha * jnp.eye(n, dtype=wf.dtype)
-
-
-def tssa_membership(w: jax.Array, temp: jax.Array) -> jax.Array:
-    """ToST's `Pi`: softmax over heads of `temp_k ||normalize_tokens(w)_i||^2`, `[..., H, N]`."""
-    wf = w.astype(_checks.compute_dtype(w))
-    norm = jnp.sqrt(jnp.sum(wf * wf, axis=-2, keepdims=True))
-    sq = jnp.sum((wf / jnp.maximum(norm, 1e-12)) ** 2, axis=-1)
-    return jax.nn.softmax(sq * jnp.asarray(temp, wf.dtype)[..., :, None], axis=-2)
-
-
 # ----------------------------------------------------------------------------------------------
 # measurements of a trained network (the inputs are what `model(images, capture=True)` returns)
-
-
-def tssa_effective_map(membership: jax.Array) -> jax.Array:
-    """ToST mixes no tokens: token i is rescaled by its own membership `Pi_i` (and a global
-    second moment), so its token-to-token map is `diag(Pi)`: `[..., H, N] -> [..., H, N, N]`."""
-    return membership[..., :, None] * jnp.eye(membership.shape[-1], dtype=membership.dtype)
 
 
 def layer_coding_rate(tokens: jax.Array, bases: jax.Array, *, eps: float = 0.1,
@@ -98,8 +65,6 @@ def layer_coding_rate(tokens: jax.Array, bases: jax.Array, *, eps: float = 0.1,
     eps = 0.1 is the reference's measurement (its `e = eps^2 = 0.01`). With `normalize`, every
     projected token is scaled to unit norm first, which measures directions only.
     """
-    from cbsa_jax.coding_rate import coding_rate, heads  # noqa: PLC0415
-
     w = heads(tokens, bases).astype(_checks.compute_dtype(tokens))
     if normalize:
         w = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
@@ -152,8 +117,6 @@ def union_of_subspaces(rng, *, subspaces: int = 4, dim: int = 4, ambient: int = 
     `[tokens]`): token i = U_{label_i} c_i + noise * g_i with c_i, g_i standard normal. `rng` is
     a `numpy.random.Generator`.
     """
-    import numpy as np  # noqa: PLC0415
-
     if subspaces * dim > ambient:
         raise ValueError(f"subspaces * dim = {subspaces * dim} must be <= ambient = {ambient}")
     bases = np.linalg.qr(rng.normal(size=(ambient, subspaces * dim)))[0]

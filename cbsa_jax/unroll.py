@@ -1,7 +1,7 @@
 """Explicit, closed-form gradient steps, each beside the objective it descends.
 
 Every operator here is a pure function of arrays. The tests check each closed form against
-`jax.grad` of its objective (`tests/test_unroll.py`); `docs/derivation.md` derives them.
+`jax.grad` of its objective (`tests/cbsa_jax/test_unroll.py`); `docs/derivation.md` derives them.
 
 CBSA (objective `cbsa_jax.coding_rate.cbsa_objective`):
 
@@ -28,7 +28,7 @@ from cbsa_jax.coding_rate import (
     rate_scale,
     regularized_gram,
 )
-from cbsa_jax.interpret import softmax_map
+from cbsa_jax.primitives import softmax_map, temperature
 
 __all__ = [
     "contract",
@@ -168,13 +168,6 @@ def compression_gradient(X: jax.Array, U: jax.Array, eps) -> jax.Array:
 # Extraction: representatives move toward the tokens they resemble
 
 
-def _temperature(tau, p: int):
-    if tau is None:
-        return p**0.5
-    _checks.check_positive("tau", tau)
-    return tau
-
-
 def _check_queries_and_tokens(Q, W) -> None:
     _checks.check_min_rank("Q", Q, 2, "[..., m, p]")
     _checks.check_min_rank("W", W, 2, "[..., N, p]")
@@ -188,7 +181,7 @@ def extraction_objective(Q: jax.Array, W: jax.Array, tau=None) -> jax.Array:
     `Q [..., m, p]` representatives, `W [..., N, p]` tokens; tau defaults to sqrt(p).
     """
     _check_queries_and_tokens(Q, W)
-    tau = _temperature(tau, jnp.shape(Q)[-1])
+    tau = temperature(tau, jnp.shape(Q)[-1])
     logits = jnp.einsum("...mp,...np->...mn", Q, W) / tau
     return tau * jnp.sum(jax.nn.logsumexp(logits, axis=-1))
 
@@ -199,7 +192,7 @@ def extraction_weights(Q: jax.Array, W: jax.Array, tau=None) -> jax.Array:
     S W is the gradient of `extraction_objective` in Q.
     """
     _check_queries_and_tokens(Q, W)
-    return softmax_map(jnp.asarray(Q), jnp.asarray(W), _temperature(tau, jnp.shape(Q)[-1]))
+    return softmax_map(jnp.asarray(Q), jnp.asarray(W), temperature(tau, jnp.shape(Q)[-1]))
 
 
 def extraction_step(Q: jax.Array, W: jax.Array, beta, tau=None) -> jax.Array:

@@ -62,6 +62,16 @@ def check_positive_ints(config, names) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def checked_replace(config, what: str, **changes):
+    """`dataclasses.replace(config, **changes)` (validated again by its `__post_init__`); an
+    unknown field raises ValueError naming it and listing the fields of the `what` config."""
+    fields = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {what} config fields {unknown}; fields are {fields}")
+    return dataclasses.replace(config, **changes)
+
+
 def lookup(presets: dict, name: str, what: str, **overrides):
     """`presets[name]` (case and '-' / '_' insensitive) with `overrides` applied through its
     validating `replace`; an unknown name raises ValueError listing the presets."""
@@ -151,11 +161,7 @@ class ModelConfig:
         return bool(kinds & {AttentionKind.CBSA, AttentionKind.CBSA_EXACT, AttentionKind.AGENT})
 
     def replace(self, **changes) -> ModelConfig:
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(f"unknown model config fields {unknown}; fields are "
-                             f"{[f.name for f in dataclasses.fields(self)]}")
-        return dataclasses.replace(self, **changes)
+        return checked_replace(self, "model", **changes)
 
     def grid_for(self, image_size, *, name: str = "image_size") -> tuple[int, int]:
         """The patch grid (gh, gw) for an image of (height, width); validates divisibility and

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cbsa_jax.models.config import check_positive_ints, coerce_enums, lookup
-from cbsa_jax.nn import layers
+from cbsa_jax.models.config import check_positive_ints, checked_replace, coerce_enums, lookup
+from cbsa_jax.nn import causal, layers
 
 __all__ = [
     "LMAttention",
@@ -103,11 +103,7 @@ class LMConfig:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
 
     def replace(self, **changes) -> LMConfig:
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(f"unknown LM config fields {unknown}; fields are "
-                             f"{[f.name for f in dataclasses.fields(self)]}")
-        return dataclasses.replace(self, **changes)
+        return checked_replace(self, "LM", **changes)
 
 
 class LMState(NamedTuple):
@@ -124,13 +120,13 @@ def build_causal_attention(config: LMConfig, *, dtype, param_dtype,
     d, h, p = config.dim, config.heads, config.dim_head
     if config.attention in (LMAttention.CBSA, LMAttention.CBSA_EXACT):
         exact = config.attention is LMAttention.CBSA_EXACT
-        return layers.CausalCBSA(d, h, p, num_queries=config.num_queries,
+        return causal.CausalCBSA(d, h, p, num_queries=config.num_queries,
                                  contraction="exact" if exact else "softmax",
                                  broadcast="exact" if exact else "attention", eps=config.eps,
                                  chunk=config.chunk, **kw)
     if config.attention is LMAttention.SOFTMAX:
-        return layers.CausalSoftmaxAttention(d, h, p, **kw)
-    return layers.CausalLinearAttention(d, h, p, chunk=config.chunk, **kw)
+        return causal.CausalSoftmaxAttention(d, h, p, **kw)
+    return causal.CausalLinearAttention(d, h, p, chunk=config.chunk, **kw)
 
 
 class LMBlock(nnx.Module):

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cbsa_jax.models.config import checked_replace
 from cbsa_jax.nn import layers
 from cbsa_jax.representatives import Selection
 
@@ -147,11 +148,7 @@ class DecoderConfig:
         object.__setattr__(self, "cells", cells)
 
     def replace(self, **changes) -> DecoderConfig:
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(f"unknown decoder config fields {unknown}; fields are "
-                             f"{[f.name for f in dataclasses.fields(self)]}")
-        return dataclasses.replace(self, **changes)
+        return checked_replace(self, "decoder", **changes)
 
 
 _NANO = dict(depth=2, heads=4, dim_head=16, cells=(4, 4))
@@ -294,7 +291,7 @@ class LinearDecoder(nnx.Module):
     def __call__(self, features, *, grid, image_size=None, capture: bool = False):
         features = jnp.asarray(features)
         grid = _check_features(features, self.dim, grid)
-        x, kernel, bias = layers._cast(self.dtype, features, self.kernel[...], self.bias[...])
+        x, kernel, bias = layers.cast(self.dtype, features, self.kernel[...], self.bias[...])
         masks = (x @ kernel + bias).reshape(features.shape[0], *grid, self.num_classes)
         masks = masks.astype(jnp.promote_types(masks.dtype, jnp.float32))
         if image_size is not None:

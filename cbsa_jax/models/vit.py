@@ -36,8 +36,8 @@ def gelu_erf(x):
     The same function as `jax.nn.gelu(x, approximate=False)`, which goes through `erfc`: in
     float32 the two agree to 1e-6 in absolute value and their derivatives to 3e-7 (`erfc` keeps
     more relative accuracy in the negative tail, where the values are below 1e-3). XLA:CPU
-    evaluates `erfc` as several polynomials selected by range; with `erf` the conv stem's forward
-    and backward take about 7% less time (docs/performance.md).
+    evaluates `erfc` as several polynomials selected by range, `erf` as one: the cheaper of the
+    two in the conv stem's forward and backward (`python -m benchmarks.models`).
     """
     return x * (0.5 + 0.5 * jax.lax.erf(x * 0.7071067811865476))
 
@@ -75,9 +75,8 @@ def conv3x3_stride2(x, kernel):
     space-to-depth form (`_conv3x3_s2_space_to_depth`), whose transpose, the input gradient, is a
     stride-1 convolution of the output gradient plus a depth-to-space. XLA:CPU computes the
     input gradient of the direct form as a convolution over the 2x zero-dilated output gradient,
-    4x the forward's multiply-adds (16/9 here): the CBT-T stem's forward and backward take about
-    11% less time, the CBT-T train step about 2.5% less (docs/performance.md, change 10). The
-    kernel's derivative is the direct one. Forward- and reverse-mode derivatives both work.
+    4x the forward's multiply-adds (16/9 here). The kernel's derivative is the direct one.
+    Forward- and reverse-mode derivatives both work.
     """
     return _conv3x3_s2_direct(x, kernel)
 
@@ -153,7 +152,7 @@ class LinearPatchEmbed(nnx.Module):
         x = x.reshape(b, (h // p) * (w // p), p * p * c)
         if self.norm_in is not None:
             x = self.norm_in(x)
-        kernel, bias = layers._cast(self.dtype or x.dtype, self.kernel[...], self.bias[...])
+        kernel, bias = layers.cast(self.dtype or x.dtype, self.kernel[...], self.bias[...])
         x = x @ kernel + bias
         return x if self.norm_out is None else self.norm_out(x)
 

@@ -1,7 +1,9 @@
-"""Flax NNX layers wrapping the pure functions; usable from Linen through `to_linen`."""
+"""Flax NNX layers wrapping the pure functions (`layers`: images and sets of tokens; `causal`:
+sequences); usable from Linen through `to_linen`."""
 
 from flax.nnx import bridge as _bridge
 
+from cbsa_jax.nn.causal import CausalCBSA, CausalLinearAttention, CausalSoftmaxAttention
 from cbsa_jax.nn.layers import (
     CBSA,
     ISTA,
@@ -10,9 +12,6 @@ from cbsa_jax.nn.layers import (
     TSSA,
     AgentAttention,
     Block,
-    CausalCBSA,
-    CausalLinearAttention,
-    CausalSoftmaxAttention,
     ChannelAttention,
     LinearAttention,
     RepresentativeInit,

@@ -7,7 +7,8 @@ inferred when omitted), and `capture=True`, which returns `(out, aux)` with the 
 
 `dtype` is the compute dtype (None: the input's), `param_dtype` the storage dtype. Softmaxes,
 coding-rate solves and normalisation statistics stay in float32 under bfloat16. Every parameter
-carries `logical_axes` metadata for `cbsa_jax.sharding`.
+carries `logical_axes` metadata for `cbsa_jax.sharding`. The causal layers (sequences) are in
+`cbsa_jax.nn.causal`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cbsa_jax import attention as att
-from cbsa_jax import interpret, unroll
+from cbsa_jax import primitives, unroll
+from cbsa_jax.attention import noncausal as att
 from cbsa_jax.representatives import GridPooling, SegmentPooling, Selection, square_grid
 
 __all__ = [
@@ -73,9 +74,9 @@ def batch_norm_train(x, scale, bias, eps):
     `x [..., C]`, `scale`, `bias [C]` -> `(y, mean, var)`: `y = (x - mean) / sqrt(var + eps) *
     scale + bias` with the batch statistics (`var = E[x^2] - E[x]^2`, the biased variance, as
     `nnx.BatchNorm` with `use_fast_variance`). The backward is two reductions (`sum g` and
-    `sum g x`) and one elementwise pass, and keeps `x`, not the normalised `x`: the CBT-T conv
-    stem's forward and backward take about 9% less time than with autodiff of `nnx.BatchNorm`
-    (docs/performance.md, change 11). Compute in float32 or wider. Reverse mode only (a
+    `sum g x`) and one elementwise pass, and keeps `x`, not the normalised `x`: fewer passes
+    over the activations than autodiff of `nnx.BatchNorm` (`python -m benchmarks.models` times
+    the conv stems that use it). Compute in float32 or wider. Reverse mode only (a
     `jax.custom_vjp`): `jax.jvp` through it raises.
     """
     return _batch_norm_train_fwd(x, scale, bias, eps)[0]
@@ -140,11 +141,12 @@ def _check_dim(x, dim: int) -> None:
         raise ValueError(f"x must have shape [B, N, D] with D = {dim}, got shape {x.shape}")
 
 
-def _cast(dtype, *arrays):
+def cast(dtype, *arrays):
+    """`arrays` as `dtype` (a tuple; unchanged when `dtype` is None: the input's own)."""
     return arrays if dtype is None else tuple(jnp.asarray(a, dtype) for a in arrays)
 
 
-class _HeadsProjection(nnx.Module):
+class HeadsProjection(nnx.Module):
     """Shared pieces: the head projection(s) `U [D, H, p]` (bias-free unless `in_bias`, then one
     `qkv_bias [H, p]` per projection) and the output Dense."""
 
@@ -170,19 +172,19 @@ class _HeadsProjection(nnx.Module):
     # Both projections are one plain [*, D] x [D, H p] matrix product on the token-major layout,
     # with the head split / merge as an explicit transpose of the activations. Written as one
     # einsum ("bnd,dhp->bhnp"), XLA:CPU computes the products transposed and then copies the
-    # [D, H p] weights and their gradients into place: six D x D copies per layer, fwd+bwd, that
-    # cost 11% of the N = 65 CBSA layer at D = 384 (docs/performance.md, change 9).
+    # [D, H p] weights and their gradients into place: six D x D copies per layer, fwd+bwd
+    # (`python -m benchmarks.attention` times the layer).
     def project_in(self, x, i: int = 0):
         _check_dim(x, self.dim)
-        x, u = _cast(self.dtype, x, self.proj[i][...])
+        x, u = cast(self.dtype, x, self.proj[i][...])
         d, h, p = u.shape
         w = jnp.swapaxes((x @ u.reshape(d, h * p)).reshape(*x.shape[:-1], h, p), -2, -3)
         if self.qkv_bias is None:
             return w
-        return w + _cast(w.dtype, self.qkv_bias[i][...])[0][:, None, :]
+        return w + cast(w.dtype, self.qkv_bias[i][...])[0][:, None, :]
 
     def project_out(self, y):
-        y, k, b = _cast(self.dtype, y, self.out_kernel[...], self.out_bias[...])
+        y, k, b = cast(self.dtype, y, self.out_kernel[...], self.out_bias[...])
         h, p, d = k.shape
         y = jnp.swapaxes(y, -2, -3)
         return y.reshape(*y.shape[:-2], h * p) @ k.reshape(h * p, d) + b
@@ -198,7 +200,7 @@ class RepresentativeInit(enum.Enum):
     QUERIES = "queries"  # learned queries [H, num_queries, p]
 
 
-class CBSA(_HeadsProjection):
+class CBSA(HeadsProjection):
     """Contract-and-Broadcast Self-Attention.
 
     `W = x U` (bias-free, U [D, H, p]); representatives start from grid pooling (default 8 x 8
@@ -255,26 +257,26 @@ class CBSA(_HeadsProjection):
     def __call__(self, x, *, grid=None, capture: bool = False):
         w = self.project_in(x)
         rule = self.rule(x.shape[1], grid)
-        reps = rule if rule is not None else _cast(self.dtype or w.dtype, self.queries[...])[0]
-        step_x, step_rep = _cast(jnp.float32, self.step_x[...], self.step_rep[...])
+        reps = rule if rule is not None else cast(self.dtype or w.dtype, self.queries[...])[0]
+        step_x, step_rep = cast(jnp.float32, self.step_x[...], self.step_rep[...])
         res = att.contract_and_broadcast(
             w, representatives=reps, extraction=att.Extraction.STEP,
             contraction=self.contraction, broadcast=self.broadcast,
             step_rep=step_rep, step_x=step_x, eps=self.eps)
         if self.tied_output:
-            out = unroll.project(res.out, _cast(self.dtype, self.proj[0][...])[0])
+            out = unroll.project(res.out, cast(self.dtype, self.proj[0][...])[0])
         else:
             out = self.project_out(res.out)
         if not capture:
             return out
         aux = {"w": w, "initial": res.initial, "representatives": res.representatives,
                "weights": res.weights,
-               "rep_attention": interpret.softmax_map(res.representatives, res.representatives),
-               "effective_map": interpret.cbsa_effective_map(res.weights)}
+               "rep_attention": primitives.softmax_map(res.representatives, res.representatives),
+               "effective_map": primitives.cbsa_effective_map(res.weights)}
         return out, aux
 
 
-class MSSA(_HeadsProjection):
+class MSSA(HeadsProjection):
     """CRATE's multi-head subspace self-attention: `softmax(W W^T / sqrt(p)) W`, W = x U."""
 
     def __init__(self, dim: int, heads: int, dim_head: int = 64, *, dtype=None,
@@ -286,10 +288,10 @@ class MSSA(_HeadsProjection):
         out = self.project_out(att.mssa(w))
         if not capture:
             return out
-        return out, {"w": w, "effective_map": interpret.softmax_map(w, w)}
+        return out, {"w": w, "effective_map": primitives.softmax_map(w, w)}
 
 
-class TSSA(_HeadsProjection):
+class TSSA(HeadsProjection):
     """ToST's token statistics self-attention (linear in N), with a learned per-head `temp`."""
 
     def __init__(self, dim: int, heads: int, dim_head: int = 64, *, dtype=None,
@@ -303,12 +305,12 @@ class TSSA(_HeadsProjection):
         out = self.project_out(att.tssa(w, temp))
         if not capture:
             return out
-        membership = interpret.tssa_membership(w, temp)
+        membership = primitives.tssa_membership(w, temp)
         return out, {"w": w, "membership": membership,
-                     "effective_map": interpret.tssa_effective_map(membership)}
+                     "effective_map": primitives.tssa_effective_map(membership)}
 
 
-class SoftmaxAttention(_HeadsProjection):
+class SoftmaxAttention(HeadsProjection):
     """Standard multi-head attention with separate q, k, v projections (optionally biased)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int = 64, *, qkv_bias: bool = False,
@@ -323,10 +325,10 @@ class SoftmaxAttention(_HeadsProjection):
         out = self.project_out(att.softmax(q, k, v, implementation=self.implementation))
         if not capture:
             return out
-        return out, {"w": q, "effective_map": interpret.softmax_map(q, k)}
+        return out, {"w": q, "effective_map": primitives.softmax_map(q, k)}
 
 
-class LinearAttention(_HeadsProjection):
+class LinearAttention(HeadsProjection):
     """First-order CBSA with every token a representative: tied linear attention, O(N p^2)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int = 64, *, eps: float = 1.0, dtype=None,
@@ -343,10 +345,10 @@ class LinearAttention(_HeadsProjection):
                                           eps=self.eps))
         if not capture:
             return out
-        return out, {"w": w, "effective_map": interpret.linear_effective_map(w, self.eps)}
+        return out, {"w": w, "effective_map": primitives.linear_effective_map(w, self.eps)}
 
 
-class ChannelAttention(_HeadsProjection):
+class ChannelAttention(HeadsProjection):
     """Attention across channels: cross-covariance attention (or, with `exact=True`, the exact
     all-token compression step through a p x p solve)."""
 
@@ -371,7 +373,7 @@ class ChannelAttention(_HeadsProjection):
         return _finish(self.project_out(y), {"w": w}, capture)
 
 
-class AgentAttention(_HeadsProjection):
+class AgentAttention(HeadsProjection):
     """Agent attention with separate q, k, v projections (the reference's ViT adaptation layer):
     agents pooled from q aggregate `softmax(A k^T) v`, broadcast back by `softmax(q A^T)`.
 
@@ -396,9 +398,9 @@ class AgentAttention(_HeadsProjection):
         if not capture:
             return out
         agents = rule.pool(q)
-        s, t = interpret.softmax_map(agents, k), interpret.softmax_map(q, agents)
+        s, t = primitives.softmax_map(agents, k), primitives.softmax_map(q, agents)
         return out, {"w": q, "initial": agents, "weights": s, "token_weights": t,
-                     "effective_map": interpret.agent_effective_map(t, s)}
+                     "effective_map": primitives.agent_effective_map(t, s)}
 
 
 class ISTA(nnx.Module):
@@ -414,7 +416,7 @@ class ISTA(nnx.Module):
 
     def __call__(self, x):
         _check_dim(x, self.dim)
-        x, m = _cast(self.dtype, x, self.weight[...])
+        x, m = cast(self.dtype, x, self.weight[...])
         return unroll.ista_step(x, m, eta=self.eta, lam=self.lam)
 
 
@@ -431,7 +433,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         _check_dim(x, self.dim)
-        x, w1, b1, w2, b2 = _cast(self.dtype, x, self.w1[...], self.b1[...], self.w2[...],
+        x, w1, b1, w2, b2 = cast(self.dtype, x, self.w1[...], self.b1[...], self.w2[...],
                                   self.b2[...])
         return jax.nn.gelu(x @ w1 + b1, approximate=False) @ w2 + b2
 
@@ -463,111 +465,3 @@ class Block(nnx.Module):
             return out
         return out, {**aux, "block_in": x, "attn_in": attn_in, "attn_out": a, "ffn_in": ffn_in,
                      "block_out": out}
-
-
-# ----------------------------------------------------------------------------------------------
-# causal layers (sequences): `__call__(x, *, state=None, return_state=False)`; the decoding state
-# is passed in and out (`init_state`), never stored on the module.
-
-
-def _check_batch_size(batch_size) -> None:
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-
-class CausalCBSA(_HeadsProjection):
-    """Causal CBSA (`cbsa_jax.attention.causal_cbsa`): token t gets the CBSA step computed on the
-    prefix x_1..x_t, with `num_queries` learned representative queries per head; linear in N,
-    an O(m p) state per head for decoding.
-
-    `x [B, N, D]` -> `[B, N, D]`; with `return_state=True` -> (out, `CausalCBSAState`). Pass the
-    state of a prefix as `state` to continue it (prefill, then one token at a time).
-    """
-
-    def __init__(self, dim: int, heads: int, dim_head: int = 64, *, num_queries: int = 16,
-                 contraction: att.Contraction | str = att.Contraction.SOFTMAX,
-                 broadcast: att.Broadcast | str = att.Broadcast.ATTENTION, eps: float = 1.0,
-                 chunk: int = 64, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        if not (isinstance(num_queries, int) and num_queries >= 1):
-            raise ValueError(f"num_queries must be a positive integer, got {num_queries!r}")
-        self.contraction, self.broadcast = att.Contraction(contraction), att.Broadcast(broadcast)
-        self.eps, self.chunk = eps, att._check_chunk(chunk)
-        if self.contraction is att.Contraction.EXACT and not (
-                isinstance(eps, int | float) and eps > 0):
-            raise ValueError(f"eps must be a number > 0, got {eps!r}")
-        normal = nnx.initializers.normal(1.0)
-        self.queries = param(rngs, normal, (heads, num_queries, dim_head),
-                             ("heads", "representatives", "head_dim"), param_dtype)
-        self.step_x = param(rngs, normal, (heads,), ("heads",), param_dtype)
-        self.step_rep = param(rngs, normal, (heads,), ("heads",), param_dtype)
-
-    def init_state(self, batch_size: int, max_len: int | None = None) -> att.CausalCBSAState:
-        """The empty prefix for `batch_size` sequences (`max_len` is ignored: the state does not
-        grow)."""
-        _check_batch_size(batch_size)
-        return att.init_causal_cbsa_state((batch_size,), self.heads, self.queries.shape[1],
-                                          self.dim_head)
-
-    def __call__(self, x, *, state=None, return_state: bool = False):
-        w = self.project_in(x)
-        queries = _cast(self.dtype or w.dtype, self.queries[...])[0]
-        step_x, step_rep = _cast(jnp.float32, self.step_x[...], self.step_rep[...])
-        y, state = att.causal_cbsa(w, queries, step_x=step_x, step_rep=step_rep, chunk=self.chunk,
-                                   contraction=self.contraction, broadcast=self.broadcast,
-                                   eps=self.eps, state=state)
-        out = self.project_out(y)
-        return (out, state) if return_state else out
-
-
-class CausalSoftmaxAttention(_HeadsProjection):
-    """Causal multi-head softmax attention with separate q, k, v projections: the O(N^2)
-    baseline (`jax.nn.dot_product_attention(is_causal=True)`), decoding from a key/value cache
-    of `max_len` tokens (`init_state(batch_size, max_len)`)."""
-
-    def __init__(self, dim: int, heads: int, dim_head: int = 64, *,
-                 implementation: str | None = None, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
-        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                         projections=3)
-        self.implementation = implementation
-
-    def init_state(self, batch_size: int, max_len: int | None = None) -> att.CausalSoftmaxState:
-        _check_batch_size(batch_size)
-        if max_len is None:
-            raise ValueError("causal softmax attention needs max_len: its cache holds every "
-                             "past key and value")
-        return att.init_causal_softmax_state((batch_size,), self.heads, self.dim_head, max_len,
-                                             dtype=self.dtype or jnp.float32)
-
-    def __call__(self, x, *, state=None, return_state: bool = False):
-        q, k, v = (self.project_in(x, i) for i in range(3))
-        if return_state and state is None:
-            raise ValueError("return_state=True needs a state (init_state(batch_size, max_len))")
-        y, state = att.causal_softmax(q, k, v, state=state, implementation=self.implementation)
-        out = self.project_out(y)
-        return (out, state) if return_state else out
-
-
-class CausalLinearAttention(_HeadsProjection):
-    """Causal linear attention with separate q, k, v projections and the feature map elu + 1
-    (`cbsa_jax.attention.causal_linear`): linear in N, an O(p^2) state per head."""
-
-    def __init__(self, dim: int, heads: int, dim_head: int = 64, *, chunk: int = 64, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
-        super().__init__(dim, heads, dim_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                         projections=3)
-        self.chunk = att._check_chunk(chunk)
-
-    def init_state(self, batch_size: int, max_len: int | None = None) -> att.CausalLinearState:
-        _check_batch_size(batch_size)
-        return att.init_causal_linear_state((batch_size,), self.heads, self.dim_head)
-
-    def __call__(self, x, *, state=None, return_state: bool = False):
-        q, k, v = (self.project_in(x, i) for i in range(3))
-        y, state = att.causal_linear(q, k, v, chunk=self.chunk, state=state)
-        out = self.project_out(y)
-        return (out, state) if return_state else out
-
-
-__all__ += ["CausalCBSA", "CausalSoftmaxAttention", "CausalLinearAttention"]

@@ -22,12 +22,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from benchmarks import _baseline
 from benchmarks import _harness as h
+from benchmarks._step import cpu_compiler_options, host_initialised, make_step
 from benchmarks.attention import grid_for_tokens
 from cbsa_jax import attention as att
 from cbsa_jax import unroll
+from cbsa_jax.models import create
 from cbsa_jax.representatives import GridPooling
 
 CASES = ("cbsa", "cbsa_exact", "ista")
@@ -90,11 +93,6 @@ def compare_train(name: str = "cbt_small", *, batch: int = 8, image_size: int = 
     """The train step of preset `name` three ways, interleaved: the ISTA step as before with XLA's
     default options, the current ISTA step with XLA's defaults, and the current ISTA step with the
     benchmarks' tuned options (YNNPACK without convolutions on the CPU)."""
-    from flax import nnx
-
-    from benchmarks._step import cpu_compiler_options, host_initialised, make_step
-    from cbsa_jax.models import create
-
     abstract = nnx.eval_shape(lambda: create(name, num_classes=1000, image_size=image_size))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((batch, image_size, image_size, 3)), jnp.float32)

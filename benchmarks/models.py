@@ -52,10 +52,6 @@ def natural_size(name: str, image_size: int = 224) -> int:
     return 32 if "nano" in name else image_size
 
 
-def count_params(model) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
 def forward_cost(name: str, *, image_size: int = 224, num_classes: int = 1000, dtype=None,
                  batch: int = 1, compile: bool = True) -> dict:
     """Parameters, XLA's forward cost and the forward's multiply-adds of preset `name` (abstract
@@ -77,7 +73,7 @@ def forward_cost(name: str, *, image_size: int = 224, num_classes: int = 1000, d
     t0 = time.perf_counter()
     cost = (h.cost_analysis(jax.jit(forward).lower(state, images).compile()) if compile
             else {"flops": math.nan})
-    return {"preset": name, "params": count_params(abstract), "image_size": size,
+    return {"preset": name, "params": h.count_params(abstract), "image_size": size,
             "batch": batch, "gflops_per_image": cost["flops"] / batch / 1e9,
             "gmacs_per_image": macs / batch / 1e9,
             "gmacs_reference_ista": macs_reference / batch / 1e9,

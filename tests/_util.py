@@ -1,6 +1,13 @@
 """Small helpers shared by the tests."""
 
+import os
+
 import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The parity fixtures made from the official PyTorch code (`../shared/fixtures` beside the
+#: checkout); tests that need them skip with a reason when the folder is absent.
+FIXTURES = os.path.join(os.path.dirname(REPO), "shared", "fixtures")
 
 
 def rel_err(a, b) -> float:

@@ -14,13 +14,15 @@ import ast
 import importlib.metadata as metadata
 import os
 import re
+import shutil
 import sys
 import tomllib
+import zipfile
 
 from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE_DIRS = ("cbsa_jax", "train", "configs", "benchmarks", "tests")
+SOURCE_DIRS = ("cbsa_jax", "train", "configs", "benchmarks", "experiments", "tests")
 
 
 def _norm(name: str) -> str:
@@ -148,3 +150,34 @@ def test_the_declared_closure_follows_extras_and_requirements():
     assert {"jax", "flax", "pytest", "tensorflow-datasets"} <= declared  # direct, via [train]
     assert "jaxlib" in declared  # a requirement of a requirement
     assert "torch" not in declared
+
+
+def test_the_wheel_installs_the_library_only(tmp_path):
+    """A wheel built from the project holds `cbsa_jax` and its dist-info at the top and nothing
+    else: no `train`, `configs`, `benchmarks` or `experiments` to shadow a user's own."""
+    from setuptools import build_meta
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    for top in SOURCE_DIRS:
+        if os.path.isdir(os.path.join(ROOT, top)):
+            shutil.copytree(os.path.join(ROOT, top), src / top,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    out = tmp_path / "dist"
+    out.mkdir()
+    cwd = os.getcwd()
+    try:
+        os.chdir(src)
+        wheel = build_meta.build_wheel(str(out))
+    finally:
+        os.chdir(cwd)
+    with zipfile.ZipFile(out / wheel) as zf:
+        names = zf.namelist()
+    tops = {n.split("/")[0] for n in names}
+    dist_info = {t for t in tops if t.endswith(".dist-info")}
+    assert tops - dist_info == {"cbsa_jax"}, sorted(tops)
+    assert len(dist_info) == 1
+    assert {"cbsa_jax/__init__.py", "cbsa_jax/attention/causal.py",
+            "cbsa_jax/convert/official.py", "cbsa_jax/nn/causal.py"} <= set(names)

@@ -17,7 +17,7 @@ import ml_collections
 from cbsa_jax.models import PRESETS, ModelConfig
 
 __all__ = ["ConfigError", "base_config", "load", "apply_overrides", "validate",
-           "model_overrides", "model_config", "DEFAULT_CONFIG"]
+           "model_overrides", "model_config", "vision_model_config", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "digits.py")
@@ -44,7 +44,7 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
     """Every field the training program reads, with its default."""
     c = ml_collections.ConfigDict()
-    c.task = "classification"  # classification | segmentation | language (train/steps.py TASKS)
+    c.task = "classification"  # classification | segmentation | language (train.tasks.TASKS)
     # data
     c.dataset = "digits"  # a local builder (digits, shapes) or any TFDS image classification name
     c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
@@ -292,4 +292,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The vision model's `ModelConfig`: the preset `config.model.name` with the fields set."""
     return PRESETS[config.model.name].replace(**model_overrides(config))
+
+
+def vision_model_config(config: ml_collections.ConfigDict, *, channels: int,
+                        image_size: tuple[int, int]) -> ModelConfig:
+    """The `ModelConfig` of `config.model` for `channels`-channel images of `image_size`."""
+    model = model_config(config).replace(channels=channels)
+    model.grid_for(image_size, name="config.image_size")
+    return model

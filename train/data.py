@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from train import augment
-from train import datasets as local_datasets
+from train.datasets import builders as local_datasets
 
 __all__ = ["DataError", "DataSpec", "load_builder", "data_spec", "train_batches", "eval_batches",
            "normalize"]

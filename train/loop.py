@@ -26,9 +26,11 @@ from train import mesh as mesh_lib
 from train import optim
 from train.checkpoint import Checkpointer
 from train.metrics import MetricsWriter, Progress
-from train.steps import Task, make_task, task_def
+from train.steps import Task, make_task
+from train.tasks import task_def
 
-__all__ = ["run", "experiment", "Experiment", "NonFiniteError", "load_experiment"]
+__all__ = ["run", "experiment", "Experiment", "NonFiniteError", "load_experiment",
+           "save_initial"]
 
 log = logging.getLogger(__name__)
 
@@ -317,3 +319,18 @@ def load_experiment(workdir: str, *, overrides: dict | None = None):
         return exp, state, meta
     finally:
         ckpt.close()
+
+
+def save_initial(model, config, workdir: str, *, num_classes: int, image_size,
+                 **meta) -> str:
+    """Save `model`'s weights as the step-0 training checkpoint of `config` in `workdir` (fresh
+    optimizer state; `meta` is recorded beside it); returns the checkpoint directory."""
+    exp = experiment(config, num_classes=num_classes, channels=model.config.channels,
+                     image_size=image_size, steps_per_epoch=1, devices=jax.devices()[:1])
+    _, params, batch_stats = nnx.split(model, nnx.Param, ...)
+    state = jax.jit(exp.task.state_from, out_shardings=exp.state_sharding)(params, batch_stats)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    ckpt.save(0, state, exp.meta(0, **meta))
+    ckpt.wait()
+    ckpt.close()
+    return ckpt.directory

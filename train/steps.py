@@ -1,10 +1,10 @@
-"""One train step and one eval step for every task, and the registry of tasks.
+"""One train step and one eval step for every task.
 
-A task (classification here; segmentation and language in the modules beside this one) is a
-`TaskDef`: how to build its model, its loss on a batch, the sums its evaluation adds up over the
-eval set, how those sums become metrics, and which metric ranks checkpoints. `make_task` wraps a
-`TaskDef` with what every task shares: gradients, the non-finite guard, the optimizer update,
-BatchNorm statistics, EMA. `python -m train` picks the task with `config.task`.
+A task (`train.tasks`: classification, segmentation, language) is a `TaskDef`: how to build its
+model, its loss on a batch, the sums its evaluation adds up over the eval set, how those sums
+become metrics, and which metric ranks checkpoints. `make_task` wraps a `TaskDef` with what every
+task shares: gradients, the non-finite guard, the optimizer update, BatchNorm statistics, EMA.
+`python -m train` picks the task with `config.task` (`train.tasks.task_def`).
 
 Batches are dicts of arrays whose keys the task names (`TaskDef.train_keys`, `eval_keys`); the
 eval batches also carry `valid` (1 for real examples, 0 for the padding that fills the last batch).
@@ -13,7 +13,6 @@ eval batches also carry `valid` (1 for real examples, 0 for the padding that fil
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 
 import jax
@@ -23,11 +22,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from cbsa_jax.models import VisionTransformer
-from train import config as config_lib
-
-__all__ = ["TASKS", "TaskDef", "TrainState", "Task", "make_task", "task_def", "classification",
-           "vision_model_config"]
+__all__ = ["TaskDef", "TrainState", "Task", "make_task"]
 
 
 @struct.dataclass
@@ -148,83 +143,3 @@ def make_task(config: ml_collections.ConfigDict, definition: TaskDef,
     return Task(graphdef=graphdef, tx=tx, init=init, state_from=state_from,
                 train_step=train_step, eval_step=eval_step, abstract_state=abstract_state,
                 definition=definition)
-
-
-# ----------------------------------------------------------------------------------------------
-# classification
-
-
-def _targets(labels, num_classes: int, smoothing: float):
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    return optax.smooth_labels(onehot, smoothing) if smoothing else onehot
-
-
-def vision_model_config(config: ml_collections.ConfigDict, *, channels: int,
-                        image_size: tuple[int, int]):
-    """The `ModelConfig` of `config.model` for `channels`-channel images of `image_size`."""
-    model_config = config_lib.model_config(config).replace(channels=channels)
-    model_config.grid_for(image_size, name="config.image_size")
-    return model_config
-
-
-def classification(config: ml_collections.ConfigDict, *, num_classes: int, channels: int,
-                   image_size: tuple[int, int], dtype) -> TaskDef:
-    """Image classification: softmax cross-entropy (label smoothing, batch mixup); eval top-1/5.
-
-    Batches: `image` float32 [B, H, W, C], `label` int32 [B].
-    """
-    model_config = vision_model_config(config, channels=channels, image_size=image_size)
-    mixup = float(config.mixup_alpha)
-    smoothing = float(config.label_smoothing)
-
-    def build(rngs: nnx.Rngs) -> VisionTransformer:
-        return VisionTransformer(model_config, num_classes=num_classes, image_size=image_size,
-                                 dtype=dtype, rngs=rngs)
-
-    def loss(model, batch, step):
-        images, labels = batch["image"], batch["label"]
-        targets = _targets(labels, num_classes, smoothing)
-        if mixup:  # mix each example with its mirror in the batch (as timm's 'batch' mode)
-            key = jax.random.fold_in(jax.random.key(config.seed), step)
-            lam = jax.random.beta(key, mixup, mixup)
-            images = lam * images + (1 - lam) * images[::-1]
-            targets = lam * targets + (1 - lam) * targets[::-1]
-        logits = model(images)
-        value = optax.softmax_cross_entropy(logits, targets).mean()
-        accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-        return value, {"accuracy": accuracy}
-
-    def eval_sums(model, batch):
-        labels, valid = batch["label"], batch["valid"]
-        logits = model(batch["image"]).astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        _, top = jax.lax.top_k(logits, min(5, num_classes))
-        hit1 = (top[:, 0] == labels).astype(jnp.float32)
-        hit5 = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
-        return {"loss": jnp.sum(losses * valid), "top1": jnp.sum(hit1 * valid),
-                "top5": jnp.sum(hit5 * valid), "count": jnp.sum(valid)}
-
-    def finalize(sums):
-        n = max(float(sums["count"]), 1.0)
-        return {"loss": float(sums["loss"]) / n, "accuracy": float(sums["top1"]) / n,
-                "top5": float(sums["top5"]) / n, "examples": float(sums["count"])}
-
-    return TaskDef(build=build, loss=loss, eval_sums=eval_sums, finalize=finalize,
-                   ranking="accuracy", train_keys=("image", "label"),
-                   eval_keys=("image", "label"), progress="accuracy")
-
-
-#: config.task -> "module:function" returning a `TaskDef` (imported when first used).
-TASKS: dict[str, str] = {
-    "classification": "train.steps:classification",
-    "segmentation": "train.segmentation:segmentation",
-    "language": "train.language:language",
-}
-
-
-def task_def(config: ml_collections.ConfigDict, **kwargs) -> TaskDef:
-    """The `TaskDef` of `config.task`, built with the dataset's facts in `kwargs`."""
-    if config.task not in TASKS:
-        raise ValueError(f"config.task must be one of {sorted(TASKS)}, got {config.task!r}")
-    module, _, name = TASKS[config.task].partition(":")
-    return getattr(importlib.import_module(module), name)(config, **kwargs)

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from cbsa_jax.models import create
+from tests._configs import tiny_config
 from tests._models import fill_on_host
 from train import config as config_lib
 from train import optim
@@ -79,10 +80,9 @@ def test_decoupled_weight_decay_uses_the_mask():
 
 
 def test_ema_tracks_the_parameters_and_batchnorm_statistics_update(data_dir):
-    from tests.train.conftest import small_config
     from train import loop
 
-    config = small_config(data_dir, ema_decay=0.5)
+    config = tiny_config(data_dir=data_dir, ema_decay=0.5)
     exp = loop.experiment(config, num_classes=10, channels=1, image_size=8, steps_per_epoch=4,
                           devices=jax.devices()[:1])
     abstract = nnx.eval_shape(lambda: exp.task.init(jax.random.key(0)))

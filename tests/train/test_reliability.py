@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.train.conftest import small_config
+from tests._configs import tiny_config
+from tests._util import REPO
 from train import __main__ as cli
 from train import loop
 from train.checkpoint import Checkpointer, CheckpointMismatch
 from train.metrics import read_jsonl
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = {"model.depth": 1, "batch_size": 256, "num_train_steps": 12, "log_every_steps": 1,
        "eval_every_steps": 6, "checkpoint_every_steps": 2, "warmup_epochs": 0.0,
        "progress": False, "mesh.data": 1}
@@ -174,7 +174,8 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
 
 
 def test_training_a_different_model_in_a_used_workdir_exits_2(data_dir, tmp_path, capsys):
-    loop.run(small_config(data_dir, num_train_steps=1, checkpoint_every_steps=1), str(tmp_path))
+    loop.run(tiny_config(data_dir=data_dir, num_train_steps=1, checkpoint_every_steps=1),
+             str(tmp_path))
     code = cli.main(["--workdir", str(tmp_path), f"--config.data_dir={data_dir}",
                      "--config.model.depth=2", "--config.mesh.data=1", "--config.progress=False"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -183,7 +184,7 @@ def test_training_a_different_model_in_a_used_workdir_exits_2(data_dir, tmp_path
 
 
 def test_a_non_finite_step_is_skipped_and_training_goes_on(data_dir):
-    config = small_config(data_dir)
+    config = tiny_config(data_dir=data_dir)
     exp = loop.experiment(config, num_classes=10, channels=1, image_size=8, steps_per_epoch=10,
                           devices=jax.devices()[:1])
     state = exp.task.init(jax.random.key(0))
@@ -215,8 +216,8 @@ def test_nonfinite_stop_names_the_step_and_exits_3(data_dir, tmp_path, capsys):
 
 
 def test_a_non_finite_evaluation_is_never_the_best(data_dir, tmp_path):
-    summary = loop.run(small_config(data_dir, std=(1e-45,), num_train_steps=2, eval_every_steps=1),
-                       str(tmp_path))
+    summary = loop.run(tiny_config(data_dir=data_dir, std=(1e-45,), num_train_steps=2,
+                                   eval_every_steps=1), str(tmp_path))
     assert summary["best_accuracy"] is None
     ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=3)
     assert ckpt.best_step() is None and ckpt.all_steps() == [1, 2]

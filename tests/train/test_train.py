@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.train.conftest import small_config
+from tests._configs import tiny_config
+from tests._util import REPO
 from train import __main__ as cli
 from train import loop
 from train.metrics import read_jsonl
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _lines(workdir, split="train"):
@@ -28,7 +27,7 @@ def _losses(workdir):
 
 
 def test_metrics_lines_and_summary(data_dir, tmp_path):
-    summary = loop.run(small_config(data_dir, eval_every_steps=2), str(tmp_path))
+    summary = loop.run(tiny_config(data_dir=data_dir, eval_every_steps=2), str(tmp_path))
     assert summary["step"] == 3 and summary["stopped_by"] == "finished"
     train, test = _lines(tmp_path), _lines(tmp_path, "test")
     assert [m["step"] for m in train] == [1, 2, 3]
@@ -43,7 +42,7 @@ def test_metrics_lines_and_summary(data_dir, tmp_path):
 def test_resume_continues_exactly(data_dir, tmp_path):
     """Stopping at step 3 and resuming gives the run that never stopped, across an epoch
     boundary (5 steps per epoch here): same losses, same parameters."""
-    config = small_config(data_dir, batch_size=256, num_train_steps=7)
+    config = tiny_config(data_dir=data_dir, batch_size=256, num_train_steps=7)
     straight = tmp_path / "straight"
     loop.run(config, str(straight))
     resumed = tmp_path / "resumed"
@@ -58,8 +57,9 @@ def test_resume_continues_exactly(data_dir, tmp_path):
 
 
 def test_a_run_restarted_with_the_same_command_picks_up_where_it_stopped(data_dir, tmp_path):
-    config = small_config(data_dir, batch_size=256, num_train_steps=7, checkpoint_every_steps=3)
-    first = loop.run(small_config(data_dir, batch_size=256, num_train_steps=7,
+    config = tiny_config(data_dir=data_dir, batch_size=256, num_train_steps=7,
+                         checkpoint_every_steps=3)
+    first = loop.run(tiny_config(data_dir=data_dir, batch_size=256, num_train_steps=7,
                                   checkpoint_every_steps=3), str(tmp_path))
     assert first["step"] == 7
     again = loop.run(config, str(tmp_path))  # finished: nothing left to do
@@ -77,10 +77,10 @@ def test_one_step_and_resume_on_mock_tfds_data(tmp_path, name, augment, resume):
               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     kw["model.patch_size"] = 4
     with tfds.testing.mock_data(num_examples=24):
-        first = loop.run(small_config(mock_dir, **kw), str(tmp_path / "run"))
+        first = loop.run(tiny_config(data_dir=mock_dir, **kw), str(tmp_path / "run"))
         assert first["step"] == 1 and first["final_eval"]["examples"] == 24
         if resume:  # the data iterator of a TFDS-hosted dataset resumes too
-            second = loop.run(small_config(mock_dir, **{**kw, "num_train_steps": 2}),
+            second = loop.run(tiny_config(data_dir=mock_dir, **{**kw, "num_train_steps": 2}),
                               str(tmp_path / "run"))
             assert second["step"] == 2 and np.isfinite(second["final_eval"]["loss"])
     assert [m["step"] for m in _lines(tmp_path / "run")] == ([1, 2] if resume else [1])
@@ -89,11 +89,11 @@ def test_one_step_and_resume_on_mock_tfds_data(tmp_path, name, augment, resume):
 def test_sharded_meshes_give_the_single_device_loss(data_dir, tmp_path):
     assert len(jax.devices()) == 8
     kw = dict(optimizer="adamw", num_train_steps=3)
-    loop.run(small_config(data_dir, **kw), str(tmp_path / "single"))
+    loop.run(tiny_config(data_dir=data_dir, **kw), str(tmp_path / "single"))
     single = _losses(tmp_path / "single")
     for i, mesh in enumerate([dict(data=4, fsdp=2, model=1), dict(data=2, fsdp=2, model=2)]):
         sharded = tmp_path / f"sharded{i}"
-        loop.run(small_config(data_dir, **kw, **{f"mesh.{k}": v for k, v in mesh.items()}),
+        loop.run(tiny_config(data_dir=data_dir, **kw, **{f"mesh.{k}": v for k, v in mesh.items()}),
                  str(sharded))
         losses = _losses(sharded)
         assert sorted(single) == sorted(losses) == [1, 2, 3], mesh
@@ -110,7 +110,7 @@ def test_two_processes_give_the_single_process_loss(data_dir, tmp_path):
     """jax.distributed on localhost with gloo CPU collectives: each process reads its data shard
     and the global batch equals the one a single process reads with data_shards=2."""
     kw = dict(num_train_steps=3, data_shards=2)
-    loop.run(small_config(data_dir, **kw), str(tmp_path / "single"))
+    loop.run(tiny_config(data_dir=data_dir, **kw), str(tmp_path / "single"))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
     env["PYTHONPATH"] = REPO
@@ -131,8 +131,8 @@ def test_two_processes_give_the_single_process_loss(data_dir, tmp_path):
 
 
 def test_eval_only_evaluates_the_latest_checkpoint(data_dir, tmp_path):
-    trained = loop.run(small_config(data_dir, num_train_steps=2), str(tmp_path))
-    summary = loop.run(small_config(data_dir, eval_only=True), str(tmp_path))
+    trained = loop.run(tiny_config(data_dir=data_dir, num_train_steps=2), str(tmp_path))
+    summary = loop.run(tiny_config(data_dir=data_dir, eval_only=True), str(tmp_path))
     assert summary["step"] == 2
     assert summary["eval"]["accuracy"] == pytest.approx(trained["final_eval"]["accuracy"])
     assert _lines(tmp_path, "test")[-1]["step"] == 2

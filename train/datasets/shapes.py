@@ -1,4 +1,4 @@
-"""TFDS builder ``shapes``: one geometric shape per image on a textured background.
+"""``shapes``: one geometric shape per image on a textured background, generated in numpy.
 
 Synthetic RGB images (default ``32 x 32 x 3``, ``uint8``), rasterised with pure numpy
 (no downloads). Every image shows exactly one filled shape of one of the classes
@@ -18,8 +18,8 @@ Shapes are drawn without anti-aliasing: a pixel belongs to the shape iff its cen
 does, and then it has exactly the shape colour.
 
 * Splits: ``train`` (10,000 examples) and ``test`` (2,000) by default; the sizes and
-  the image side are fields of :class:`ShapesConfig` (``tfds.builder("shapes/small")``
-  gives 1,000 / 200; a custom ``ShapesConfig`` can be passed as ``config=``).
+  the image side are fields of :class:`Size` (:data:`CONFIGS`: ``default`` and ``small``,
+  1,000 / 200; ``tfds.builder("shapes/small")``).
   Labels cycle through the classes (``label = index % 5``), so every split is
   exactly balanced.
 * Features:
@@ -32,11 +32,9 @@ does, and then it has exactly the shape colour.
   ``image`` and ``mask`` are ``tfds.features.Tensor`` stored as raw bytes (not PNG):
   they decode to the same ``uint8`` arrays, and writing them is much faster.
 
-The same file defines the builder ``shapes64`` (:class:`Shapes64`,
-:func:`generate_multi_batch`): 64 x 64 scenes of 1 to 3 shapes of distinct classes on the
-same backgrounds, later shapes occluding earlier ones, with ``label`` = the class with the
-most visible pixels, a per-pixel class map ``segmentation`` (0 = background, 1..5 = class + 1)
-and ``mask`` = its foreground; ``train`` 8,000 / ``test`` 1,000 (``shapes64/small``: 500 / 100).
+``shapes64`` (:mod:`train.datasets.shapes64`) draws several shapes per image with the same
+rasteriser and backgrounds. :func:`split_arrays` gives a whole split as arrays (no TensorFlow);
+the TFDS builder :class:`train.datasets.builders.shapes.Shapes` writes the same examples.
 
 Generation is deterministic and independent of order: all random numbers of example
 ``index`` of split ``split`` come from
@@ -49,15 +47,14 @@ same for every config with the same image side.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
-import tensorflow_datasets as tfds
-from etils import epath
 
 __all__ = [
     "CLASS_NAMES",
+    "CONFIGS",
     "IMAGE_SIZE",
     "MAX_SIZE_FRACTION",
     "MIN_COLOUR_DISTANCE",
@@ -66,21 +63,10 @@ __all__ = [
     "NUM_TRAIN",
     "SEED",
     "SPLIT_IDS",
-    "MAX_OBJECTS",
-    "MIN_CENTRE_SEPARATION",
-    "MULTI_IMAGE_SIZE",
-    "MULTI_MAX_SIZE_FRACTION",
-    "MULTI_MIN_SIZE_FRACTION",
-    "MULTI_NUM_TEST",
-    "MULTI_NUM_TRAIN",
-    "MULTI_SEED",
-    "Shapes",
-    "Shapes64",
-    "ShapesConfig",
+    "Size",
     "generate_batch",
     "generate_example",
-    "generate_multi_batch",
-    "generate_multi_example",
+    "split_arrays",
 ]
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
@@ -321,151 +307,9 @@ def generate_example(split: str, index: int, image_size: int = IMAGE_SIZE) -> di
     return {key: value[0] for key, value in batch.items()}
 
 
-# ------------------------------------------------------------------ shapes64: several objects
-
-MULTI_IMAGE_SIZE = 64
-MULTI_NUM_TRAIN = 8_000
-MULTI_NUM_TEST = 1_000
-MULTI_SEED = 7_654_321
-MAX_OBJECTS = 3
-MULTI_MIN_SIZE_FRACTION = 0.2  # diameter of the disc of equal area, in image sides
-MULTI_MAX_SIZE_FRACTION = 0.4
-MIN_CENTRE_SEPARATION = 0.75  # centre distance, in sums of the two circumradii
-
-_CENTRE_TRIES = 16  # random centres drawn per object, the first far enough from the others wins
-_OBJECT_UNIFORM = 2 + 2 * _CENTRE_TRIES + 3 * _COLOUR_CANDIDATES
-_MULTI_NUM_UNIFORM = _NUM_UNIFORM + 1 + len(CLASS_NAMES) + MAX_OBJECTS * _OBJECT_UNIFORM
-
-
-def _unit_areas() -> np.ndarray:
-    """``(num_classes,)`` area of each class's shape at circumradius 1 (shoelace; disc: pi)."""
-    areas = np.full(len(CLASS_NAMES), np.pi)
-    for label, (polygon, _) in enumerate(_SHAPES.values()):
-        if polygon is not None:
-            x, y = polygon[:, 0], polygon[:, 1]
-            areas[label] = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-    return areas
-
-
-# Circumradius of each class per unit of area-equivalent radius: sized by area, no class is
-# larger on average, so "the largest object" does not favour discs.
-_RADIUS_PER_AREA_RADIUS = np.sqrt(np.pi / _unit_areas())
-
-
-def _place(
-    radius: np.ndarray,
-    tries: np.ndarray,
-    image_size: int,
-    centres: np.ndarray,
-    radii: np.ndarray,
-    active: np.ndarray,
-) -> np.ndarray:
-    """``(B, 2)`` centres: per example its first try far enough from the placed objects.
-
-    Args:
-        radius: ``(B,)`` circumradius of the new object.
-        tries: ``(B, T, 2)`` uniforms, mapped to centres that keep the object inside.
-        centres, radii, active: ``(B, k, 2)``, ``(B, k)``, ``(B, k)`` the objects placed so
-            far (inactive ones are ignored).
-
-    A try is far enough when its distance to every placed centre is at least
-    :data:`MIN_CENTRE_SEPARATION` times the sum of the two circumradii; an example none of
-    whose tries qualifies (rare) takes the try with the largest such ratio.
-    """
-    candidates = radius[:, None, None] + (image_size - 2 * radius[:, None, None]) * tries
-    distance = np.linalg.norm(candidates[:, :, None] - centres[:, None], axis=-1)  # (B, T, k)
-    ratio = distance / (radius[:, None, None] + radii[:, None])
-    ratio = np.where(active[:, None], ratio, np.inf).min(axis=-1, initial=np.inf)  # (B, T)
-    ok = ratio >= MIN_CENTRE_SEPARATION
-    choice = np.where(ok.any(axis=1), ok.argmax(axis=1), ratio.argmax(axis=1))
-    return candidates[np.arange(len(radius)), choice]
-
-
-def generate_multi_batch(
-    split: str, indices: Sequence[int], image_size: int = MULTI_IMAGE_SIZE
-) -> dict[str, np.ndarray]:
-    """Generates the ``shapes64`` examples ``indices`` of ``split``, vectorised over the batch.
-
-    Each example: the textured background of ``shapes``, then 1 to :data:`MAX_OBJECTS`
-    objects of distinct classes drawn in order (later ones occlude earlier ones), each with
-    its own size, position, rotation and colour (far from the background and from the
-    earlier objects' colours). Every example depends only on its own ``(split, index)``.
-
-    Returns:
-        ``{"image": uint8 (B, S, S, 3), "label": int64 (B,) the class with the most visible
-        pixels (ties: the smaller class), "segmentation": uint8 (B, S, S, 1) 0 = background,
-        1 + class on the objects, "mask": uint8 (B, S, S, 1) segmentation > 0,
-        "index": int64 (B,)}``.
-    """
-    num = len(indices)
-    num_classes = len(CLASS_NAMES)
-    uniform, normal = _random_numbers(SPLIT_IDS[split], indices, MULTI_SEED, _MULTI_NUM_UNIFORM)
-    # The background fields of `_params`; its object fields are replaced per object below.
-    base = _params(uniform[:, :_NUM_UNIFORM], normal, np.zeros(num, np.int64), image_size)
-    image = _backgrounds(base, image_size)
-    extra = uniform[:, _NUM_UNIFORM:]
-    count = 1 + np.minimum((MAX_OBJECTS * extra[:, 0]).astype(np.int64), MAX_OBJECTS - 1)
-    classes = np.argsort(extra[:, 1 : 1 + num_classes], axis=1)  # a random order of classes
-    segmentation = np.zeros((num, image_size, image_size), np.uint8)
-    avoid = image.reshape(num, -1, 3)  # colours every new object must stand out from
-    centres, radii, placed = np.zeros((num, 0, 2)), np.zeros((num, 0)), np.zeros((num, 0), bool)
-    for k in range(MAX_OBJECTS):
-        u = extra[:, 1 + num_classes + k * _OBJECT_UNIFORM :][:, :_OBJECT_UNIFORM]
-        active = k < count
-        label = classes[:, k]
-        fraction = MULTI_MIN_SIZE_FRACTION + (
-            MULTI_MAX_SIZE_FRACTION - MULTI_MIN_SIZE_FRACTION
-        ) * u[:, 0]
-        radius = fraction * image_size / 2 * _RADIUS_PER_AREA_RADIUS[label]
-        tries = u[:, 2 : 2 + 2 * _CENTRE_TRIES].reshape(num, _CENTRE_TRIES, 2)
-        centre = _place(radius, tries, image_size, centres, radii, placed)
-        p = base._replace(
-            label=label,
-            radius=radius,
-            centre=centre,
-            angle=_ROTATION_PERIOD[label] * u[:, 1],
-            candidates=np.floor(256.0 * u[:, 2 + 2 * _CENTRE_TRIES :]).reshape(
-                num, _COLOUR_CANDIDATES, 3
-            ),
-        )
-        colour = _shape_colours(p, avoid)
-        inside = _shape_masks(p, image_size) & active[:, None, None]
-        image = np.where(inside[..., None], colour[:, None, None], image)
-        segmentation = np.where(inside, (label + 1).astype(np.uint8)[:, None, None], segmentation)
-        avoid = np.concatenate([avoid, np.where(active[:, None], colour, avoid[:, 0])[:, None]], 1)
-        centres = np.concatenate([centres, centre[:, None]], axis=1)
-        radii = np.concatenate([radii, radius[:, None]], axis=1)
-        placed = np.concatenate([placed, active[:, None]], axis=1)
-    visible = np.stack([(segmentation == c + 1).sum(axis=(1, 2)) for c in range(num_classes)], 1)
-    return {
-        "image": image.astype(np.uint8),
-        "label": visible.argmax(axis=1).astype(np.int64),
-        "segmentation": segmentation[..., None],
-        "mask": (segmentation > 0).astype(np.uint8)[..., None],
-        "index": np.asarray(indices, dtype=np.int64),
-    }
-
-
-def generate_multi_example(
-    split: str, index: int, image_size: int = MULTI_IMAGE_SIZE
-) -> dict[str, Any]:
-    """Generates ``shapes64`` example ``index`` of ``split``; as ``generate_multi_batch``."""
-    batch = generate_multi_batch(split, [index], image_size)
-    return {key: value[0] for key, value in batch.items()}
-
-
-def _raw_uint8(shape: tuple[int, ...]) -> tfds.features.Tensor:
-    """A fixed-shape ``uint8`` feature stored as raw bytes.
-
-    Much faster to write and read than PNG-encoded ``tfds.features.Image`` (about 2x
-    faster preparation) at ~4 KB per 32x32 example.
-    """
-    return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES)
-
-
-@dataclasses.dataclass(eq=False)
-class ShapesConfig(tfds.core.BuilderConfig):
-    """Config of :class:`Shapes`: image side and the number of examples per split."""
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """The image side and the number of examples per split of one config."""
 
     image_size: int = IMAGE_SIZE
     num_train: int = NUM_TRAIN
@@ -475,132 +319,21 @@ class ShapesConfig(tfds.core.BuilderConfig):
         return {"train": self.num_train, "test": self.num_test}
 
 
-class Shapes(tfds.core.GeneratorBasedBuilder):
-    """Synthetic single-shape classification / segmentation images (TFDS name ``shapes``).
-
-    Each ``32 x 32`` RGB image (``uint8``) shows one filled circle, square, triangle,
-    cross or star of random size (40%-75% of the side), position, rotation and colour on
-    a random striped or checkered, noisy background. Splits ``train`` (10,000) and
-    ``test`` (2,000), exactly class-balanced. Features ``image``, ``label``
-    (``ClassLabel`` over :data:`CLASS_NAMES`), ``mask`` (``uint8`` ``(32, 32, 1)``, 1 on
-    the shape) and ``index`` (``int64``). Supervised keys ``("image", "label")``.
-
-    Configs: ``default`` (32 px, 10,000 / 2,000) and ``small`` (32 px, 1,000 / 200, for
-    smoke tests); the first ``n`` examples of ``small`` equal those of ``default``.
-    """
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    # TFDS 4.9.10 locates a builder's source through `importlib_resources`, which it
-    # only declares as a dependency for Python < 3.9; state the path explicitly.
-    code_path: ClassVar[epath.Path] = epath.Path(__file__)
-    BUILDER_CONFIGS = [
-        ShapesConfig(name="default", description="32x32 images, 10,000 train / 2,000 test."),
-        ShapesConfig(
-            name="small",
-            description="32x32 images, 1,000 train / 200 test (smoke tests).",
-            num_train=1_000,
-            num_test=200,
-        ),
-    ]
-
-    @property
-    def _config(self) -> ShapesConfig:
-        config = self.builder_config
-        assert isinstance(config, ShapesConfig)
-        return config
-
-    DESCRIPTION = (
-        "Synthetic RGB images, each showing exactly one filled geometric shape "
-        f"({', '.join(CLASS_NAMES)}) of random size, position, rotation and "
-        "colour on a random textured (noise plus stripes or checkerboard) "
-        "background, with the shape's pixel mask."
-    )
-    PIXEL_MAPS: ClassVar[tuple[str, ...]] = ("mask",)  # uint8 (S, S, 1) features
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = self._config.image_size
-        maps = {name: _raw_uint8((size, size, 1)) for name in self.PIXEL_MAPS}
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self.DESCRIPTION,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": _raw_uint8((size, size, 3)),
-                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                    **maps,
-                    "index": tfds.features.Scalar(dtype=np.int64),
-                }
-            ),
-            supervised_keys=("image", "label"),
-        )
-
-    def _split_generators(
-        self, dl_manager: tfds.download.DownloadManager
-    ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
-        del dl_manager  # Everything is generated locally.
-        return {
-            split: self._generate_examples(split, num)
-            for split, num in self._config.split_sizes().items()
-        }
-
-    def _generate_batch(self, split: str, indices: Sequence[int]) -> dict[str, np.ndarray]:
-        return generate_batch(split, indices, self._config.image_size)
-
-    def _generate_examples(
-        self, split: str, num_examples: int
-    ) -> Iterator[tuple[int, dict[str, Any]]]:
-        for start in range(0, num_examples, _CHUNK):
-            indices = range(start, min(start + _CHUNK, num_examples))
-            batch = self._generate_batch(split, indices)
-            for row, index in enumerate(indices):
-                yield index, {key: value[row] for key, value in batch.items()}
+#: ``default`` (32 px, 10,000 / 2,000) and ``small`` (32 px, 1,000 / 200, for smoke tests); the
+#: first ``n`` examples of ``small`` equal those of ``default``.
+CONFIGS: dict[str, Size] = {"default": Size(), "small": Size(num_train=1_000, num_test=200)}
 
 
-class Shapes64(Shapes):
-    """Synthetic multi-object scenes with a per-pixel class map (TFDS name ``shapes64``).
-
-    Each ``64 x 64`` RGB image (``uint8``) shows 1 to 3 objects of distinct classes among
-    :data:`CLASS_NAMES` (each with the area of a disc of diameter 20%-40% of the side; centres
-    apart by at least :data:`MIN_CENTRE_SEPARATION` of the summed circumradii; later objects
-    occluding earlier ones) on the textured background of ``shapes``. Features ``image``,
-    ``label`` (the class of the object with the most visible pixels), ``segmentation``
-    (``uint8`` ``(64, 64, 1)``: 0 background, 1..5 the class + 1), ``mask`` (``uint8``
-    ``(64, 64, 1)``, the foreground: segmentation > 0) and ``index``. Supervised keys
-    ``("image", "label")``.
-
-    Configs: ``default`` (8,000 train / 1,000 test; a CPU-affordable training set at 256
-    patches per image) and ``small`` (500 / 100, for smoke tests); the first ``n`` examples
-    of ``small`` equal those of ``default``. See :func:`generate_multi_batch`.
-    """
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    code_path: ClassVar[epath.Path] = epath.Path(__file__)
-    BUILDER_CONFIGS = [
-        ShapesConfig(
-            name="default",
-            description="64x64 scenes of 1-3 shapes, 8,000 train / 1,000 test.",
-            image_size=MULTI_IMAGE_SIZE,
-            num_train=MULTI_NUM_TRAIN,
-            num_test=MULTI_NUM_TEST,
-        ),
-        ShapesConfig(
-            name="small",
-            description="64x64 scenes of 1-3 shapes, 500 train / 100 test (smoke tests).",
-            image_size=MULTI_IMAGE_SIZE,
-            num_train=500,
-            num_test=100,
-        ),
-    ]
-
-    DESCRIPTION = (
-        "Synthetic RGB scenes of 1 to 3 filled geometric shapes of distinct classes "
-        f"({', '.join(CLASS_NAMES)}) on a random textured background, later shapes "
-        "occluding earlier ones; label = the class with the most visible pixels, "
-        "with the per-pixel class map (0 = background) and the foreground mask."
-    )
-    PIXEL_MAPS: ClassVar[tuple[str, ...]] = ("segmentation", "mask")
-
-    def _generate_batch(self, split: str, indices: Sequence[int]) -> dict[str, np.ndarray]:
-        return generate_multi_batch(split, indices, self._config.image_size)
+def split_arrays(split: str, config: str | Size = "default", *,
+                 generate=generate_batch, configs: dict | None = None) -> dict[str, np.ndarray]:
+    """Every example of ``split`` of ``config`` as arrays (``generate_batch``'s features), in index
+    order. ``generate`` and ``configs`` let ``shapes64`` reuse this with its own."""
+    configs = CONFIGS if configs is None else configs
+    if isinstance(config, str):
+        if config not in configs:
+            raise ValueError(f"config must be one of {sorted(configs)}, got {config!r}")
+        config = configs[config]
+    sizes = config.split_sizes()
+    if split not in sizes:
+        raise ValueError(f"split must be one of {tuple(sizes)}, got {split!r}")
+    return generate(split, range(sizes[split]), config.image_size)

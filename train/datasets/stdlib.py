@@ -1,4 +1,4 @@
-"""TFDS builder ``stdlib_bytes``: byte sequences of the Python standard library's own sources.
+"""``stdlib_bytes``: byte sequences of the Python standard library's own sources, as arrays.
 
 A real text corpus that is already on every machine that runs this code: the ``.py`` files under
 ``sysconfig.get_paths()["stdlib"]`` of the Python that prepares the dataset. Nothing is downloaded.
@@ -21,30 +21,30 @@ A real text corpus that is already on every machine that runs this code: the ``.
   the stdlib path, and per split the number of files and of bytes (``metadata.json`` in the
   prepared directory). A directory prepared by one Python is reused as is by another.
 
-Preparation is deterministic (same Python, same files, same examples in the same order).
+Deterministic (same Python, same files, same examples in the same order). :func:`split_arrays`
+gives a whole split as arrays (no TensorFlow); the TFDS builder
+:class:`train.datasets.builders.stdlib.StdlibBytes` writes the same examples.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import platform
 import sysconfig
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
-import tensorflow_datasets as tfds
-from etils import epath
 
 __all__ = [
+    "CONFIGS",
     "EXCLUDED_DIRS",
     "SEPARATOR",
+    "SPLITS",
     "TEST_MODULUS",
-    "StdlibBytes",
-    "StdlibBytesConfig",
+    "Windows",
     "source_files",
+    "split_arrays",
+    "split_files",
     "split_of",
     "split_stream",
     "windows",
@@ -54,9 +54,29 @@ EXCLUDED_DIRS: frozenset[str] = frozenset(
     {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 TEST_MODULUS = 10
 SEPARATOR = b"\x00"
+SPLITS: tuple[str, ...] = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """``seq_len``: bytes per input sequence; ``max_files``: keep the first files only;
+    ``max_file_bytes``: keep the first bytes of each file only."""
+
+    seq_len: int = 256
+    max_files: int | None = None
+    max_file_bytes: int | None = None
+
+
+#: ``default``: 256 bytes, every non-test file; ``small``: 64 bytes, the first 4 KiB of the
+#: first 24 files (tests).
+CONFIGS: dict[str, Windows] = {
+    "default": Windows(seq_len=256),
+    "small": Windows(seq_len=64, max_files=24, max_file_bytes=4096),
+}
 
 
 def stdlib_root() -> Path:
+    """This Python's standard-library directory."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 
@@ -88,74 +108,25 @@ def windows(stream: bytes, seq_len: int) -> np.ndarray:
     return data[index] if num else np.zeros((0, seq_len + 1), np.uint8)
 
 
-@dataclasses.dataclass
-class StdlibBytesConfig(tfds.core.BuilderConfig):
-    """``seq_len``: bytes per input sequence; ``max_files``: keep the first files only;
-    ``max_file_bytes``: keep the first bytes of each file only."""
-
-    seq_len: int = 256
-    max_files: int | None = None
-    max_file_bytes: int | None = None
+def split_files(config: Windows, root: Path | None = None) -> dict[str, list[str]]:
+    """The relative paths of each split's files, in stream order."""
+    by_split: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for path in source_files(root, config.max_files):
+        by_split[split_of(path)].append(path)
+    return by_split
 
 
-class StdlibBytes(tfds.core.GeneratorBasedBuilder):
-    """Byte windows of the Python standard library's ``.py`` sources (no download).
-
-    Registered as ``stdlib_bytes``; configs ``default`` (256 bytes, every non-test file) and
-    ``small`` (64 bytes, the first 4 KiB of the first 24 files; for tests). Splits ``train`` /
-    ``test`` by path hash.
-    """
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [
-        StdlibBytesConfig(name="default", seq_len=256,
-                          description="256-byte windows of every non-test stdlib .py file."),
-        StdlibBytesConfig(name="small", seq_len=64, max_files=24, max_file_bytes=4096,
-                          description="64-byte windows of the first 4 KiB of the first 24 files "
-                                      "(tests)."),
-    ]
-    DEFAULT_CONFIG_NAME = "default"
-    code_path: ClassVar[epath.Path] = epath.Path(__file__)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        seq_len = self.builder_config.seq_len
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(
-                "Byte sequences of the Python standard library's own .py sources on the "
-                f"preparing machine (Python {platform.python_version()}), tests and "
-                "site-packages excluded, split by a SHA-256 hash of the relative path; windows "
-                f"of {seq_len} + 1 bytes (inputs and shifted targets), stride {seq_len}."),
-            features=tfds.features.FeaturesDict({
-                "tokens": tfds.features.Tensor(shape=(seq_len + 1,), dtype=np.uint8),
-                "offset": tfds.features.Scalar(dtype=np.int64),
-            }),
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://docs.python.org/3/library/",
-        )
-
-    def _split_generators(
-        self, dl_manager: tfds.download.DownloadManager
-    ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
-        del dl_manager  # the sources are on this machine
-        root = stdlib_root()
-        files = source_files(root, self.builder_config.max_files)
-        by_split = {"train": [], "test": []}
-        for path in files:
-            by_split[split_of(path)].append(path)
-        streams = {split: split_stream(root, paths, self.builder_config.max_file_bytes)
-                   for split, paths in by_split.items()}
-        meta = self.info.metadata
-        meta["python_version"] = platform.python_version()
-        meta["stdlib"] = str(root)
-        meta["seq_len"] = self.builder_config.seq_len
-        for split, paths in by_split.items():
-            meta[f"{split}_files"] = len(paths)
-            meta[f"{split}_bytes"] = len(streams[split])
-        return {split: self._generate_examples(stream) for split, stream in streams.items()}
-
-    def _generate_examples(self, stream: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
-        seq_len = self.builder_config.seq_len
-        for i, window in enumerate(windows(stream, seq_len)):
-            yield i, {"tokens": window, "offset": i * seq_len}
+def split_arrays(split: str, config: str | Windows = "default",
+                 root: Path | None = None) -> dict[str, np.ndarray]:
+    """Every window of ``split``: ``tokens`` uint8 ``[n, seq_len + 1]`` and ``offset`` int64
+    ``[n]`` (the window's start in the split's stream), in stream order."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if isinstance(config, str):
+        if config not in CONFIGS:
+            raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {config!r}")
+        config = CONFIGS[config]
+    root = stdlib_root() if root is None else Path(root)
+    stream = split_stream(root, split_files(config, root)[split], config.max_file_bytes)
+    tokens = windows(stream, config.seq_len)
+    return {"tokens": tokens, "offset": np.arange(len(tokens), dtype=np.int64) * config.seq_len}

@@ -1,0 +1,371 @@
+"""`python -m experiments.compare --config CONFIG --out DIR`: models side by side with one recipe.
+
+    python -m experiments.compare --config configs/mnist.py \\
+        --models cbt_nano,crate_nano,tost_nano,vit_nano --seeds 3 --seeds-for cbt_nano,vit_nano \\
+        --sweep-cells 2,4,8,14 --out runs/compare [--config.FIELD=VALUE ...]
+
+Trains every model of `--models` with the config's recipe and budget (only `model.name` and
+`seed` change), one run at a time, `--seeds` seeds each (models outside `--seeds-for`, when it is
+given, get one), and with `--sweep-cells` the `--sweep-model` (CBT) at square representative cells
+k x k for each k (m = k^2 representatives; seed 0). For each run it records, from the run itself:
+
+- parameters (`cbsa_jax.reporting.count_params`) and forward FLOPs per image (XLA's cost analysis
+  of the compiled batch-1 forward at the run's image size, channels and classes);
+- train images/s: the median of the `images_per_sec` lines of its `metrics.jsonl` (compile and
+  evaluation pauses fall in a few windows only; compare runs made on an idle machine);
+- final and best test accuracy (the eval lines of `metrics.jsonl`);
+- emergent segmentation (`train.tools.attention_jaccard.evaluate`: Jaccard of the cls attention
+  of the last layer against the dataset's `mask`, with the image-blind centre box and
+  everything).
+
+Everything lands in `DIR/NAME/` (NAME: the config file's name): one workdir per run
+(`MODEL[_cellsKxK]/seedS`, holding `result.json` once finished), and `NAME.json` (every run,
+per-model mean +- std over seeds, the sweep, machine, command, wall clock), `NAME.md` (the tables)
+and `NAME.png` (accuracy against forward FLOPs, marker area by parameters; the sweep beside it),
+copied to `--results DIR` too when given (e.g. `docs/results`, where README tables come from).
+Rerunning resumes: finished runs (their `result.json`) are read back, an interrupted one continues
+from its last checkpoint (SIGTERM saves one and stops the comparison; rerun to go on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+from flax import nnx
+
+from cbsa_jax.models import PRESETS
+from cbsa_jax.reporting import (
+    cost_analysis,
+    count_params,
+    fmt,
+    machine_info,
+    parse_list,
+    table,
+    write_json,
+)
+from train import cli, loop
+from train import config as config_lib
+from train.data import load_builder
+from train.metrics import read_jsonl
+from train.tools import attention_jaccard
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["main", "RunSpec", "plan", "aggregate", "representatives", "forward_gflops"]
+
+DEFAULT_MODELS = "cbt_nano,crate_nano,tost_nano,vit_nano"
+RESULT = "result.json"
+
+
+class Interrupted(RuntimeError):
+    """A run that stopped before its last step (SIGTERM); its checkpoint resumes it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run of the comparison. `cells` None: the config's representatives."""
+
+    model: str
+    seed: int
+    cells: tuple[int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        cells = "" if self.cells is None else f"_cells{self.cells[0]}x{self.cells[1]}"
+        return f"{self.model}{cells}/seed{self.seed}"
+
+
+def plan(models, seeds: int, seeds_for, sweep_cells, sweep_model: str,
+         config_cells) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(table runs, sweep runs). A sweep point at the config's own cells is the table's run."""
+    table = [RunSpec(m, s) for m in models
+             for s in range(seeds if seeds_for is None or m in seeds_for else 1)]
+    sweep = []
+    for k in sweep_cells or ():
+        cells = (k, k)
+        sweep.append(RunSpec(sweep_model, 0, None if cells == tuple(config_cells) else cells))
+    return table, sweep
+
+
+def run_config(base, spec: RunSpec):
+    """The base config with this run's model, seed and cells, validated."""
+    config = base.copy_and_resolve_references()
+    config.model.name, config.seed = spec.model, spec.seed
+    if spec.cells is not None:
+        config.model.cells = spec.cells
+    return config_lib.validate(config)
+
+
+def forward_gflops(model, image_shape) -> float:
+    """XLA's FLOPs of `model`'s compiled batch-1 forward on `image_shape` [H, W, C], in G."""
+    graphdef, state = nnx.split(model)
+
+    def forward(state, images):
+        return nnx.merge(graphdef, state)(images)
+
+    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    compiled = jax.jit(forward).lower(state, images).compile()
+    return cost_analysis(compiled)["flops"] / 1e9
+
+
+def _from_metrics(path: str, eval_split: str) -> dict:
+    lines = read_jsonl(path)
+    evals = [line for line in lines if line["split"] == eval_split and line.get("accuracy")
+             is not None]
+    speeds = [line["images_per_sec"] for line in lines
+              if line["split"] == "train" and line.get("images_per_sec")]
+    if not evals:
+        raise ValueError(f"{path}: no {eval_split} accuracy logged")
+    return {"final_accuracy": evals[-1]["accuracy"], "final_step": evals[-1]["step"],
+            "best_accuracy": max(line["accuracy"] for line in evals),
+            "images_per_sec": float(np.median(speeds)) if speeds else None,
+            "train_windows": len(speeds)}
+
+
+def run_one(config, workdir: str, *, mass: float) -> dict:
+    """Train (or resume, or read back) one run and measure it; returns its result."""
+    path = os.path.join(workdir, RESULT)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    started = time.perf_counter()
+    summary = loop.run(config, workdir)
+    if summary["stopped_by"] != "finished" or summary["step"] < summary["total_steps"]:
+        raise Interrupted(f"{workdir}: stopped at step {summary['step']} of "
+                          f"{summary['total_steps']} ({summary['stopped_by']}); rerun to resume")
+    exp, state, _ = loop.load_experiment(workdir)
+    model = exp.model(state)
+    result = {"model": config.model.name, "seed": config.seed,
+              "cells": list(config_lib.model_config(config).cells),
+              "workdir": workdir, "steps": summary["total_steps"],
+              "params": count_params(model),
+              "gflops_per_image": forward_gflops(model, (*exp.image_size, exp.channels)),
+              **_from_metrics(os.path.join(workdir, "metrics.jsonl"), config.eval_split)}
+    if "mask" in load_builder(config).info.features:
+        result["segmentation"] = attention_jaccard.evaluate(exp, state, mass=mass)
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)  # this sitting's share
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return result
+
+
+def representatives(model_config) -> int | None:
+    """m, the representatives per head of a model that pools tokens (else None)."""
+    return int(np.prod(model_config.cells)) if model_config.pools_tokens else None
+
+
+def _stats(values) -> dict:
+    values = np.asarray([v for v in values if v is not None], np.float64)
+    if not values.size:
+        return {"mean": None, "std": None, "n": 0}
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std, "n": int(values.size)}
+
+
+def aggregate(results: list[dict], representatives) -> dict:
+    """One table row from the runs of one model (several seeds)."""
+    first = results[0]
+    seg = [r.get("segmentation") or {} for r in results]
+    return {"model": first["model"], "cells": first["cells"], "representatives": representatives,
+            "seeds": [r["seed"] for r in results], "params": first["params"],
+            "gflops_per_image": first["gflops_per_image"],
+            "images_per_sec": _stats([r["images_per_sec"] for r in results])["mean"],
+            "final_accuracy": _stats([r["final_accuracy"] for r in results]),
+            "best_accuracy": _stats([r["best_accuracy"] for r in results]),
+            "jaccard": _stats([s.get("cls_attention") for s in seg]),
+            "jaccard_best_head": _stats([s.get("cls_attention_best_head") for s in seg]),
+            "jaccard_assignment": _stats([s.get("assignment") for s in seg]),
+            "wall_seconds": sum(r.get("wall_seconds", 0.0) for r in results)}
+
+
+def _pm(stats: dict, spec: str = ".3f") -> str:
+    if stats["mean"] is None:
+        return "-"
+    text = format(stats["mean"], spec)
+    return f"{text} +- {format(stats['std'], spec)}" if stats["n"] > 1 else text
+
+
+def _columns(sweep: bool):
+    reps = ("m", ">", lambda r: str(r["representatives"] or "-"))
+    cols = [("model", "<", lambda r: r["model"]), reps,
+            ("params", ">", lambda r: f"{r['params']:,}"),
+            ("GFLOPs / image", ">", lambda r: fmt(r["gflops_per_image"], ".4f")),
+            ("train images/s", ">", lambda r: fmt(r["images_per_sec"], ".0f")),
+            ("final accuracy", ">", lambda r: _pm(r["final_accuracy"])),
+            ("best accuracy", ">", lambda r: _pm(r["best_accuracy"])),
+            ("Jaccard, cls attention", ">", lambda r: _pm(r["jaccard"])),
+            ("Jaccard, best head", ">", lambda r: _pm(r["jaccard_best_head"])),
+            ("seeds", ">", lambda r: str(len(r["seeds"])))]
+    if sweep:
+        cols = [reps, ("cells", ">", lambda r: "x".join(map(str, r["cells"]))), *cols[2:-1]]
+    return cols
+
+
+def markdown(payload: dict) -> str:
+    lines = [f"# {payload['name']}: {payload['dataset']}, recipe {payload['recipe_summary']}", "",
+             f"Command: `{payload['command']}`; {payload['machine']['date']}, "
+             f"{payload['machine']['cpu_count']} CPU cores; wall clock of the last sitting "
+             f"{payload['wall_seconds'] / 60:.1f} min, of all runs "
+             f"{payload['runs_wall_seconds'] / 60:.1f} min.", ""]
+    if payload["table"]:
+        lines += [table(payload["table"], _columns(sweep=False)), ""]
+    base = payload.get("baselines") or {}
+    if base:
+        lines += ["Image-blind masks, same Jaccard: centre box "
+                  f"{fmt(base.get('center'), '.3f')}, everything "
+                  f"{fmt(base.get('everything'), '.3f')}.", ""]
+    if payload["sweep"]:
+        lines += [f"Representatives sweep ({payload['sweep'][0]['model']}, seed 0):", "",
+                  table(payload["sweep"], _columns(sweep=True)), ""]
+    return "\n".join(lines)
+
+
+def plot(payload: dict, path: str) -> None:
+    panels = 1 + bool(payload["sweep"])
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    rows = payload["table"]
+    if rows:
+        biggest = max(r["params"] for r in rows)
+        for r in rows:
+            x, y = r["gflops_per_image"], r["final_accuracy"]["mean"]
+            ax.scatter([x], [y], s=600 * r["params"] / biggest, alpha=0.6)
+            ax.errorbar([x], [y], yerr=[r["final_accuracy"]["std"]], fmt="none", c="k", lw=1)
+            ax.annotate(f"{r['model']}\n{r['params'] / 1e3:.0f}k params", (x, y), fontsize=8,
+                        xytext=(6, 6), textcoords="offset points")
+    ax.set(xlabel="forward GFLOPs per image (XLA)", ylabel="final test accuracy",
+           title=f"{payload['name']} ({payload['dataset']}); marker area: parameters")
+    if payload["sweep"]:
+        ax = axes[0, 1]
+        sweep = payload["sweep"]
+        m = [r["representatives"] for r in sweep]
+        ax.plot(m, [r["final_accuracy"]["mean"] for r in sweep], "o-", label="final accuracy")
+        ax.plot(m, [r["jaccard"]["mean"] for r in sweep], "s--", label="Jaccard, cls attention")
+        if payload["baselines"].get("center") is not None:
+            ax.axhline(payload["baselines"]["center"], ls=":", c="grey",
+                       label="Jaccard, centre box (image-blind)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(m, [str(v) for v in m])
+        ax.set(xlabel="representatives m", title=f"{sweep[0]['model']}: representatives sweep")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str]):
+    """(flags, `--config.FIELD` overrides); bad flags exit 2 with the usage (argparse)."""
+    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="the shared recipe (configs/NAME.py)")
+    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated presets ('' none)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per model")
+    p.add_argument("--seeds-for", default=None,
+                   help="comma-separated models that get --seeds seeds (default: all); the "
+                        "others get seed 0 only")
+    p.add_argument("--sweep-cells", default=None,
+                   help="comma-separated k: also train --sweep-model with k x k cells")
+    p.add_argument("--sweep-model", default="cbt_nano")
+    p.add_argument("--mass", type=float, default=0.6,
+                   help="attention_jaccard's attention mass")
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--results", default=None,
+                   help="also copy NAME.json, NAME.md and NAME.png here (e.g. docs/results)")
+    try:
+        rest, overrides = cli.split_overrides(argv)
+    except config_lib.ConfigError as e:
+        p.error(str(e))
+    args = p.parse_args(rest)
+    args.models = parse_list(args.models) or []
+    args.seeds_for = parse_list(args.seeds_for)
+    try:
+        args.sweep_cells = parse_list(args.sweep_cells, int)
+    except ValueError:
+        p.error(f"--sweep-cells: expected comma-separated integers, got {args.sweep_cells!r}")
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if not args.models and not args.sweep_cells:
+        p.error("nothing to do: give --models and/or --sweep-cells")
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, overrides = parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        base = cli.load_config(args.config, overrides)
+        unknown = sorted(set(args.models + [args.sweep_model]) - set(PRESETS))
+        if unknown:
+            raise config_lib.ConfigError(f"--models: unknown presets {unknown}")
+        table_runs, sweep_runs = plan(args.models, args.seeds, args.seeds_for, args.sweep_cells,
+                                      args.sweep_model, base.model.cells or ())
+        configs = {spec: run_config(base, spec) for spec in [*table_runs, *sweep_runs]}
+    except config_lib.ConfigError as e:
+        return cli.fail(e)
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    out = os.path.join(args.out, name)
+    os.makedirs(out, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[RunSpec, dict] = {}
+    for i, spec in enumerate(dict.fromkeys([*table_runs, *sweep_runs])):
+        print(f"[{i + 1}/{len(configs)}] {name}: {spec.name}", flush=True)
+        try:
+            results[spec] = run_one(configs[spec], os.path.join(out, spec.name), mass=args.mass)
+        except Interrupted as e:
+            print(f"interrupted: {e}", file=sys.stderr)
+            return 3
+
+    def rows(specs, key):
+        groups: dict = {}
+        for spec in specs:
+            groups.setdefault(key(spec), []).append(spec)
+        return [aggregate([results[s] for s in group],
+                          representatives(config_lib.model_config(configs[group[0]])))
+                for group in groups.values()]
+
+    segmentation = next((r["segmentation"] for r in results.values() if "segmentation" in r), {})
+    payload = {
+        "benchmark": "experiments.compare", "name": name, "config": args.config,
+        "dataset": base.dataset, "command": " ".join(["python -m experiments.compare", *argv]),
+        "machine": machine_info(),
+        "recipe_summary": (f"{base.num_train_steps} steps" if base.num_train_steps else
+                           f"{base.num_epochs} epochs") + f", batch {base.batch_size}, "
+                          f"{base.optimizer} lr {base.learning_rate}",
+        "recipe": json.loads(base.to_json()),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "runs_wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in results.values()), 1),
+        "table": rows(table_runs, lambda s: s.model),
+        "sweep": rows(sweep_runs, lambda s: s.cells),
+        "baselines": {k: segmentation[k] for k in ("center", "everything") if k in segmentation},
+        "runs": [results[s] for s in dict.fromkeys([*table_runs, *sweep_runs])],
+    }
+    write_json(os.path.join(out, f"{name}.json"), payload)
+    text = markdown(payload)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(text + "\n")
+    plot(payload, os.path.join(out, f"{name}.png"))
+    if args.results:
+        os.makedirs(args.results, exist_ok=True)
+        for ext in ("json", "md", "png"):
+            shutil.copyfile(os.path.join(out, f"{name}.{ext}"),
+                            os.path.join(args.results, f"{name}.{ext}"))
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""What the command lines of `python -m train` and its tools share.
+
+- `split_overrides(argv)`: the one `--config.FIELD` parser; `--config.a.b=VALUE` and
+  `--config.a.b VALUE` are the same override;
+- `config_arguments(parser)`: `--config FILE` and `--workdir DIR`;
+- `load_config(path, overrides)`: the config file (default configs/digits.py) with the overrides
+  applied and validated, or `ConfigError` naming the field;
+- `fail(message)`: one line `error: ...` on stderr and `USAGE_ERROR` (exit code 2), the answer to
+  bad input everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import ml_collections
+
+from train import config as config_lib
+
+__all__ = ["USAGE_ERROR", "split_overrides", "config_arguments", "load_config", "fail"]
+
+USAGE_ERROR = 2
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(the other arguments, `{"a.b": "VALUE"}`) from `--config.a.b=VALUE` or `--config.a.b
+    VALUE`. A `--config.FIELD` with no value raises `config.ConfigError`."""
+    overrides: dict[str, str] = {}
+    rest = []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--config."):
+            key, eq, value = arg[len("--config."):].partition("=")
+            if not eq:
+                value = next(it, None)
+                if value is None:
+                    raise config_lib.ConfigError(f"{arg} needs a value (--config.FIELD=VALUE)")
+            if not key:
+                raise config_lib.ConfigError(f"{arg}: name a config field (--config.FIELD=VALUE)")
+            overrides[key] = value
+        else:
+            rest.append(arg)
+    return rest, overrides
+
+
+def config_arguments(parser: argparse.ArgumentParser, *, workdir_required: bool = False) -> None:
+    """Add `--config` and `--workdir` to `parser`."""
+    parser.add_argument("--config", default=None,
+                        help=f"config file (default {config_lib.DEFAULT_CONFIG})")
+    parser.add_argument("--workdir", default=None, required=workdir_required,
+                        help="output directory (default runs/<config name>)")
+
+
+def load_config(path: str | None, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+    """`path`'s config (None: the default) with `overrides` applied, validated."""
+    config = config_lib.load(path)
+    config_lib.apply_overrides(config, overrides)
+    return config_lib.validate(config)
+
+
+def fail(message: object) -> int:
+    """Print `error: message` (one line) on stderr; return `USAGE_ERROR`."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return USAGE_ERROR

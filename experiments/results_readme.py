@@ -194,7 +194,8 @@ def command(name: str, data: Mapping[str, Any], experiment: Experiment) -> str:
 
 def _compare_wall_clock(data: Mapping[str, Any]) -> str:
     return (f"{minutes(data['runs_wall_seconds'])} of training over {len(data['runs'])} runs, "
-            f"one at a time (the last sitting: {minutes(data['wall_seconds'])})")
+            f"one at a time (the last invocation, which resumed the others: "
+            f"{minutes(data['wall_seconds'])})")
 
 
 _MODEL_NAMES = {"cbt_nano": "CBT", "crate_nano": "CRATE (MSSA)", "tost_nano": "ToST (TSSA)",

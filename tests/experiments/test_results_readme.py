@@ -71,3 +71,10 @@ def test_commands_use_todays_module_names():
     text = (rr.RESULTS / "README.md").read_text()
     for old in rr.RENAMED_MODULES:
         assert f"python -m {old} " not in text
+
+
+def test_every_other_file_beside_the_json_is_linked_and_exists():
+    beside = {name for e in rr.EXPERIMENTS.values() for name in e.beside}
+    others = {p.name for p in rr.RESULTS.iterdir()
+              if p.suffix != ".json" and p.name != "README.md"}
+    assert beside == others

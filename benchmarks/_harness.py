@@ -181,11 +181,11 @@ def reexec_with_hugepages(module: str, argv: Sequence[str] | None) -> None:
     """Restart this process (`python -m module argv`) with glibc's malloc asking the kernel for
     transparent huge pages, unless it already does.
 
-    XLA:CPU allocates its temporary buffers at every call, and glibc serves allocations above
-    32 MB with fresh `mmap`s, so each call page-faults its whole working set in 4 KiB pages (at
-    N = 65,537 CBSA's backward takes ~185,000 faults per call). With `glibc.malloc.hugetlb=1`
-    those mappings are `madvise`d for 2 MiB pages (this machine's THP mode is `madvise`).
-    The tunable is read when the process starts, hence the restart.
+    XLA:CPU allocates its temporary buffers at every call, and glibc serves allocations above 32 MB
+    with fresh `mmap`s, so each call page-faults its whole working set in 4 KiB pages (the rows'
+    `minor_faults_per_call` show how many). With `glibc.malloc.hugetlb=1` those mappings are
+    `madvise`d for 2 MiB pages (which needs the kernel's THP mode to be `madvise` or `always`). The
+    tunable is read when the process starts, hence the restart.
     """
     if hugepages_enabled():
         return

@@ -2,13 +2,13 @@
 
 fvcore (which the CBT paper's GMACs come from) counts one multiply-add (MAC) per multiply-add of
 every matmul / einsum / linear / convolution and leaves element-wise work aside (it adds a few
-element-wise terms for norms and pooling, under 1% of a CBT). `count_macs(fn, *args)` does the
-same on `jax.make_jaxpr(fn)(*args)`: the MACs of every `dot_general` (output size x contracted
-size) and `conv_general_dilated` (output size x input features per group x kernel window),
-recursing into every sub-jaxpr (jit / pjit, custom_jvp / custom_vjp, remat, cond: the most
-expensive branch; scan: the body times its length; while: the body times `while_trips`, since a
-while loop's trip count is not in the jaxpr). XLA's cost analysis, by contrast, counts a
-multiply-add as two FLOPs and also counts element-wise work.
+element-wise terms for norms and pooling, compared in docs/models.md). `count_macs(fn, *args)` does
+the same on `jax.make_jaxpr(fn)(*args)`: the MACs of every `dot_general` (output size x contracted
+size) and `conv_general_dilated` (output size x input features per group x kernel window), recursing
+into every sub-jaxpr (jit / pjit, custom_jvp / custom_vjp, remat, cond: the most expensive branch;
+scan: the body times its length; while: the body times `while_trips`, since a while loop's trip
+count is not in the jaxpr). XLA's cost analysis, by contrast, counts a multiply-add as two FLOPs and
+also counts element-wise work.
 
 `ista_association(kind)` forces the ISTA association while a model is traced: `"tokens"` is the
 reference's three products (what fvcore counts), `"auto"` what this library executes

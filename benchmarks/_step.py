@@ -6,12 +6,12 @@ AdamW step on the mean softmax cross-entropy, jitted with the state donated, so 
 and optimizer moments are updated in place. Everything is a pure function of arrays: the state
 holds the parameters and statistics as flat lists of arrays (rebuilt into `nnx.State` inside the
 trace), because passing `nnx.State` through a jitted call flattens and rebuilds every
-`nnx.Variable` in Python on each call (about 5 ms per CBT-T step, for its 422 inputs and outputs
-of parameters and AdamW moments; docs/performance.md).
+`nnx.Variable` in Python on each call, for every parameter, statistic and AdamW moment of the
+state (docs/performance.md, appendix).
 
 `host_initialised(abstract_model, seed)` fills an abstract model (`nnx.eval_shape`) with
 parameters drawn by numpy at init-like scale, which avoids compiling one random-number kernel per
-parameter shape (seconds each on a 2-core CPU).
+parameter shape (each one a compilation, slow on a CPU).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ __all__ = ["StepState", "make_step", "default_optimizer", "host_initialised",
 
 # XLA:CPU's YNNPACK library fusions without its convolutions (XLA's default set is these three
 # plus LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION): YNNPACK computes the weight gradients of the
-# conv stem (stride-2 3x3 convolutions, i.e. window-dilated convolutions in the backward) at a
-# few GFLOP/s, XLA's own convolution emitter several times faster (docs/performance.md).
+# conv stem (stride-2 3x3 convolutions, i.e. window-dilated convolutions in the backward) slowly,
+# XLA's own convolution emitter faster (`benchmarks.models --train-variants tuned,xla-default`
+# compares the two; docs/performance.md).
 YNN_WITHOUT_CONVOLUTION = {
     "xla_cpu_experimental_ynn_fusion_type":
         "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",

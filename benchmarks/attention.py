@@ -11,10 +11,10 @@ output; `fwdbwd` the value and gradient of `sum(out)` w.r.t. every input.
 
 `softmax` is `cbsa_jax.attention.softmax`, i.e. `jax.nn.dot_product_attention`, which materialises
 the H x N x N scores. `softmax_chunked` is the same function applied to blocks of at most 1,024
-queries under `jax.lax.map` with rematerialisation: exact softmax attention in O(N) memory (and
-about 1.3x the FLOPs of the backward), so the quadratic baseline can still be timed where the
-scores do not fit in memory. (XLA's cost analysis counts a loop body once, so its rows report the
-cost of the unchunked computation.)
+queries under `jax.lax.map` with rematerialisation: exact softmax attention in O(N) memory (at the
+price of recomputing each block in the backward), so the quadratic baseline can still be timed where
+the scores do not fit in memory. (XLA's cost analysis counts a loop body once, so its rows report
+the cost of the unchunked computation.)
 
 Before anything runs, each executable is compiled and XLA's estimates are read: a row whose peak
 memory (temp + argument + output bytes of `compiled.memory_analysis()`) exceeds the memory budget

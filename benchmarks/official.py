@@ -27,11 +27,11 @@ compares one core against one core, which other processes disturb least). PyTorc
 `block_until_ready`. This library's executables are compiled with the benchmarks' train-step options
 (`--ours-options tuned`: on the CPU, XLA's YNNPACK fusions without its convolutions,
 `benchmarks/_step.py`) or XLA's defaults (`--ours-options xla-default`), and take the model's arrays
-as flat lists rather than `nnx.State` (whose per-`Variable` flattening in Python costs a few percent
-of the small cases; `benchmarks/_step.py`). `--hugepages` restarts the process with glibc's malloc
+as flat lists rather than `nnx.State` (whose per-`Variable` flattening in Python costs time in
+the small cases; `benchmarks/_step.py`). `--hugepages` restarts the process with glibc's malloc
 asking for transparent huge pages (both frameworks alike): XLA:CPU maps its per-call buffers afresh
-at every call, and the CBT-T train step (batch 8) otherwise takes ~72,000 page faults per call, ~30%
-of its time once steps run back to back (docs/performance.md).
+at every call, and otherwise every train step page-faults them in again in 4 KiB pages
+(docs/results/official_run4.json against official_hugepages.json; docs/performance.md).
 
 Cases (`--parts`):
 - `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
@@ -146,9 +146,9 @@ def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, target_s
     side, within [`min_per_round`, `max_per_round`]. Right after the other framework's round the
     first call of a side is slower (caches, thread wake-ups, the allocator's pages), so a round
     needs more than one call for its median to be the steady state a training or serving loop
-    sees: with one call a round, our CBT-T train step measured 169 ms against 183 ms back to
-    back and the official's 235 against 216 ms; with 20-call rounds of the 1-ms N = 65 layer,
-    ours measured p50 / p90 1.15 / 1.59 ms against 0.90 / 1.07 ms with 200 (docs/performance.md).
+    sees: with one call a round the medians were those first calls, which flattered our train
+    step and penalised the official one, and with short rounds our first calls set the median of
+    the smallest layer (docs/performance.md, appendix, change 12).
     Returns name -> {"wall": seconds, "cpu": the process's CPU seconds} of every timed call."""
     sizing = {}
     for name, call in calls.items():

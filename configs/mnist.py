@@ -7,9 +7,9 @@ pooled to 8 x 8 = 64 representatives per head. Swap the model with
 `--config.model.name=crate_nano`, `tost_nano` or `vit_nano` for the same-budget baselines
 (`python -m train.compare` does it for all of them).
 
-Recipe (one for every model, lightly tuned for budget): 10 epochs of 40 steps. Measured on the
-idle 2-core machine (`python -m train.compare`, docs/results/mnist.json): cbt_nano 87.8% +- 2.2
-final test accuracy over 3 seeds at 320 training images/s, vit_nano 94.3% +- 0.7 at 114 images/s.
+Recipe (one for every model, lightly tuned for budget): 10 epochs of 40 steps. What it gives
+each model is measured by `python -m experiments.compare` and recorded in
+docs/results/mnist.json (the tables: docs/results/README.md).
 """
 
 from train.config import base_config

@@ -2,8 +2,8 @@
 
 10,000 training and 2,000 test images with the shape's pixel mask (used by
 `python -m train.segment_eval`). A convolutional stem embeds 8 x 8 patches: a 4 x 4 grid with
-one representative cell per patch (16 per head; `--config.model.cells="(2, 2)"` pools them to 4,
-which trains to 92% instead of 96%). Swap the model with `--config.model.name=crate_nano` or
+one representative cell per patch (16 per head; `--config.model.cells="(2, 2)"` pools them to 4;
+docs/training.md compares the two). Swap the model with `--config.model.name=crate_nano` or
 `vit_nano` for the same-budget baselines.
 """
 

@@ -1,0 +1,80 @@
+"""docs/results/README.md is generated from the JSON files beside it, and covers every one."""
+
+import shutil
+
+import pytest
+
+from experiments import results_readme as rr
+
+
+def test_every_json_file_has_a_section():
+    found = {p.name for p in rr.RESULTS.glob("*.json")}
+    assert found, f"no JSON files in {rr.RESULTS}"
+    assert found == rr.covered_files()
+
+
+def test_every_table_id_is_unique_and_every_source_is_covered():
+    tables = rr.all_tables()  # raises on a shared id
+    assert {"headline", "official", "causal"} <= set(tables)
+    for headline in rr.HEADLINES:
+        assert set(headline.sources) <= rr.covered_files()
+
+
+def test_committed_readme_equals_the_generated_text():
+    results = rr.load(rr.RESULTS)
+    assert (rr.RESULTS / "README.md").read_text() == rr.render_readme(results), (
+        "docs/results/README.md is stale: run python -m experiments.results_readme")
+
+
+def test_generated_blocks_of_the_docs_are_current(capsys):
+    assert rr.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_an_unknown_json_file_fails_with_its_name(tmp_path, capsys):
+    folder = tmp_path / "results"
+    shutil.copytree(rr.RESULTS, folder)
+    (folder / "new_experiment.json").write_text('{"rows": []}')
+    assert rr.main(["--dir", str(folder), "--docs"]) == 2
+    err = capsys.readouterr().err
+    assert "new_experiment.json" in err and len(err.strip().splitlines()) == 1
+    assert (folder / "README.md").read_text() == (rr.RESULTS / "README.md").read_text()
+
+
+def test_a_missing_json_file_fails_with_its_name(tmp_path, capsys):
+    folder = tmp_path / "results"
+    shutil.copytree(rr.RESULTS, folder)
+    (folder / "causal.json").unlink()
+    assert rr.main(["--dir", str(folder), "--docs"]) == 2
+    assert "causal.json" in capsys.readouterr().err
+
+
+def test_check_reports_a_stale_readme(tmp_path, capsys):
+    folder = tmp_path / "results"
+    shutil.copytree(rr.RESULTS, folder)
+    (folder / "README.md").write_text("# Results\n")
+    assert rr.main(["--dir", str(folder), "--docs", "--check"]) == 1
+    assert "README.md" in capsys.readouterr().err
+    assert rr.main(["--dir", str(folder), "--docs"]) == 0
+    assert rr.main(["--dir", str(folder), "--docs", "--check"]) == 0
+
+
+def test_blocks_are_filled_and_unknown_ids_refused():
+    results = rr.load(rr.RESULTS)
+    text = "a\n<!-- table: causal -->\nold\n<!-- /table -->\nb\n"
+    out = rr.sync_blocks(text, results, "doc.md")
+    assert "old" not in out and "| tokens |" in out and out.endswith("<!-- /table -->\nb\n")
+    with pytest.raises(rr.ResultsError, match="nope"):
+        rr.sync_blocks("<!-- table: nope -->\n<!-- /table -->", results, "doc.md")
+
+
+def test_commands_use_todays_module_names():
+    text = (rr.RESULTS / "README.md").read_text()
+    for old in rr.RENAMED_MODULES:
+        assert f"python -m {old} " not in text
+
+
+def test_every_other_file_beside_the_json_is_linked_and_exists():
+    beside = {name for e in rr.EXPERIMENTS.values() for name in e.beside}
+    others = {p.name for p in rr.RESULTS.iterdir()
+              if p.suffix != ".json" and p.name != "README.md"}
+    assert beside == others

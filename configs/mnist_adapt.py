@@ -1,12 +1,12 @@
 """Fine-tune a pretrained `vit_timm_nano` (configs/mnist_vit_timm.py) with the adapted attention.
 
-    python -m train.adapt --checkpoint vit_nano.safetensors --config configs/mnist_adapt.py \\
-        --workdir runs/mnist_adapt
+    python -m train.tools.adapt_vit --checkpoint vit_nano.safetensors \\
+        --config configs/mnist_adapt.py --workdir runs/mnist_adapt
     python -m train --config configs/mnist_adapt.py --workdir runs/mnist_adapt
 
 Every block runs the pooled-query (agent) attention on the pretrained q, k, v: queries pooled to
 8 x 8 = 64 representatives, linear in the 197 tokens. Pass `--config.model.attention=softmax`
-(and `--attention softmax` to `train.adapt`) for the same-budget softmax baseline.
+(and `--attention softmax` to `train.tools.adapt_vit`) for the same-budget softmax baseline.
 """
 
 from configs.mnist_vit_timm import get_config as pretrain_config

@@ -1,10 +1,10 @@
 """CBT on the generated `shapes` dataset: one of 5 shapes on a textured background, 32 x 32 RGB.
 
 10,000 training and 2,000 test images with the shape's pixel mask (used by
-`python -m train.segment_eval`). A convolutional stem embeds 8 x 8 patches: a 4 x 4 grid with
-one representative cell per patch (16 per head; `--config.model.cells="(2, 2)"` pools them to 4;
-docs/training.md compares the two). Swap the model with `--config.model.name=crate_nano` or
-`vit_nano` for the same-budget baselines.
+`python -m train.tools.attention_jaccard`). A convolutional stem embeds 8 x 8 patches: a 4 x 4
+grid with one representative cell per patch (16 per head; `--config.model.cells="(2, 2)"` pools
+them to 4; docs/training.md compares the two). Swap the model with
+`--config.model.name=crate_nano` or `vit_nano` for the same-budget baselines.
 """
 
 from train.config import base_config

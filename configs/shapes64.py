@@ -2,10 +2,10 @@
 
 8,000 training and 1,000 test images (no download); the label is the class of the largest
 visible shape, and the per-pixel class map (`segmentation`) and its foreground (`mask`, used by
-`python -m train.segment_eval`) come with every image. The conv stem embeds 4 x 4 patches: a
-16 x 16 grid (256 patches + cls) pooled to 8 x 8 = 64 representatives per head. Swap the model
-with `--config.model.name=crate_nano`, `tost_nano` or `vit_nano` for the same-budget baselines
-(`python -m train.compare` does it for all of them).
+`python -m train.tools.attention_jaccard`) come with every image. The conv stem embeds 4 x 4
+patches: a 16 x 16 grid (256 patches + cls) pooled to 8 x 8 = 64 representatives per head. Swap
+the model with `--config.model.name=crate_nano`, `tost_nano` or `vit_nano` for the same-budget
+baselines (`python -m experiments.compare` does it for all of them).
 
 Recipe (one for every model): 8 epochs of 160 steps of 50 images, AdamW 1e-3 after a one-epoch
 warmup, sized so that the four-model comparison fits a CPU budget. The label is hard to learn:

@@ -6,7 +6,8 @@ decoder is the CBT mask transformer (2 CBSA blocks of 4 heads x 16 over the patc
 class embeddings, 4 x 4 representative cells). Baselines on the same encoder:
 `--config.segmentation.decoder=linear` or `softmax`; `--config.model.name=vit_nano` swaps the
 encoder. Per-pixel cross-entropy; eval writes `miou`, `pixel_accuracy` and `iou_<k>` to
-metrics.jsonl, and `python -m train.segment --workdir ... --out ...` draws the predicted masks.
+metrics.jsonl, and `python -m train.tools.predict_masks --workdir ... --out ...` draws the
+predicted masks.
 """
 
 from train.config import base_config

@@ -31,7 +31,6 @@ NONFINITE_EXIT = 3
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     """(flags, `--config.FIELD` overrides) of a `python -m train` command line."""
-    rest, overrides = cli.split_overrides(argv)
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
     cli.config_arguments(parser)
     parser.add_argument("--coordinator_address", default=None)
@@ -39,7 +38,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--process_id", type=int, default=None)
     parser.add_argument("--distributed", action="store_true",
                         help="jax.distributed.initialize() with cluster auto-detection")
-    return parser.parse_args(rest), overrides
+    return cli.parse(parser, argv)
 
 
 def _enable_compilation_cache() -> None:
@@ -68,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, overrides = parse_args(argv)
         config = cli.load_config(args.config, overrides)
-    except SystemExit as e:  # argparse: it printed the usage and the problem
-        return cli.USAGE_ERROR if e.code else 0
+    except SystemExit as e:
+        return cli.exit_code(e)
     except config_lib.ConfigError as e:
         return cli.fail(e)
 

@@ -19,9 +19,12 @@ import ml_collections
 
 from train import config as config_lib
 
-__all__ = ["USAGE_ERROR", "split_overrides", "config_arguments", "load_config", "fail"]
+__all__ = ["USAGE_ERROR", "BAD_INPUT", "split_overrides", "parse", "config_arguments",
+           "load_config", "fail", "exit_code"]
 
 USAGE_ERROR = 2
+#: What a command answers with one line and `USAGE_ERROR` rather than a traceback.
+BAD_INPUT = (config_lib.ConfigError, ValueError, FileNotFoundError)
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -45,6 +48,13 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return rest, overrides
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]
+          ) -> tuple[argparse.Namespace, dict[str, str]]:
+    """(`parser`'s flags, the `--config.FIELD` overrides) of `argv`."""
+    rest, overrides = split_overrides(argv)
+    return parser.parse_args(rest), overrides
+
+
 def config_arguments(parser: argparse.ArgumentParser, *, workdir_required: bool = False) -> None:
     """Add `--config` and `--workdir` to `parser`."""
     parser.add_argument("--config", default=None,
@@ -64,3 +74,8 @@ def fail(message: object) -> int:
     """Print `error: message` (one line) on stderr; return `USAGE_ERROR`."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     return USAGE_ERROR
+
+
+def exit_code(e: SystemExit) -> int:
+    """The exit code for argparse's `SystemExit` (it has printed the usage or the help)."""
+    return USAGE_ERROR if e.code else 0

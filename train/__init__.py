@@ -1,9 +1,9 @@
 """The training program (`python -m train`) and its tools (`train.tools`).
 
-config -> data -> mesh -> state -> loop -> checkpoints: `train.config`, `train.data` (TFDS and
-tf.data; the data sets shipped here are in `train.datasets`), `train.mesh`, `train.steps` (the
-train and eval steps every task shares), `train.tasks` (classification, segmentation,
-language), `train.loop`, `train.checkpoint`.
+config -> data -> mesh -> state -> loop -> checkpoints: `train.config`, `train.data` (the input:
+in device memory, or TFDS and tf.data; the data sets shipped here are in `train.datasets`),
+`train.mesh`, `train.steps` (the train and eval steps every task shares), `train.tasks`
+(classification, segmentation, language), `train.loop`, `train.checkpoint`.
 """
 
 import os

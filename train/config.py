@@ -25,6 +25,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 TASKS = ("classification", "segmentation", "language")
 AUGMENTS = ("none", "flip", "translate", "crop_flip")
 SEGMENTATION_AUGMENTS = ("none", "flip")  # the class map moves with the image
+INPUTS = ("tfds", "memory")  # train.data: tf.data on the host | arrays on the devices
+MEMORY_AUGMENTS = ("none", "flip", "translate")  # what config.input = "memory" does in JAX
 DECODERS = ("cbt", "softmax", "linear")
 OPTIMIZERS = ("adamw", "lion", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -47,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = "classification"  # classification | segmentation | language (train.tasks.TASKS)
     # data
     c.dataset = "digits"  # a local builder (digits, shapes) or any TFDS image classification name
+    # tfds: any TFDS name, tf.data on the host (needs TensorFlow); memory: the shipped data sets
+    # (train.datasets) on the devices, augmented there (MEMORY_AUGMENTS), no TensorFlow
+    c.input = "tfds"
     c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
     c.manual_dir = ml_collections.FieldReference(None, field_type=str)  # e.g. imagenet2012
     c.train_split = "train"
@@ -62,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.randaugment_magnitude = 9
     c.mixup_alpha = 0.0  # 0 = off
     c.label_smoothing = 0.0
-    c.shuffle_buffer = 16_384
+    c.shuffle_buffer = 16_384  # tfds input (the memory input shuffles whole splits)
     c.data_shards = 0  # 0 = one per process; fixing it makes the data order host-count invariant
     # segmentation (config.task = "segmentation"): per-pixel classes from a class-map feature
     c.segmentation = ml_collections.ConfigDict()
@@ -240,6 +245,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _positive_int(config, name, allow_zero=True)
     _check(config.augment in AUGMENTS, f"config.augment must be one of {AUGMENTS}, got "
                                        f"{config.augment!r}")
+    _check(config.input in INPUTS, f"config.input must be one of {INPUTS}, got {config.input!r}")
+    if config.input == "memory":  # what only the TFDS input does
+        _check(config.augment in MEMORY_AUGMENTS,
+               f"config.augment must be one of {MEMORY_AUGMENTS} with config.input='memory', got "
+               f"{config.augment!r} (it runs in the TFDS input: config.input='tfds')")
+        _check(not config.randaugment_layers,
+               f"config.randaugment_layers must be 0 with config.input='memory', got "
+               f"{config.randaugment_layers} (RandAugment runs in the TFDS input)")
+        _check(config.eval_crop_fraction == 1,
+               f"config.eval_crop_fraction must be 1 with config.input='memory', got "
+               f"{config.eval_crop_fraction} (the centre crop runs in the TFDS input)")
     _check(config.optimizer in OPTIMIZERS, f"config.optimizer must be one of {OPTIMIZERS}, got "
                                            f"{config.optimizer!r}")
     _check(config.schedule in SCHEDULES, f"config.schedule must be one of {SCHEDULES}, got "

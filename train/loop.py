@@ -61,27 +61,17 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _global_batch(local: np.ndarray, sharding) -> jax.Array:
-    return jax.make_array_from_process_local_data(sharding, local)
-
-
-def _device_batch(batch: dict, keys, sharding) -> dict[str, jax.Array]:
-    """The global arrays of `keys` from this process's rows of a batch."""
-    return {k: _global_batch(batch[k], sharding) for k in keys}
-
-
 def _with_shardings(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
 
 
-def _evaluate(task: Task, eval_step, state, builder, config, spec,
+def _evaluate(task: Task, eval_step, state, source: data_lib.Input,
               batch_sharding) -> dict[str, float]:
     """Add up the task's eval sums over the whole eval split, then finalize them once."""
-    keys = (*task.definition.eval_keys, "valid")
     totals = None
-    for batch in data_lib.eval_batches(builder, config, spec):
-        sums = jax.device_get(eval_step(state, _device_batch(batch, keys, batch_sharding)))
+    for batch in source.eval_batches(task.definition.eval_keys, batch_sharding):
+        sums = jax.device_get(eval_step(state, batch))
         sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
         totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
     return task.finalize(totals)
@@ -163,8 +153,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     process, processes = jax.process_index(), jax.process_count()
     lead = process == 0
 
-    builder = data_lib.load_builder(config)
-    spec = data_lib.data_spec(builder, config, process_index=process, process_count=processes)
+    source = data_lib.open_input(config, process_index=process, process_count=processes)
+    spec = source.spec
     exp = experiment(config, num_classes=spec.num_classes, channels=spec.channels,
                      image_size=spec.image_size, steps_per_epoch=spec.steps_per_epoch)
     task, state_sharding, batch_sharding = exp.task, exp.state_sharding, exp.batch_sharding
@@ -193,7 +183,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                         out_shardings=replicated)
 
     def evaluate(state):
-        return _evaluate(task, eval_step, state, builder, config, spec, batch_sharding)
+        return _evaluate(task, eval_step, state, source, batch_sharding)
 
     if config.eval_only:
         metrics = evaluate(state)
@@ -212,7 +202,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     eval_every = config.eval_every_steps or steps_per_epoch
     ckpt_every = config.checkpoint_every_steps or steps_per_epoch
     step = int(state.step)
-    batches = data_lib.train_batches(builder, config, spec, start_step=step)
+    batches = source.train_batches(train_keys, batch_sharding, start_step=step)
     progress = Progress(total_steps, step, enabled=lead and config.progress)
     pending: list[dict] = []
     window_start, window_steps = time.perf_counter(), 0
@@ -251,8 +241,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
 
     with _Preemption() as preemption:
         while step < total_steps:
-            batch = next(batches)
-            state, metrics = train_step(state, _device_batch(batch, train_keys, batch_sharding))
+            state, metrics = train_step(state, next(batches))
             step += 1
             window_steps += 1
             pending.append(metrics)

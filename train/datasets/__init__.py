@@ -13,10 +13,13 @@
 * ``stdlib_bytes`` (:mod:`train.datasets.stdlib`): byte windows of this Python's own
   standard-library sources, for language models.
 
-None needs network access. Each module here is plain numpy: ``split_arrays(split[, config])``
-returns a whole split as arrays, with no TensorFlow involved. The TFDS builders that write the
-same examples for the tf.data pipeline are in :mod:`train.datasets.builders` (one per file),
-whose ``prepare(name, data_dir)`` generates a prepared copy.
+None needs network access. Each module here is plain numpy, with no TensorFlow involved:
+``split_arrays(split[, config])`` returns a whole split as arrays; ``SPLITS`` names the splits,
+``CLASS_NAMES`` the classes of ``label`` (labelled sets) and ``CONFIGS`` the variants (the sets
+that have some: ``shapes/small``). The in-memory input (:mod:`train.data.memory`) reads them.
+The TFDS builders that write the same examples for the tf.data pipeline are in
+:mod:`train.datasets.builders` (one per file), whose ``prepare(name, data_dir)`` generates a
+prepared copy.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ __all__ = [
     "NUM_TEST",
     "NUM_TRAIN",
     "SEED",
+    "SPLITS",
     "SPLIT_IDS",
     "Size",
     "generate_batch",
@@ -75,6 +76,7 @@ NUM_TRAIN = 10_000
 NUM_TEST = 2_000
 SEED = 1_234_567
 SPLIT_IDS: dict[str, int] = {"train": 0, "test": 1}
+SPLITS: tuple[str, ...] = tuple(SPLIT_IDS)
 
 MIN_SIZE_FRACTION = 0.4
 MAX_SIZE_FRACTION = 0.75

@@ -22,6 +22,7 @@ import numpy as np
 from train.datasets import shapes
 
 __all__ = [
+    "CLASS_NAMES",
     "CONFIGS",
     "IMAGE_SIZE",
     "MAX_OBJECTS",
@@ -31,11 +32,14 @@ __all__ = [
     "NUM_TEST",
     "NUM_TRAIN",
     "SEED",
+    "SPLITS",
     "generate_batch",
     "generate_example",
     "split_arrays",
 ]
 
+CLASS_NAMES: tuple[str, ...] = shapes.CLASS_NAMES  # label = the largest visible shape's class
+SPLITS: tuple[str, ...] = shapes.SPLITS
 IMAGE_SIZE = 64
 NUM_TRAIN = 8_000
 NUM_TEST = 1_000

@@ -26,7 +26,6 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 from flax import nnx
 
 from cbsa_jax import interpret
@@ -53,24 +52,22 @@ def _center_mask(size) -> np.ndarray:
 
 
 def evaluate(exp, state, *, mass: float = 0.6, batch_size: int = 250,
-             limit: int | None = None) -> dict:
-    """Mean Jaccard of each mask source over the run's evaluation split."""
+             limit: int | None = None, source: data_lib.Input | None = None) -> dict:
+    """Mean Jaccard of each mask source over the run's evaluation split (read from `source`,
+    default: the run's input opened here)."""
     config = exp.config
-    builder = data_lib.load_builder(config)
-    if "mask" not in builder.info.features:
+    source = data_lib.open_input(config) if source is None else source
+    if "mask" not in source.features:
         raise ValueError(f"dataset {config.dataset!r} has no 'mask' feature (use shapes)")
     model = exp.model(state)
     forward = nnx.jit(lambda m, x: m(x, capture=True))
     size, grid = exp.image_size, None
     scores: dict[str, list[np.ndarray]] = {}
-    ds = builder.as_dataset(split=config.eval_split, shuffle_files=False)
-    if limit:
-        ds = ds.take(limit)
-    for batch in ds.batch(batch_size).as_numpy_iterator():
-        images = tf.image.resize(batch["image"], size).numpy()
-        true = tf.image.resize(batch["mask"], size, method="nearest").numpy()[..., 0] > 0
-        x = data_lib.normalize(images, config).numpy()
-        _, info = forward(model, jnp.asarray(x))
+    for batch in source.examples(config.eval_split, ("image", "mask"), batch_size=batch_size,
+                                 limit=limit or None):
+        images = data_lib.resize_images(jnp.asarray(batch["image"], jnp.float32), size)
+        true = np.asarray(data_lib.resize_labels(batch["mask"], size))[..., 0] > 0
+        _, info = forward(model, data_lib.normalize(images, config))
         grid = info["grid"]
         last = info["layers"][-1]
         cls = np.asarray(last["effective_map"])[:, :, 0, 1:]  # [B, H, patches]

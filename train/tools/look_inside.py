@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-import tensorflow as tf
 from flax import nnx
 from PIL import Image
 
@@ -55,14 +54,14 @@ def load_images(paths: list[str], size: tuple[int, int], channels: int) -> np.nd
 
 
 def dataset_images(config, count: int) -> np.ndarray:
-    """The first `count` uint8 images of the run's evaluation split, at the model's size."""
-    builder = data_lib.load_builder(config)
-    ds = builder.as_dataset(split=config.eval_split, shuffle_files=False).take(count)
+    """The first `count` uint8 images of the run's evaluation split, at the model's size
+    (resized bilinearly as the input pipelines do)."""
+    source = data_lib.open_input(config)
+    stored = next(source.examples(config.eval_split, ("image",), batch_size=count, limit=count))
     size = config.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    images = [tf.image.resize(ex["image"], size, method="bilinear").numpy().round()
-              for ex in ds]
-    return np.clip(np.stack(images), 0, 255).astype(np.uint8)
+    images = data_lib.resize_images(jnp.asarray(stored["image"], jnp.float32), size)
+    return np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)
 
 
 def measure(model, images: np.ndarray) -> tuple[list[dict], dict]:
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         return cli.fail(e)
     model = exp.model(state)
-    layers, info = measure(model, data_lib.normalize(raw, exp.config).numpy())
+    layers, info = measure(model, np.asarray(data_lib.normalize(raw, exp.config)))
     depth = len(layers)
     chosen = (range(depth) if args.layers == "all" else [depth - 1] if args.layers == "last"
               else [int(i) for i in args.layers.split(",")])

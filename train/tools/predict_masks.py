@@ -28,7 +28,6 @@ from matplotlib import image as mpimg
 
 from train import cli
 from train import data as data_lib
-from train.data import DataError
 from train.loop import load_experiment
 from train.tasks import segmentation as seg_lib
 
@@ -67,16 +66,16 @@ def predict(exp, state, *, limit: int | None = None, keep: int = 16):
     """(confusion `[K, K]` int64, up to `keep` (image, truth, prediction) triples) over the run's
     evaluation split (its first `limit` batches when given)."""
     config = exp.config
-    builder = data_lib.load_builder(config)
-    spec = data_lib.data_spec(builder, config, process_index=0, process_count=1)
+    source = data_lib.open_input(config)
     model = exp.model(state)
     forward = nnx.jit(lambda m, x: jnp.argmax(m(x), axis=-1))
     k, ignore = exp.num_classes, config.segmentation.ignore_index
     confusion = np.zeros((k, k), np.int64)
     kept = []
-    for i, batch in enumerate(data_lib.eval_batches(builder, config, spec)):
+    for i, batch in enumerate(source.eval_batches(("image", "segmentation"))):
         if limit is not None and i >= limit:
             break
+        batch = {k: np.asarray(v) for k, v in batch.items()}
         prediction = np.asarray(forward(model, jnp.asarray(batch["image"])))
         confusion += np.asarray(seg_lib.confusion_matrix(
             batch["segmentation"], prediction, k, ignore_index=ignore,
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.workdir} is a {exp.config.task!r} run, not segmentation")
         confusion, kept = predict(exp, state, limit=args.limit,
                                   keep=max(args.images, args.rows))
-    except (FileNotFoundError, ValueError, DataError) as e:
+    except (FileNotFoundError, ValueError) as e:  # DataError and ConfigError among them
         return cli.fail(e)
     os.makedirs(args.out, exist_ok=True)
     _write(args.out, kept, exp.num_classes, images=args.images, rows=args.rows)

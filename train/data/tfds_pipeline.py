@@ -1,4 +1,5 @@
-"""The input pipeline: TFDS + tf.data, per-process splits, exact resumption. Imports TensorFlow.
+"""The TFDS input (`config.input = "tfds"`): TFDS + tf.data, per-process splits, exact
+resumption. Imports TensorFlow; `train.data.open_input` imports this module only for this input.
 
 Training batches are a pure function of (seed, epoch, position): every epoch reshuffles with its
 own seed and every example's augmentation draws from a stateless seed folded from its position,
@@ -10,9 +11,8 @@ is dropped or counted twice. What a batch holds depends on `config.task` (see `t
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -20,55 +20,21 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from train import augment
+from train.data.common import (
+    DataError,
+    DataSpec,
+    Features,
+    check_class_map,
+    device_batch,
+    make_spec,
+    mean_std,
+)
 from train.datasets import builders as local_datasets
 
-__all__ = ["DataError", "DataSpec", "load_builder", "data_spec", "train_batches", "eval_batches",
+__all__ = ["TFDSInput", "load_builder", "data_spec", "train_batches", "eval_batches",
            "normalize"]
 
 tf.config.set_visible_devices([], "GPU")  # the input pipeline never takes accelerator memory
-
-
-class DataError(ValueError):
-    """A dataset that cannot be found or read; the message is one line."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    """What the training program needs to know about a dataset, for this process.
-
-    The data are split into `shard_count` shards (`config.data_shards`, default one per
-    process); each process reads its `shards` and concatenates their batches in shard order, so
-    the global batch is the same whatever the number of processes that read it.
-    """
-
-    name: str
-    num_classes: int  # classes (classification, per-pixel classes) or vocabulary (language)
-    channels: int  # image channels (0 for language)
-    image_size: tuple[int, ...]  # (H, W); for language (sequence length + 1,)
-    shards: tuple[int, ...]  # the shards this process reads
-    train_splits: tuple  # TFDS split of every shard
-    eval_splits: tuple
-    train_examples: tuple[int, ...]  # per shard
-    eval_examples: tuple[int, ...]
-    shard_batch: int  # examples of one shard in a global batch
-    shard_eval_batch: int
-
-    @property
-    def local_batch(self) -> int:
-        return self.shard_batch * len(self.shards)
-
-    @property
-    def local_eval_batch(self) -> int:
-        return self.shard_eval_batch * len(self.shards)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Equal on every process: the smallest shard decides (drop remainder)."""
-        return min(self.train_examples) // self.shard_batch
-
-    @property
-    def eval_steps(self) -> int:
-        return math.ceil(max(self.eval_examples) / self.shard_eval_batch)
 
 
 def load_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -110,81 +76,27 @@ def _split_sizes(builder, split: str, count: int) -> tuple[tuple[int, ...], list
     return sizes, shares
 
 
-def _require(features, config, *keys: str) -> None:
-    missing = [k for k in keys if k not in features]
-    if missing:
-        raise DataError(f"config.dataset: {config.dataset!r} has no {missing} feature(s), which "
-                        f"task {config.task!r} reads (features: {list(features.keys())})")
-
-
-def _task_facts(builder, config) -> tuple[int, int, tuple[int, ...]]:
-    """(num_classes, channels, example size) of the dataset for `config.task`."""
-    features = builder.info.features
-    size = config.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if config.task == "classification":
-        _require(features, config, "image", "label")
-        return int(features["label"].num_classes), int(features["image"].shape[-1]), size
-    if config.task == "segmentation":
-        seg = config.segmentation
-        _require(features, config, "image", seg.label_key)
-        classes = seg.num_classes
-        if not classes:
-            if "label" not in features or not hasattr(features["label"], "num_classes"):
-                raise DataError(f"config.segmentation.num_classes: {config.dataset!r} has no "
-                                f"'label' ClassLabel to count classes from; set it")
-            classes = int(features["label"].num_classes) + 1  # + background (0)
-        return int(classes), int(features["image"].shape[-1]), size
-    lang = config.language
-    _require(features, config, lang.tokens_key)
-    shape = tuple(features[lang.tokens_key].shape)
-    if len(shape) != 1 or shape[0] is None or shape[0] < 2:
-        raise DataError(f"config.language.tokens_key: {lang.tokens_key!r} must be a fixed-length "
-                        f"1-D sequence of at least 2 tokens, got shape {shape}")
-    return int(lang.vocab_size), 0, shape
+def _features(builder) -> Features:
+    """(shape, classes) of every feature of `builder`, for `common.task_facts`."""
+    return {name: (tuple(getattr(feature, "shape", ())), getattr(feature, "num_classes", None))
+            for name, feature in builder.info.features.items()}
 
 
 def data_spec(builder, config: ml_collections.ConfigDict, *, process_index: int,
               process_count: int) -> DataSpec:
     """Sizes, classes and channels of the dataset, and this process's shards and batches."""
-    features = builder.info.features
-    num_classes, channels, size = _task_facts(builder, config)
     for split in (config.train_split, config.eval_split):
         if builder.info.splits and split.split("[")[0] not in builder.info.splits:
             raise DataError(f"config: split {split!r} is not in {config.dataset!r} (splits: "
                             f"{list(builder.info.splits.keys())})")
-    shard_count = config.data_shards or process_count
-    if shard_count % process_count:
-        raise DataError(f"config.data_shards {shard_count} is not divisible by the "
-                        f"{process_count} processes")
-    eval_batch = config.eval_batch_size or config.batch_size
-    for name, value in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch)):
-        if value % shard_count:
-            raise DataError(f"config.{name} {value} is not divisible by the {shard_count} data "
-                            f"shards (config.data_shards, default: one per process)")
-    train_sizes, train_splits = _split_sizes(builder, config.train_split, shard_count)
-    eval_sizes, eval_splits = _split_sizes(builder, config.eval_split, shard_count)
-    shard_batch = config.batch_size // shard_count
-    if min(train_sizes) < shard_batch:
-        raise DataError(f"config.batch_size {config.batch_size} exceeds the training split "
-                        f"({sum(train_sizes)} examples in {shard_count} shards)")
-    per_process = shard_count // process_count
-    del features
-    return DataSpec(
-        name=config.dataset, num_classes=num_classes, channels=channels, image_size=size,
-        shards=tuple(range(process_index * per_process, (process_index + 1) * per_process)),
-        train_splits=tuple(train_splits), eval_splits=tuple(eval_splits),
-        train_examples=train_sizes, eval_examples=eval_sizes, shard_batch=shard_batch,
-        shard_eval_batch=eval_batch // shard_count)
+    return make_spec(config, _features(builder), functools.partial(_split_sizes, builder),
+                     process_index=process_index, process_count=process_count)
 
 
 def normalize(image, config) -> tf.Tensor:
     """`(image / 255 - config.mean) / config.std` per channel (one value serves every channel):
     the model's input, float32, for an image or a batch (uint8 or float in 0..255)."""
-    channels = image.shape[-1]
-    mean = list(config.mean) * channels if len(config.mean) == 1 else list(config.mean)
-    std = list(config.std) * channels if len(config.std) == 1 else list(config.std)
-    return augment.to_float(image, tuple(mean), tuple(std))
+    return augment.to_float(image, *mean_std(config, image.shape[-1]))
 
 
 def _resize_to(image, size):
@@ -325,18 +237,8 @@ def _epoch(builder, config, spec: DataSpec, epoch: int, shard: int) -> tf.data.D
 
 
 def _check_class_map(batch: dict, config, spec: DataSpec) -> dict:
-    """Raise DataError when a segmentation batch holds a label >= the number of classes (or
-    < 0) other than the ignore value: such a pixel would silently count nowhere."""
-    if config.task != "segmentation":
-        return batch
-    labels, ignore = batch["segmentation"], config.segmentation.ignore_index
-    bad = ((labels < 0) | (labels >= spec.num_classes)) & (labels != ignore)
-    if bad.any():
-        values = sorted(set(np.unique(labels[bad]).tolist()))
-        raise DataError(f"config.segmentation: {config.dataset!r} has per-pixel labels "
-                        f"{values[:10]} outside [0, {spec.num_classes}) that are not the ignore "
-                        f"value {ignore} (set config.segmentation.num_classes, ignore_index or "
-                        f"reduce_zero_label)")
+    if config.task == "segmentation":
+        check_class_map(batch["segmentation"], config, spec.num_classes)
     return batch
 
 
@@ -380,3 +282,45 @@ def eval_batches(builder, config, spec: DataSpec) -> Iterator[dict[str, np.ndarr
     ds = shards[0] if len(shards) == 1 else tf.data.Dataset.zip(tuple(shards)).map(_concat)
     batches = ds.prefetch(2).with_options(_options()).as_numpy_iterator()
     return (_check_class_map(batch, config, spec) for batch in batches)
+
+
+class TFDSInput:
+    """`train.data.Input` over a TFDS builder (prepared on opening): tf.data on the host, each
+    process's rows made global arrays with `jax.make_array_from_process_local_data`."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, process_index: int = 0,
+                 process_count: int = 1):
+        self.config = config
+        self.builder = load_builder(config)
+        self._process = (process_index, process_count)
+
+    @functools.cached_property
+    def spec(self) -> DataSpec:
+        return data_spec(self.builder, self.config, process_index=self._process[0],
+                         process_count=self._process[1])
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.builder.info.features.keys())
+
+    def train_batches(self, keys: Sequence[str], sharding=None, *, start_step: int):
+        for batch in train_batches(self.builder, self.config, self.spec, start_step=start_step):
+            yield _select(batch, keys, sharding)
+
+    def eval_batches(self, keys: Sequence[str], sharding=None):
+        for batch in eval_batches(self.builder, self.config, self.spec):
+            yield _select(batch, (*keys, "valid"), sharding)
+
+    def examples(self, split: str, keys: Sequence[str], *, batch_size: int,
+                 limit: int | None = None):
+        ds = self.builder.as_dataset(split=split, shuffle_files=False)
+        if limit is not None:
+            ds = ds.take(limit)
+        ds = ds.map(lambda example: {k: example[k] for k in keys})
+        yield from ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+
+
+def _select(batch: dict, keys: Sequence[str], sharding) -> dict:
+    if sharding is None:
+        return {k: batch[k] for k in keys}
+    return device_batch(batch, keys, sharding)

@@ -10,6 +10,7 @@ from train.config import base_config
 def get_config():
     c = base_config()
     c.dataset = "digits"
+    c.input = "memory"  # held and augmented on the devices; no TensorFlow
     c.image_size = 8
     c.mean, c.std = (0.25,), (0.35,)
     c.augment = "translate"

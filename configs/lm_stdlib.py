@@ -17,6 +17,7 @@ def get_config():
     c = base_config()
     c.task = "language"
     c.dataset = "stdlib_bytes"  # 256 + 1 bytes per example
+    c.input = "memory"  # held on the devices; no TensorFlow
     c.language.tokens_key = "tokens"
     c.language.vocab_size = 256
     c.model.name = "lm_cbsa_tiny"

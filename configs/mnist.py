@@ -18,6 +18,7 @@ from train.config import base_config
 def get_config():
     c = base_config()
     c.dataset = "mnist5k"
+    c.input = "memory"  # held and augmented on the devices; no TensorFlow
     c.image_size = 28
     c.mean, c.std = (0.13,), (0.31,)
     c.augment = "translate"

@@ -13,6 +13,7 @@ from train.config import base_config
 def get_config():
     c = base_config()
     c.dataset = "shapes"
+    c.input = "memory"  # held and augmented on the devices; no TensorFlow
     c.image_size = 32
     c.mean, c.std = (0.5,), (0.25,)
     c.augment = "flip"

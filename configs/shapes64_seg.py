@@ -17,6 +17,7 @@ def get_config():
     c = base_config()
     c.task = "segmentation"
     c.dataset = "shapes64"
+    c.input = "memory"  # held and augmented on the devices; no TensorFlow
     c.image_size = 64
     c.mean, c.std = (0.5,), (0.25,)
     c.augment = "flip"  # image and class map flip together

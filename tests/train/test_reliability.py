@@ -227,7 +227,8 @@ def test_a_non_finite_evaluation_is_never_the_best(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--config.data_dir=/dev/null/tfds"], "config.data_dir: cannot prepare 'digits'"),
+    (["--config.data_dir=/dev/null/tfds", "--config.input=tfds"],
+     "config.data_dir: cannot prepare 'digits'"),
     (["--config.model.name=cbt_mega"], "config.model.name must be one of"),
     (["--config.mesh.data=16"], "needs 16 devices"),
     (["--config.num_epochs"], "needs a value"),

@@ -39,10 +39,11 @@ def test_metrics_lines_and_summary(data_dir, tmp_path):
     assert os.listdir(tmp_path / "tensorboard")  # event files
 
 
-def test_resume_continues_exactly(data_dir, tmp_path):
+@pytest.mark.parametrize("input_", ["memory", "tfds"])
+def test_resume_continues_exactly(data_dir, tmp_path, input_):
     """Stopping at step 3 and resuming gives the run that never stopped, across an epoch
     boundary (5 steps per epoch here): same losses, same parameters."""
-    config = tiny_config(data_dir=data_dir, batch_size=256, num_train_steps=7)
+    config = tiny_config(data_dir=data_dir, batch_size=256, num_train_steps=7, input=input_)
     straight = tmp_path / "straight"
     loop.run(config, str(straight))
     resumed = tmp_path / "resumed"
@@ -71,7 +72,7 @@ def test_a_run_restarted_with_the_same_command_picks_up_where_it_stopped(data_di
 def test_one_step_and_resume_on_mock_tfds_data(tmp_path, name, augment, resume):
     """Any TFDS classification dataset by name, here through tfds.testing.mock_data."""
     mock_dir = str(tmp_path / "tfds")
-    kw = dict(dataset=name, image_size=32,
+    kw = dict(dataset=name, image_size=32, input="tfds",
               augment=augment, eval_crop_fraction=0.875, batch_size=8, num_train_steps=1,
               checkpoint_every_steps=1, eval_split="validation" if "imagenet" in name else "test",
               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -106,10 +107,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_give_the_single_process_loss(data_dir, tmp_path):
+@pytest.mark.parametrize("input_", ["memory", "tfds"])
+def test_two_processes_give_the_single_process_loss(data_dir, tmp_path, input_):
     """jax.distributed on localhost with gloo CPU collectives: each process reads its data shard
     and the global batch equals the one a single process reads with data_shards=2."""
-    kw = dict(num_train_steps=3, data_shards=2)
+    kw = dict(num_train_steps=3, data_shards=2, input=input_)
     loop.run(tiny_config(data_dir=data_dir, **kw), str(tmp_path / "single"))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
@@ -117,7 +119,7 @@ def test_two_processes_give_the_single_process_loss(data_dir, tmp_path):
     flags = [f"--config.{k}={v}" for k, v in {
         "data_dir": data_dir, "model.depth": 1, "batch_size": 32, "num_train_steps": 3,
         "log_every_steps": 1, "eval_every_steps": 1000, "checkpoint_every_steps": 1000,
-        "warmup_epochs": 0.0, "progress": False, "data_shards": 2}.items()]
+        "warmup_epochs": 0.0, "progress": False, "data_shards": 2, "input": input_}.items()]
     procs = [subprocess.Popen(
         [sys.executable, "-m", "train", "--workdir", str(tmp_path / "multi"),
          "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
@@ -149,9 +151,15 @@ def _main(args, capsys):
     (["--config.optimizer=adam"], "config.optimizer must be one of"),
     (["--config", "configs/nope.py"], "--config: no config file at configs/nope.py"),
     (["--config.dataset=no_such_dataset_xyz"], "unknown dataset 'no_such_dataset_xyz'"),
+    (["--config.dataset=no_such_dataset_xyz", "--config.input=tfds"],
+     "unknown dataset 'no_such_dataset_xyz' (not a local builder"),
+    (["--config.augment=crop_flip"], "config.augment must be one of ('none', 'flip', "
+                                     "'translate') with config.input='memory'"),
+    (["--config.input=host"], "config.input must be one of ('tfds', 'memory')"),
     (["--config.image_size=9"], "must be divisible by the patch size 2"),
     (["--config.batch_size=36", "--config.mesh.data=8"], "not divisible by the 8"),
-    (["--config.data_dir=/nonexistent/dir", "--config.dataset=mnist"], "cannot prepare 'mnist'"),
+    (["--config.data_dir=/nonexistent/dir", "--config.dataset=mnist", "--config.input=tfds"],
+     "cannot prepare 'mnist'"),
 ])
 def test_bad_configs_exit_2_with_one_line(data_dir, tmp_path, capsys, args, message):
     code, err = _main(["--workdir", str(tmp_path), f"--config.data_dir={data_dir}", *args],

@@ -118,6 +118,9 @@ def task_facts(features: Features, config: ml_collections.ConfigDict
     size = image_size(config)
     if config.task == "classification":
         _require(features, config, "image", "label")
+        if features["label"][1] is None:
+            raise DataError(f"config.dataset: the 'label' of {config.dataset!r} is not a class "
+                            f"label (no number of classes)")
         return int(features["label"][1]), int(features["image"][0][-1]), size
     if config.task == "segmentation":
         seg = config.segmentation

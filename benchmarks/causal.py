@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Sequence
 
 import jax
@@ -55,7 +56,7 @@ def build(name: str, n: int, mode: str, cfg: argparse.Namespace):
         args = tuple(normal(shape) for _ in range(3))
 
         def out(q, k, v):
-            return att.causal_softmax(q, k, v)[0]
+            return att.causal_softmax(q, k, v, implementation=cfg.implementation)[0]
     elif name == "linear":
         args = tuple(normal(shape) for _ in range(3))
 
@@ -143,6 +144,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=64, help="CBSA / linear scan chunk")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--implementation", default=None, choices=("xla", "cudnn"),
+                   help="jax.nn.dot_product_attention's implementation for causal softmax "
+                        "(default: JAX's choice; cudnn: the fused flash kernel on a GPU, "
+                        "bfloat16)")
     p.add_argument("--memory_budget_gb", type=float, default=h.default_memory_budget_gb())
     p.add_argument("--target_s", type=float, default=2.0, help="timing budget per row")
     p.add_argument("--repeats", type=int, default=3, help="at least this many timed calls")
@@ -160,6 +165,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse_args(argv)
+    started = time.perf_counter()
     info = h.machine_info()
     config = {k: (v.name if isinstance(v, np.dtype) else v) for k, v in vars(cfg).items()}
     payload = {"benchmark": "causal", "command": "python -m benchmarks.causal "
@@ -176,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 payload["rows"].append(row)
                 print("  " + "  ".join(fn(row) for _, _, fn in COLUMNS), flush=True)
                 payload["summary"] = summarise(payload["rows"])
+                payload["wall_s"] = round(time.perf_counter() - started, 1)
                 h.write_json(cfg.json, payload)
     print()
     print(h.table(payload["rows"], COLUMNS))

@@ -22,14 +22,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from benchmarks import _baseline
 from benchmarks import _harness as h
-from benchmarks._step import cpu_compiler_options, host_initialised, make_step
+from benchmarks._params import host_initialised
 from benchmarks.attention import grid_for_tokens
 from cbsa_jax import attention as att
-from cbsa_jax import unroll
+from cbsa_jax import training, unroll
 from cbsa_jax.models import create
 from cbsa_jax.representatives import GridPooling
 
@@ -92,24 +93,26 @@ def compare_train(name: str = "cbt_small", *, batch: int = 8, image_size: int = 
                   rounds: int = 3) -> list[dict]:
     """The train step of preset `name` three ways, interleaved: the ISTA step as before with XLA's
     default options, the current ISTA step with XLA's defaults, and the current ISTA step with the
-    benchmarks' tuned options (YNNPACK without convolutions on the CPU)."""
+    training program's options (`cbsa_jax.training.compiler_options()`)."""
     abstract = nnx.eval_shape(lambda: create(name, num_classes=1000, image_size=image_size))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((batch, image_size, image_size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 1000, batch), jnp.int32)
     variants = [("ista before, XLA defaults", _baseline.ista_step, {}),
                 ("ista after, XLA defaults", unroll.ista_step, {}),
-                ("ista after, tuned options", unroll.ista_step, cpu_compiler_options())]
+                ("ista after, training options", unroll.ista_step, training.compiler_options())]
+    batch_j = {"image": images, "label": labels}
     runs = []
     for label, ista, options in variants:
-        step, state = make_step(host_initialised(abstract))
+        step, state = training.classification_step(
+            host_initialised(abstract), optax.adamw(1e-4, weight_decay=0.05), num_classes=1000,
+            options=options)
         original = unroll.ista_step
         unroll.ista_step = ista  # what nn.layers.ISTA calls, looked up when traced
         try:
-            lowered = step.lower(state, images, labels)
+            compiled = step.compile(state, batch_j)
         finally:
             unroll.ista_step = original
-        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
         flops = h.cost_analysis(compiled)["flops"]
         runs.append({"label": label, "compiled": compiled, "state": state, "flops": flops,
                      "times": []})
@@ -117,8 +120,8 @@ def compare_train(name: str = "cbt_small", *, batch: int = 8, image_size: int = 
     for r in range(rounds + 1):  # round 0 is the warm-up
         for run in runs:
             t0 = time.perf_counter()
-            run["state"], loss = run["compiled"](run["state"], images, labels)
-            jax.block_until_ready(loss)
+            run["state"], metrics = run["compiled"](run["state"], batch_j)
+            jax.block_until_ready(metrics["loss"])
             if r:
                 run["times"].append(time.perf_counter() - t0)
                 probe.sample()

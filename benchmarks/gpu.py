@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from benchmarks import _harness as h
 from benchmarks import attention as attention_bench
 from benchmarks import models as models_bench
-from benchmarks._step import cpu_compiler_options
+from cbsa_jax import training
 
 PEAKS_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l4": 121.0}
 DEFAULT_PEAK = 989.0
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 row = models_bench.train_throughput(
                     name, batch=args.batch, image_size=args.image_size, dtype=jnp.bfloat16,
                     repeats=args.repeats, matmul_n=args.matmul_n,
-                    compiler_options=cpu_compiler_options())
+                    compiler_options=training.compiler_options())
                 row["mfu"] = row["achieved_gflops"] / (peak * 1e3)  # GFLOP/s over TFLOP/s
             except Exception as e:  # noqa: BLE001 (e.g. out of memory at this batch)
                 row = {"preset": name, "batch": args.batch, "image_size": args.image_size,

@@ -14,14 +14,15 @@ executes the forward, and with the ISTA step associated as the reference compute
 one. Batch 1, at 224 x 224; the `nano` presets (4 x 4 patches, 4 x 4 cells) at their natural
 32 x 32. Models are abstract (`nnx.eval_shape`): nothing big is allocated.
 
-Table 2 (`--train-presets`, default CBT-T and CBT-S at 224 x 224, batch 8): one AdamW train step
-(`benchmarks/_step.py`: cross-entropy, `nnx.split` / `nnx.merge`, donated state), its median time
-after a warm-up, images/s, the step's FLOPs from cost analysis and the achieved GFLOP/s, beside
-the machine's float32 matmul rate (a 2048 x 2048 x 2048 product) timed between the steps, so
+Table 2 (`--train-presets`, default CBT-T and CBT-S at 224 x 224, batch 8): the train step
+`python -m train` compiles for a classification run with AdamW (`cbsa_jax.training`: the
+classification task's step, the state donated and passed flat), its median time after a
+warm-up, images/s, the step's FLOPs from cost analysis and the achieved GFLOP/s, beside the
+machine's float32 matmul rate (a 2048 x 2048 x 2048 product) timed between the steps, so
 both saw the same load: `fraction` is achieved / matmul. The step is compiled as
-`--train-variants` says: `tuned` (default; on the CPU, XLA's YNNPACK library fusions without
-convolutions, whose weight gradients are slow there; see `benchmarks/_step.py`) and/or
-`xla-default`.
+`--train-variants` says: `train` (default; the options the training program uses,
+`cbsa_jax.training.compiler_options()`) and/or `xla-default`. The process's malloc is set as
+`python -m train` sets it (`--allocator default` leaves glibc's defaults).
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from benchmarks import _harness as h
 from benchmarks import _macs
-from benchmarks._step import cpu_compiler_options, host_initialised, make_step
+from benchmarks._params import host_initialised
+from cbsa_jax import training
 from cbsa_jax.models import PRESETS, create
 
 DEFAULT_TRAIN = ("cbt_tiny", "cbt_small")
@@ -90,20 +93,20 @@ def train_throughput(name: str, *, batch: int = 8, image_size: int = 224,
                      compiler_options: dict | None = None) -> dict:
     """Median train-step time of preset `name`, and the matmul rate timed between the steps.
 
-    `compiler_options` are XLA options for the step's compilation (None: XLA's defaults).
+    `compiler_options` are XLA options for the step's compilation (empty: XLA's defaults).
     """
     size = image_size
     abstract = nnx.eval_shape(lambda: create(name, num_classes=num_classes, image_size=size,
                                              dtype=dtype))
     model = host_initialised(abstract, seed)
-    step, state = make_step(model)
+    step, leaves = training.classification_step(model, optax.adamw(1e-4, weight_decay=0.05),
+                                                num_classes=num_classes,
+                                                options=compiler_options or {})
     rng = np.random.default_rng(seed)
-    images = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
+    batch_j = {"image": jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32),
+               "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)}
     t0 = time.perf_counter()
-    lowered = step.lower(state, images, labels)
-    compiled = (lowered.compile(compiler_options=compiler_options) if compiler_options
-                else lowered.compile())
+    compiled = step.compile(leaves, batch_j)
     compile_s = time.perf_counter() - t0
     cost = h.cost_analysis(compiled)
     mem = h.memory_analysis(compiled)
@@ -111,8 +114,8 @@ def train_throughput(name: str, *, batch: int = 8, image_size: int = 224,
     times = []
     for i in range(repeats + 1):  # the first call is the warm-up
         t0 = time.perf_counter()
-        state, loss = compiled(state, images, labels)
-        jax.block_until_ready((state, loss))
+        leaves, metrics = compiled(leaves, batch_j)
+        jax.block_until_ready((leaves, metrics))
         if i:
             times.append(time.perf_counter() - t0)
             for _ in range(3):  # the matmul rate under the same load, step by step
@@ -128,10 +131,10 @@ def train_throughput(name: str, *, batch: int = 8, image_size: int = 224,
             "repeats": len(times), "times_ms": [t * 1e3 for t in times],
             "peak_mb": mem["peak"] / h.MB, "compile_s": compile_s,
             "compiler_options": dict(compiler_options or {}),
-            "loss": float(loss), "rss_peak_mb": h.rss_peak_mb()}
+            "loss": float(metrics["loss"]), "rss_peak_mb": h.rss_peak_mb()}
 
 
-VARIANTS = {"tuned": cpu_compiler_options, "xla-default": dict}
+VARIANTS = {"train": training.compiler_options, "xla-default": dict}
 
 PRESET_COLUMNS = [
     ("preset", "<", lambda r: r["preset"]),
@@ -177,10 +180,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hugepages", action="store_true",
                    help="restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge "
                         "pages for XLA's per-call buffers; see docs/performance.md)")
-    p.add_argument("--train-variants", default="tuned",
-                   help="comma-separated compilations of the train step: 'tuned' (on the CPU, "
-                        "YNNPACK without convolutions, see benchmarks/_step.py) and/or "
-                        "'xla-default'")
+    p.add_argument("--train-variants", default="train",
+                   help="comma-separated compilations of the train step: 'train' (the options "
+                        "python -m train uses) and/or 'xla-default'")
+    p.add_argument("--allocator", default="train", choices=("train", "default"),
+                   help="'train': malloc as python -m train sets it; 'default': glibc's")
     args = p.parse_args(argv)
     args.train_variants = h.parse_list(args.train_variants)
     h.check_choices(p, args.train_variants, VARIANTS, "train variant", "variants")
@@ -194,7 +198,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.hugepages:
         h.reexec_with_hugepages("benchmarks.models", argv)
+    allocator = (training.configure_host_allocator() if args.allocator == "train"
+                 else {"applied": False, "reason": "--allocator default"})
     info = h.machine_info()
+    info["allocator"] = allocator
     payload = {"benchmark": "models", "machine": info, "config": vars(args), "presets": [],
                "train": []}
     print(f"# models benchmark, {info['date']}, {info['processor']} ({info['cpu_count']} cores, "

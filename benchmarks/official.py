@@ -24,14 +24,17 @@ pool does, and the minima show what each side does when it has the cores), and t
 median CPU seconds per call (meaningful with one thread a side: `taskset -c 0 ... --threads 1`
 compares one core against one core, which other processes disturb least). PyTorch runs with
 `torch.set_num_threads(os.cpu_count())` (or the cores `taskset` leaves it), JAX calls end with
-`block_until_ready`. This library's executables are compiled with the benchmarks' train-step options
-(`--ours-options tuned`: on the CPU, XLA's YNNPACK fusions without its convolutions,
-`benchmarks/_step.py`) or XLA's defaults (`--ours-options xla-default`), and take the model's arrays
-as flat lists rather than `nnx.State` (whose per-`Variable` flattening in Python costs time in
-the small cases; `benchmarks/_step.py`). `--hugepages` restarts the process with glibc's malloc
-asking for transparent huge pages (both frameworks alike): XLA:CPU maps its per-call buffers afresh
-at every call, and otherwise every train step page-faults them in again in 4 KiB pages
-(docs/results/official_run4.json against official_hugepages.json; docs/performance.md).
+`block_until_ready`.
+
+Ours is what `python -m train` runs: the train step is `cbsa_jax.training`'s, built by
+`make_task` from the classification task and compiled by `compile_step` exactly as
+`train/loop.py` does (the state donated and passed as a flat list of arrays, the compiler options
+of `cbsa_jax.training.compiler_options()`, chosen from the backend and the processor's
+instruction set); the layer and inference cases use the same options (`--ours-options
+xla-default` compiles with XLA's defaults instead). The process's malloc is set as `python -m
+train` sets it (`cbsa_jax.training.configure_host_allocator`, one process: both frameworks alike;
+`--allocator default` leaves glibc's defaults). `--hugepages` restarts the process with glibc's
+malloc asking for transparent huge pages (both frameworks alike; docs/performance.md).
 
 Cases (`--parts`):
 - `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
@@ -39,8 +42,15 @@ Cases (`--parts`):
   N = g^2 + 1 tokens (`--sizes`).
 - `train`: one training step of CBT-T / CBT-S at 224 x 224 (`--presets`, `--train-batches`):
   forward in train mode (BatchNorm batch statistics), softmax cross-entropy, backward, AdamW
-  update (lr 1e-4, weight decay 0.05; torch.optim.AdamW, optax.adamw with the state donated).
+  update (lr 1e-4, weight decay 0.05; torch.optim.AdamW against the training program's step with
+  optax.adamw, which also computes the gradient norm, guards against a non-finite step and
+  returns its metrics, as every training step does).
 - `infer`: the eval-mode forward (`--infer-batches`); torch under `torch.inference_mode()`.
+
+On a GPU (JAX's backend is "gpu"; torch must see a CUDA device too) both models run on it, and
+`--dtype bfloat16` gives ours bfloat16 compute and the official model `torch.autocast(bfloat16)`,
+both with float32 parameters; every train and inference row records XLA's FLOPs of our step
+(`gflop`), from which `benchmarks.device_check` reports the MFU.
 
 Nothing is asserted about the times; the JSON records the machine and its load average.
 """
@@ -48,6 +58,7 @@ Nothing is asserted about the times; the JSON records the machine and its load a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 import os
@@ -63,14 +74,15 @@ import optax
 from flax import nnx
 
 from benchmarks import _harness as h
-from benchmarks._step import cpu_compiler_options, make_step
+from cbsa_jax import training
 from cbsa_jax.convert import cbt_from_torch
 from cbsa_jax.models import PRESETS
 
 PARTS = ("layer", "train", "infer")
-# how this library's executables are compiled: the benchmarks' train-step options (on the CPU,
-# XLA's YNNPACK fusions without its convolutions, see benchmarks/_step.py) or XLA's defaults
-OPTIONS = {"tuned": cpu_compiler_options, "xla-default": dict}
+# how this library's executables are compiled: as the training program compiles its steps
+# (cbsa_jax.training.compiler_options) or with XLA's defaults
+OPTIONS = {"train": training.compiler_options, "xla-default": dict}
+ALLOCATORS = ("train", "default")
 OFFICIAL_MODULE = "cbsa_official_models"
 
 
@@ -114,14 +126,16 @@ def official_cbt(official, torch, preset: str, *, image_size: int, num_classes: 
     return net
 
 
-def ours_from(net, preset: str, *, image_size: int, num_classes: int, depth: int | None = None):
-    """The same weights in this library's model, through the converter (eval mode)."""
+def ours_from(net, preset: str, *, image_size: int, num_classes: int, depth: int | None = None,
+              dtype=None):
+    """The same weights in this library's model, through the converter (eval mode); `dtype` is
+    the compute dtype (None: float32), the parameters stay float32."""
     cfg = PRESETS[preset]
     state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
     return cbt_from_torch(state, image_size=image_size, patch_size=cfg.patch_size,
                           num_classes=num_classes, dim=cfg.dim,
                           depth=cfg.depth if depth is None else depth, heads=cfg.heads,
-                          dim_head=cfg.dim_head)
+                          dim_head=cfg.dim_head, dtype=dtype)
 
 
 def max_rel_diff(a, b) -> float:
@@ -131,6 +145,36 @@ def max_rel_diff(a, b) -> float:
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         worst = max(worst, float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-30))
     return worst
+
+
+class Torch:
+    """The official side's device and precision: `device` "cpu" or "cuda"; with `bfloat16`, its
+    forward passes run under `torch.autocast(bfloat16)` (parameters float32, as ours). Calls on a
+    GPU end with `torch.cuda.synchronize()` so that a timed call includes its kernels."""
+
+    def __init__(self, torch, device: str = "cpu", bfloat16: bool = False):
+        self.torch, self.device, self.bfloat16 = torch, device, bfloat16
+
+    def module(self, net):
+        return net.to(self.device)
+
+    def tensor(self, array: np.ndarray, grad: bool = False):
+        t = self.torch.from_numpy(array).to(self.device)
+        return t.requires_grad_(True) if grad else t
+
+    def autocast(self):
+        if not self.bfloat16:
+            return contextlib.nullcontext()
+        return self.torch.autocast(self.device, dtype=self.torch.bfloat16)
+
+    def sync(self, value=None):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        return value
+
+    @staticmethod
+    def numpy(t) -> np.ndarray:
+        return t.detach().float().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,8 +243,8 @@ def _skipped(case: str, what: str, status: str, diff: float | None = None, **ext
 # the cases
 
 
-def layer_case(official, torch, n: int, *, preset: str = "cbt_small", rounds: int,
-               target_s: float, tolerance: float, options: dict | None = None,
+def layer_case(official, side: Torch, n: int, *, preset: str = "cbt_small", rounds: int,
+               target_s: float, tolerance: float, options: dict | None = None, dtype=None,
                seed: int = 0) -> dict:
     """The CBSA layer of `preset` (with projections), fwd+bwd at batch 1 and n = g^2 + 1."""
     g = math.isqrt(n - 1)
@@ -209,27 +253,30 @@ def layer_case(official, torch, n: int, *, preset: str = "cbt_small", rounds: in
     cfg = PRESETS[preset]
     what = f"CBSA layer D={cfg.dim} H={cfg.heads}, fwd+bwd, batch 1"
     size = g * cfg.patch_size
-    net = official_cbt(official, torch, preset, image_size=size, num_classes=10, depth=1,
+    net = official_cbt(official, side.torch, preset, image_size=size, num_classes=10, depth=1,
                        seed=seed)
-    layer_t = net.transformer.layers[0][0].fn
-    model = ours_from(net, preset, image_size=size, num_classes=10, depth=1)
+    layer_t = side.module(net.transformer.layers[0][0].fn)
+    model = ours_from(net, preset, image_size=size, num_classes=10, depth=1, dtype=dtype)
     layer_j = model.blocks[0].attn
     graphdef, params = nnx.split(layer_j)
 
     x_np = np.random.default_rng(seed).standard_normal((1, n, cfg.dim)).astype(np.float32)
-    x_t = torch.from_numpy(x_np).requires_grad_(True)
+    x_t = side.tensor(x_np, grad=True)
     t_params = [x_t, *layer_t.parameters()]
 
     def torch_call():
         for p in t_params:
             p.grad = None
-        layer_t(x_t).sum().backward()
-        return [x_t.grad, *(p.grad for p in t_params[1:])]
+        with side.autocast():
+            out = layer_t(x_t).float().sum()
+        out.backward()
+        return side.sync([x_t.grad, *(p.grad for p in t_params[1:])])
 
-    params, params_def = jax.tree.flatten(params)  # flat arrays: see benchmarks/_step.py
+    params, params_def = jax.tree.flatten(params)  # flat arrays, as cbsa_jax.training passes
 
     def loss(params, x):
-        return jnp.sum(nnx.merge(graphdef, jax.tree.unflatten(params_def, params))(x, grid=(g, g)))
+        out = nnx.merge(graphdef, jax.tree.unflatten(params_def, params))(x, grid=(g, g))
+        return jnp.sum(out.astype(jnp.float32))
 
     x_j = jnp.asarray(x_np)
     compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x_j).compile(
@@ -238,11 +285,12 @@ def layer_case(official, torch, n: int, *, preset: str = "cbt_small", rounds: in
     def ours_call():
         return jax.block_until_ready(compiled(params, x_j))
 
-    out_t = layer_t(x_t).detach().numpy()
-    out_j = np.asarray(layer_j(x_j, grid=(g, g)))
+    with side.autocast():
+        out_t = side.numpy(layer_t(x_t))
+    out_j = np.asarray(layer_j(x_j, grid=(g, g)), np.float32)
     grads_t = torch_call()
     _, (_, gx_j) = ours_call()
-    diff = max_rel_diff([out_j, np.asarray(gx_j)], [out_t, grads_t[0].numpy()])
+    diff = max_rel_diff([out_j, np.asarray(gx_j, np.float32)], [out_t, side.numpy(grads_t[0])])
     if not diff <= tolerance:
         return _skipped("layer", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
                         N=n)
@@ -257,87 +305,97 @@ def _images(batch: int, size: int, num_classes: int, seed: int):
     return images, rng.integers(0, num_classes, batch)
 
 
-def train_case(official, torch, preset: str, batch: int, *, image_size: int, num_classes: int,
-               rounds: int, target_s: float, tolerance: float, budget_gb: float,
-               options: dict | None = None, seed: int = 0) -> dict:
+def train_case(official, side: Torch, preset: str, batch: int, *, image_size: int,
+               num_classes: int, rounds: int, target_s: float, tolerance: float,
+               budget_gb: float, options: dict | None = None, dtype=None,
+               seed: int = 0) -> dict:
     """One AdamW step (train-mode forward, cross-entropy, backward, update) of both models."""
     what = f"{preset} train step (fwd+bwd+AdamW), batch {batch}, {image_size}"
     base = {"preset": preset, "batch": batch}
-    net = official_cbt(official, torch, preset, image_size=image_size, num_classes=num_classes,
-                       seed=seed)
-    model = ours_from(net, preset, image_size=image_size, num_classes=num_classes)
+    torch = side.torch
+    net = side.module(official_cbt(official, torch, preset, image_size=image_size,
+                                   num_classes=num_classes, seed=seed))
+    model = ours_from(net, preset, image_size=image_size, num_classes=num_classes, dtype=dtype)
     images_np, labels_np = _images(batch, image_size, num_classes, seed)
+    images_t, labels_t = side.tensor(images_np), side.tensor(labels_np)
 
     # train-mode forward of both, before any update
     net.train()
     model.train()
-    logits_t = net(torch.from_numpy(images_np)).detach().numpy()
+    with side.autocast():
+        logits_t = side.numpy(net(images_t))
     probe = nnx.clone(model)
-    logits_j = np.asarray(probe(jnp.asarray(images_np.transpose(0, 2, 3, 1))))
+    logits_j = np.asarray(probe(jnp.asarray(images_np.transpose(0, 2, 3, 1))), np.float32)
     diff = max_rel_diff([logits_j], [logits_t])
     if not diff <= tolerance:
         return _skipped("train", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
                         **base)
 
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
-    images_t, labels_t = torch.from_numpy(images_np), torch.from_numpy(labels_np)
 
     def torch_call():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(images_t), labels_t)
+        with side.autocast():
+            logits = net(images_t)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels_t)
         loss.backward()
         opt.step()
-        return loss
+        return side.sync(loss)
 
-    step, state = make_step(model, optax.adamw(1e-4, weight_decay=0.05))
-    images_j = jnp.asarray(images_np.transpose(0, 2, 3, 1))
-    labels_j = jnp.asarray(labels_np, jnp.int32)
-    compiled = step.lower(state, images_j, labels_j).compile(compiler_options=options)
+    # the training program's step (train/loop.py's Experiment.train_step), on one device
+    step, leaves = training.classification_step(model, optax.adamw(1e-4, weight_decay=0.05),
+                                                num_classes=num_classes, options=options)
+    batch_j = {"image": jnp.asarray(images_np.transpose(0, 2, 3, 1)),
+               "label": jnp.asarray(labels_np, jnp.int32)}
+    compiled = step.compile(leaves, batch_j)
     peak_gb = h.memory_analysis(compiled)["peak"] / h.GB
     if peak_gb > budget_gb:
         return _skipped("train", what, f"oom (estimated {peak_gb:.1f} GB > {budget_gb} GB)",
                         diff, **base)
-    holder = [state]
+    holder = [leaves]
 
     def ours_call():
-        holder[0], loss = compiled(holder[0], images_j, labels_j)
-        return jax.block_until_ready(loss)
+        holder[0], metrics = step(holder[0], batch_j)
+        return jax.block_until_ready(metrics["loss"])
 
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
                         target_s=target_s)
-    return _row("train", what, times, diff, peak_mb=peak_gb * 1e3, **base)
+    return _row("train", what, times, diff, peak_mb=peak_gb * 1e3,
+                gflop=h.cost_analysis(compiled)["flops"] / 1e9, **base)
 
 
-def infer_case(official, torch, preset: str, batch: int, *, image_size: int, num_classes: int,
-               rounds: int, target_s: float, tolerance: float, options: dict | None = None,
-               seed: int = 0) -> dict:
+def infer_case(official, side: Torch, preset: str, batch: int, *, image_size: int,
+               num_classes: int, rounds: int, target_s: float, tolerance: float,
+               options: dict | None = None, dtype=None, seed: int = 0) -> dict:
     """The eval-mode forward of both models."""
     what = f"{preset} inference (eval forward), batch {batch}, {image_size}"
-    net = official_cbt(official, torch, preset, image_size=image_size, num_classes=num_classes,
-                       seed=seed).eval()
-    model = ours_from(net, preset, image_size=image_size, num_classes=num_classes)
+    torch = side.torch
+    net = side.module(official_cbt(official, torch, preset, image_size=image_size,
+                                   num_classes=num_classes, seed=seed).eval())
+    model = ours_from(net, preset, image_size=image_size, num_classes=num_classes, dtype=dtype)
     graphdef, state = nnx.split(model)
-    state, state_def = jax.tree.flatten(state)  # flat arrays: see benchmarks/_step.py
+    state, state_def = jax.tree.flatten(state)  # flat arrays, as cbsa_jax.training passes
     images_np, _ = _images(batch, image_size, num_classes, seed)
-    images_t = torch.from_numpy(images_np)
+    images_t = side.tensor(images_np)
     images_j = jnp.asarray(images_np.transpose(0, 2, 3, 1))
     compiled = jax.jit(lambda s, x: nnx.merge(graphdef, jax.tree.unflatten(state_def, s))(x)).lower(
         state, images_j).compile(compiler_options=options)
 
     def torch_call():
-        with torch.inference_mode():
-            return net(images_t)
+        with torch.inference_mode(), side.autocast():
+            return side.sync(net(images_t))
 
     def ours_call():
         return jax.block_until_ready(compiled(state, images_j))
 
-    diff = max_rel_diff([np.asarray(ours_call())], [torch_call().numpy()])
+    diff = max_rel_diff([np.asarray(ours_call(), np.float32)], [side.numpy(torch_call())])
     if not diff <= tolerance:
         return _skipped("infer", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
                         preset=preset, batch=batch)
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
                         target_s=target_s)
-    return _row("infer", what, times, diff, preset=preset, batch=batch)
+    return _row("infer", what, times, diff, preset=preset, batch=batch,
+                gflop=h.cost_analysis(compiled)["flops"] / 1e9)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,13 +442,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case")
     p.add_argument("--target-s", type=float, default=0.5,
                    help="time per round and side, roughly (at least one call)")
-    p.add_argument("--tolerance", type=float, default=1e-3,
-                   help="largest max-relative difference of the outputs before a case is timed")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest max-relative difference of the outputs before a case is timed "
+                        "(default 1e-3 in float32, 5e-2 in bfloat16)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype: bfloat16 runs ours with bfloat16 compute and the official "
+                        "model under torch.autocast(bfloat16), both with float32 parameters")
     p.add_argument("--memory-budget-gb", type=float, default=h.default_memory_budget_gb())
-    p.add_argument("--ours-options", default="tuned", choices=sorted(OPTIONS),
-                   help="XLA compile options of this library's executables: 'tuned' (the "
-                        "benchmarks' train-step options: on the CPU, YNNPACK without "
-                        "convolutions) or 'xla-default'")
+    p.add_argument("--ours-options", default="train", choices=sorted(OPTIONS),
+                   help="XLA compile options of this library's executables: 'train' (those "
+                        "python -m train compiles its steps with) or 'xla-default'")
+    p.add_argument("--allocator", default="train", choices=ALLOCATORS,
+                   help="'train': the process's malloc as python -m train sets it "
+                        "(cbsa_jax.training.configure_host_allocator; both frameworks, one "
+                        "process); 'default': glibc's own")
     p.add_argument("--hugepages", action="store_true",
                    help="restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge "
                         "pages for large allocations, both frameworks alike: XLA's per-call "
@@ -408,6 +473,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.sizes = h.parse_list(args.sizes, int)
     args.train_batches = h.parse_list(args.train_batches, int)
     args.infer_batches = h.parse_list(args.infer_batches, int)
+    if args.tolerance is None:
+        args.tolerance = 1e-3 if args.dtype == "float32" else 5e-2
     return args
 
 
@@ -415,35 +482,48 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.hugepages:
         h.reexec_with_hugepages("benchmarks.official", argv)
+    allocator = (training.configure_host_allocator() if args.allocator == "train"
+                 else {"applied": False, "reason": "--allocator default"})
     try:
         import torch
     except ImportError as e:
         raise SystemExit("benchmarks.official needs PyTorch: pip install -e '.[compare]'") from e
     official = load_official(args.repo)
     torch.set_num_threads(args.threads)
+    gpu = jax.default_backend() == "gpu"
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit("benchmarks.official: JAX runs on a GPU but torch sees none; both "
+                         "frameworks must run on the same device")
+    side = Torch(torch, "cuda" if gpu else "cpu", bfloat16=args.dtype == "bfloat16")
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
     info = h.machine_info()
-    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                torch_device=side.device, allocator=allocator)
     config = {k: v for k, v in vars(args).items()}
-    payload = {"benchmark": "official", "machine": info, "config": config, "rows": []}
+    command = "python -m benchmarks.official " + " ".join(sys.argv[1:] if argv is None else argv)
+    payload = {"benchmark": "official", "command": command, "machine": info, "config": config,
+               "rows": []}
     print(f"# ours / official PyTorch CBT, {info['date']}, {info['processor']} "
           f"({info['cpu_count']} cores), jax {info['jax']}, torch {info['torch']} "
           f"({info['torch_threads']} threads); huge pages "
-          f"{'on' if h.hugepages_enabled() else 'off'}; load average {info['load_average']}",
+          f"{'on' if h.hugepages_enabled() else 'off'}; malloc "
+          f"{'as python -m train sets it' if allocator['applied'] else 'glibc defaults'}; "
+          f"load average {info['load_average']}",
           flush=True)
     common = dict(rounds=args.rounds, target_s=args.target_s, tolerance=args.tolerance,
-                  options=OPTIONS[args.ours_options]() or None)
+                  options=OPTIONS[args.ours_options]() or None, dtype=dtype)
     info["ours_compiler_options"] = common["options"] or {}
     jobs = []
     if "layer" in args.parts:
-        jobs += [lambda n=n: layer_case(official, torch, n, preset=args.layer_preset, **common)
+        jobs += [lambda n=n: layer_case(official, side, n, preset=args.layer_preset, **common)
                  for n in args.sizes]
     model_kw = dict(image_size=args.image_size, num_classes=args.num_classes, **common)
     if "train" in args.parts:
-        jobs += [lambda p=p, b=b: train_case(official, torch, p, b,
+        jobs += [lambda p=p, b=b: train_case(official, side, p, b,
                                              budget_gb=args.memory_budget_gb, **model_kw)
                  for b in args.train_batches for p in args.presets]
     if "infer" in args.parts:
-        jobs += [lambda p=p, b=b: infer_case(official, torch, p, b, **model_kw)
+        jobs += [lambda p=p, b=b: infer_case(official, side, p, b, **model_kw)
                  for b in args.infer_batches for p in args.presets]
     t_start = time.perf_counter()
     for job in jobs:

@@ -9,7 +9,9 @@ Nothing here times anything; `benchmarks/_harness.py` does.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -22,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 __all__ = ["MB", "GB", "memory_analysis", "cost_analysis", "count_params", "machine_info",
-           "cpu_model", "fmt", "table", "write_json", "parse_list"]
+           "HostCPU", "host_cpu", "cpu_model", "fmt", "table", "write_json", "parse_list"]
 
 MB = 1e6
 GB = 1e9
@@ -64,12 +66,57 @@ def count_params(model: nnx.Module) -> int:
 # the machine
 
 
+#: The instruction-set extensions that change what XLA:CPU and the libraries under it emit.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostCPU:
+    """What the host processor is: its vendor (`GenuineIntel`, `AuthenticAMD`, ...), model name
+    and the `ISA_FLAGS` it has. Read from /proc/cpuinfo at run time."""
+
+    vendor: str
+    model: str
+    isa: tuple[str, ...]
+
+    def has(self, *flags: str) -> bool:
+        return all(f in self.isa for f in flags)
+
+
+@functools.cache
+def host_cpu() -> HostCPU:
+    """The `HostCPU` of this machine (empty vendor and ISA where /proc/cpuinfo is absent)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                key = key.strip()
+                if not sep:
+                    if fields:  # the first processor is enough
+                        break
+                    continue
+                fields.setdefault(key, value.strip())
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    return HostCPU(vendor=fields.get("vendor_id", ""),
+                   model=fields.get("model name", platform.processor() or "unknown"),
+                   isa=tuple(f for f in ISA_FLAGS if f in flags))
+
+
 def machine_info() -> dict[str, Any]:
+    """Where a result came from: date, processor (vendor, model, ISA), cores, jax, backend,
+    device, Python, glibc tunables, XLA flags, load average, huge pages, memory."""
     dev = jax.devices()[0]
+    cpu = host_cpu()
     info = {
         "date": datetime.date.today().isoformat(),
         "platform": platform.platform(),
-        "processor": cpu_model(),
+        "processor": cpu.model,
+        "cpu_vendor": cpu.vendor,
+        "cpu_isa": list(cpu.isa),
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
@@ -93,14 +140,7 @@ def machine_info() -> dict[str, Any]:
 
 def cpu_model() -> str:
     """The processor's model name (/proc/cpuinfo), or what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return host_cpu().model
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks._harness import time_call
-from benchmarks._step import fill_on_host
+from benchmarks._params import fill_on_host
 from cbsa_jax.convert import save_timm
 from cbsa_jax.models import create
 from cbsa_jax.reporting import machine_info, write_json

@@ -9,7 +9,7 @@ import math
 import numpy as np
 from flax import nnx
 
-from benchmarks._step import fill_on_host
+from benchmarks._params import fill_on_host
 from cbsa_jax.models import create
 from cbsa_jax.reporting import count_params
 

@@ -2,8 +2,9 @@
 
 config -> data -> mesh -> state -> loop -> checkpoints: `train.config`, `train.data` (the input:
 in device memory, or TFDS and tf.data; the data sets shipped here are in `train.datasets`),
-`train.mesh`, `train.steps` (the train and eval steps every task shares), `train.tasks`
-(classification, segmentation, language), `train.loop`, `train.checkpoint`.
+`train.mesh`, `train.tasks` (classification, segmentation, language; the train and eval steps
+every task shares, and their compilation, are `cbsa_jax.training`'s), `train.loop`,
+`train.checkpoint`.
 """
 
 import os

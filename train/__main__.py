@@ -7,6 +7,9 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or `--distributed` 
 
 Bad configs, unknown datasets, missing data and meshes that do not fit exit with code 2 and one
 line on stderr; a run stopped for a non-finite loss (config.nonfinite='stop') exits with code 3.
+
+The program sets the process's malloc for XLA:CPU's per-step buffers itself
+(`cbsa_jax.training.configure_host_allocator`; `CBSA_JAX_ALLOCATOR=default` leaves it alone).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 
 import jax
 
+from cbsa_jax import training
 from train import cli, loop
 from train import config as config_lib
 from train.checkpoint import CheckpointMismatch
@@ -64,6 +68,7 @@ def _init_distributed(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    training.configure_host_allocator()  # before the first step allocates anything
     try:
         args, overrides = parse_args(argv)
         config = cli.load_config(args.config, overrides)

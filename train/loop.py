@@ -20,13 +20,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from cbsa_jax import training
+from cbsa_jax.training import Task
 from train import config as config_lib
 from train import data as data_lib
 from train import mesh as mesh_lib
 from train import optim
 from train.checkpoint import Checkpointer
 from train.metrics import MetricsWriter, Progress
-from train.steps import Task, make_task
 from train.tasks import task_def
 
 __all__ = ["run", "experiment", "Experiment", "NonFiniteError", "load_experiment",
@@ -66,12 +67,13 @@ def _with_shardings(abstract, shardings):
                         abstract, shardings)
 
 
-def _evaluate(task: Task, eval_step, state, source: data_lib.Input,
+def _evaluate(task: Task, eval_step: training.CompiledStep, leaves, source: data_lib.Input,
               batch_sharding) -> dict[str, float]:
-    """Add up the task's eval sums over the whole eval split, then finalize them once."""
+    """Add up the task's eval sums over the whole eval split, then finalize them once
+    (`leaves`: the state, flat, as the compiled steps take it)."""
     totals = None
     for batch in source.eval_batches(task.definition.eval_keys, batch_sharding):
-        sums = jax.device_get(eval_step(state, batch))
+        sums = jax.device_get(eval_step(leaves, batch))
         sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
         totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
     return task.finalize(totals)
@@ -108,6 +110,22 @@ class Experiment:
         model.eval()
         return model
 
+    def train_step(self) -> training.CompiledStep:
+        """The compiled train step: state donated and sharded, passed flat, compiled with
+        `cbsa_jax.training.compiler_options()` (the benchmarks time this construction)."""
+        return training.compile_step(self.task.train_step, self.task.abstract_state,
+                                     state_shardings=self.state_sharding,
+                                     batch_sharding=self.batch_sharding,
+                                     out_sharding=mesh_lib.replicated(self.mesh))
+
+    def eval_step(self) -> training.CompiledStep:
+        """The compiled eval step (the state flat and kept, the sums replicated)."""
+        return training.compile_step(self.task.eval_step, self.task.abstract_state,
+                                     donate=False, returns_state=False,
+                                     state_shardings=self.state_sharding,
+                                     batch_sharding=self.batch_sharding,
+                                     out_sharding=mesh_lib.replicated(self.mesh))
+
     def meta(self, step: int, **extra) -> dict:
         """The JSON saved beside a checkpoint: enough to rebuild this experiment."""
         epoch, position = divmod(step, self.steps_per_epoch)
@@ -134,7 +152,7 @@ def experiment(config: ml_collections.ConfigDict, *, num_classes: int, channels:
     except ValueError as e:  # a model the dataset's shapes cannot feed: a config problem
         raise config_lib.ConfigError(f"config.model: {e}") from None
     tx = optim.make_optimizer(config, abstract_params, schedule)
-    task = make_task(config, definition, tx, schedule)
+    task = training.make_task(definition, tx, schedule, ema_decay=config.ema_decay)
     return Experiment(config=config, num_classes=num_classes, channels=channels,
                       image_size=size, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                       mesh=mesh, task=task,
@@ -159,7 +177,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                      image_size=spec.image_size, steps_per_epoch=spec.steps_per_epoch)
     task, state_sharding, batch_sharding = exp.task, exp.state_sharding, exp.batch_sharding
     steps_per_epoch, total_steps = exp.steps_per_epoch, exp.total_steps
-    replicated = mesh_lib.replicated(exp.mesh)
 
     ranking = task.ranking
     best_key = f"best_{ranking}"
@@ -179,14 +196,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
         state, best = init(jax.random.key(config.seed)), None
 
     writer = MetricsWriter(workdir, enabled=lead)
-    eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding),
-                        out_shardings=replicated)
+    eval_step = exp.eval_step()
 
-    def evaluate(state):
-        return _evaluate(task, eval_step, state, source, batch_sharding)
+    def evaluate(leaves):
+        return _evaluate(task, eval_step, leaves, source, batch_sharding)
 
     if config.eval_only:
-        metrics = evaluate(state)
+        metrics = evaluate(eval_step.flatten(state))
         writer.write(int(state.step), config.eval_split, metrics)
         writer.close()
         ckpt.close()
@@ -195,13 +211,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
             print(json.dumps(summary), flush=True)
         return summary
 
-    train_step = jax.jit(task.train_step, in_shardings=(state_sharding, batch_sharding),
-                         out_shardings=(state_sharding, replicated), donate_argnums=0)
+    train_step = exp.train_step()
     train_keys = task.definition.train_keys
     shown = task.definition.progress
     eval_every = config.eval_every_steps or steps_per_epoch
     ckpt_every = config.checkpoint_every_steps or steps_per_epoch
     step = int(state.step)
+    leaves = train_step.flatten(state)  # the state, flat, from here on (donated at every step)
+    del state
     batches = source.train_batches(train_keys, batch_sharding, start_step=step)
     progress = Progress(total_steps, step, enabled=lead and config.progress)
     pending: list[dict] = []
@@ -241,7 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
 
     with _Preemption() as preemption:
         while step < total_steps:
-            state, metrics = train_step(state, next(batches))
+            leaves, metrics = train_step(leaves, next(batches))
             step += 1
             window_steps += 1
             pending.append(metrics)
@@ -251,7 +268,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
             do_eval = step % eval_every == 0 or step == total_steps
             if do_eval:
                 flush_metrics(step)
-                last_eval = evaluate(state)
+                last_eval = evaluate(leaves)
                 window_start = time.perf_counter()  # images/s measures training only
                 writer.write(step, config.eval_split, last_eval)
                 progress.write(f"step {step}: {config.eval_split} {ranking} "
@@ -262,7 +279,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                                and np.isfinite(last_eval[ranking]))
                 if finite_eval and (best is None or last_eval[ranking] > best):
                     best = last_eval[ranking]
-                ckpt.save(step, state, exp.meta(step, **{best_key: best}),
+                ckpt.save(step, train_step.unflatten(leaves), exp.meta(step, **{best_key: best}),
                           metrics={ranking: last_eval[ranking]} if finite_eval else None)
             if stop:
                 stopped_by = "SIGTERM" if preemption.requested else "stop_at"

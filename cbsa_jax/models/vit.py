@@ -67,21 +67,29 @@ def _conv3x3_s2_space_to_depth(x, kernel):
     return jax.lax.conv_general_dilated(s, k, (1, 1), "VALID", dimension_numbers=_NHWC)
 
 
-@jax.custom_jvp
 def conv3x3_stride2(x, kernel):
     """3 x 3 convolution, stride 2, padding 1, no bias: NHWC `x`, HWIO `kernel`.
 
-    The value is XLA's convolution; the derivative with respect to `x` goes through the
-    space-to-depth form (`_conv3x3_s2_space_to_depth`), whose transpose, the input gradient, is a
-    stride-1 convolution of the output gradient plus a depth-to-space. XLA:CPU computes the
-    input gradient of the direct form as a convolution over the 2x zero-dilated output gradient,
-    4x the forward's multiply-adds (16/9 here). The kernel's derivative is the direct one.
-    Forward- and reverse-mode derivatives both work.
+    The value is XLA's convolution everywhere. On the CPU (chosen when the program is lowered,
+    `jax.lax.platform_dependent`) its derivative with respect to `x` goes through the
+    space-to-depth form (`conv3x3_stride2_cpu`); on other platforms it is XLA's own (cuDNN's on a
+    GPU). Forward- and reverse-mode derivatives both work.
     """
+    return jax.lax.platform_dependent(x, kernel, cpu=conv3x3_stride2_cpu,
+                                      default=_conv3x3_s2_direct)
+
+
+@jax.custom_jvp
+def conv3x3_stride2_cpu(x, kernel):
+    """`conv3x3_stride2` with the input derivative through the space-to-depth form
+    (`_conv3x3_s2_space_to_depth`), whose transpose, the input gradient, is a stride-1
+    convolution of the output gradient plus a depth-to-space. XLA:CPU computes the input
+    gradient of the direct form as a convolution over the 2x zero-dilated output gradient, 4x the
+    forward's multiply-adds (16/9 here). The kernel's derivative is the direct one."""
     return _conv3x3_s2_direct(x, kernel)
 
 
-@conv3x3_stride2.defjvp
+@conv3x3_stride2_cpu.defjvp
 def _conv3x3_stride2_jvp(primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents

@@ -39,6 +39,7 @@ __all__ = [
     "Block",
     "BatchNorm",
     "batch_norm_train",
+    "batch_norm_statistics",
 ]
 
 def lecun(in_axis=-2, out_axis=-1):
@@ -108,11 +109,25 @@ def _batch_norm_train_bwd(residuals, cotangents):
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
+def _batch_norm_train_autodiff(x, scale, bias, eps):
+    """`batch_norm_train`'s values with autodiff's backward (platforms other than the CPU)."""
+    return _batch_norm_train_fwd(x, scale, bias, eps)[0]
+
+
+def batch_norm_statistics(x, scale, bias, eps):
+    """`(y, mean, var)` of training-mode batch normalisation over all axes but the last: on the
+    CPU through `batch_norm_train` (its hand-written backward), elsewhere with autodiff's
+    (`jax.lax.platform_dependent`, chosen when the program is lowered)."""
+    return jax.lax.platform_dependent(
+        x, scale, bias, cpu=lambda x, s, b: batch_norm_train(x, s, b, eps),
+        default=lambda x, s, b: _batch_norm_train_autodiff(x, s, b, eps))
+
+
 class BatchNorm(nnx.BatchNorm):
     """`nnx.BatchNorm` (the same variables, statistics and results) whose training-mode call over
-    the last axis goes through `batch_norm_train`. Other configurations (running averages, a
-    mask, an `axis_name`, other axes, `use_fast_variance=False`, no scale or bias) are
-    `nnx.BatchNorm`'s own code."""
+    the last axis goes through `batch_norm_statistics` (on the CPU, `batch_norm_train`). Other
+    configurations (running averages, a mask, an `axis_name`, other axes,
+    `use_fast_variance=False`, no scale or bias) are `nnx.BatchNorm`'s own code."""
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
         use_running_average = (self.use_running_average if use_running_average is None
@@ -126,7 +141,7 @@ class BatchNorm(nnx.BatchNorm):
             (x, self.mean[...], self.var[...], self.scale[...], self.bias[...]), dtype=self.dtype)
         out_dtype = x.dtype
         compute = jnp.promote_types(out_dtype, jnp.float32)
-        y, batch_mean, batch_var = batch_norm_train(
+        y, batch_mean, batch_var = batch_norm_statistics(
             x.astype(compute), scale.astype(compute), bias.astype(compute), self.epsilon)
         # as nnx.BatchNorm: the running averages stop the gradient only for array references
         stop = (jax.lax.stop_gradient if self.mean._can_update or self.var._can_update

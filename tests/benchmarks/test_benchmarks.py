@@ -162,7 +162,7 @@ def test_models_benchmark_tables(tmp_path, capsys):
     for key in ("step_ms", "images_per_s", "step_gflop", "achieved_gflops", "matmul_gflops",
                 "fraction_of_matmul"):
         assert train[key] > 0, key
-    assert math.isfinite(train["loss"]) and train["variant"] == "tuned"
+    assert math.isfinite(train["loss"]) and train["variant"] == "train"
     text = capsys.readouterr().out
     assert "| cbt_nano" in text and "GFLOPs / image" in text and "achieved GFLOP/s" in text
 

@@ -1,6 +1,6 @@
 """The tasks `python -m train` trains, as sibling modules, and their registry.
 
-Each module defines one `train.steps.TaskDef` factory `(config, *, num_classes, channels,
+Each module defines one `cbsa_jax.training.TaskDef` factory `(config, *, num_classes, channels,
 image_size, dtype) -> TaskDef`: `classification` (images -> a class), `segmentation` (images ->
 per-pixel classes), `language` (bytes -> the next byte). `config.task` picks one.
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from train.steps import TaskDef
+from cbsa_jax.training import TaskDef
 from train.tasks import classification, language, segmentation
 
 __all__ = ["TASKS", "task_def", "classification", "language", "segmentation"]

@@ -24,8 +24,8 @@ import optax
 from flax import nnx
 
 from cbsa_jax.models.lm import LanguageModel, LMConfig, get_lm_config
+from cbsa_jax.training import TaskDef
 from train import config as config_lib
-from train.steps import TaskDef
 
 __all__ = ["language", "lm_config", "next_token_losses", "summarize"]
 

@@ -29,8 +29,8 @@ from flax import nnx
 
 from cbsa_jax.models import Segmenter, VisionTransformer, decoder_config
 from cbsa_jax.models.segmenter import build_decoder
+from cbsa_jax.training import TaskDef
 from train import config as config_lib
-from train.steps import TaskDef
 
 __all__ = ["IGNORE_INDEX", "confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy",
            "pixel_cross_entropy", "summarize", "segmentation", "segmentation_decoder_config"]

@@ -92,3 +92,15 @@ def test_stem_matches_the_erfc_gelu_stem(rng, train):
         scale = float(jnp.max(jnp.abs(want)))
         assert scale > 0
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+
+
+def test_the_cheaper_input_gradient_is_the_cpus_only():
+    """The space-to-depth input gradient is chosen for the CPU when the program is lowered; a
+    GPU program keeps XLA's (cuDNN's) own, a convolution over the dilated output gradient."""
+    from jax import export
+
+    x, k = jnp.ones((2, 16, 16, 3)), jnp.ones((3, 3, 3, 5))
+    grad = jax.jit(lambda x, k: jax.grad(lambda x: jnp.sum(conv3x3_stride2(x, k) ** 2))(x))
+    text = {p: export.export(grad, platforms=[p])(x, k).mlir_module() for p in ("cpu", "cuda")}
+    assert "lhs_dilate = [2, 2]" in text["cuda"]
+    assert "lhs_dilate" not in text["cpu"]

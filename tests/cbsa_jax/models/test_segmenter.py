@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks._step import host_initialised
+from benchmarks._params import host_initialised
 from cbsa_jax.convert import cbt_decoder_from_torch
 from cbsa_jax.models import (
     DECODER_PRESETS,

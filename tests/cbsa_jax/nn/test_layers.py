@@ -252,3 +252,27 @@ def test_batch_norm_is_nnx_batch_norm_with_a_hand_written_backward(rng, dtype):
     got = jax.grad(lambda x: stats_loss(lambda x: cnn.layers.batch_norm_train(x, s, b, 1e-5), x))(x)
     np.testing.assert_allclose(got, jax.grad(lambda x: stats_loss(plain, x))(x), rtol=1e-4,
                                atol=1e-5)
+
+
+def test_batch_norm_statistics_outside_the_cpu_are_autodiffs_with_the_same_values(rng):
+    """Other platforms take autodiff's backward (`platform_dependent`): the same values and
+    gradients as the CPU's hand-written one, and a GPU program lowers."""
+    from jax import export
+
+    x = jnp.asarray(rng.normal(size=(4, 3, 3, 6)), jnp.float32)
+    s = jnp.asarray(rng.normal(size=6), jnp.float32)
+    b = jnp.asarray(rng.normal(size=6), jnp.float32)
+    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+    def loss(fn, x, s, b):
+        y, mean, var = fn(x, s, b, 1e-5)
+        return jnp.sum(jnp.sin(y) * w) + jnp.sum(mean * jnp.arange(6.0)) + jnp.sum(jnp.sqrt(var))
+
+    want = jax.grad(lambda *a: loss(cnn.layers.batch_norm_train, *a), argnums=(0, 1, 2))(x, s, b)
+    got = jax.grad(lambda *a: loss(cnn.layers._batch_norm_train_autodiff, *a),
+                   argnums=(0, 1, 2))(x, s, b)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+    step = jax.jit(jax.grad(lambda *a: loss(cnn.layers.batch_norm_statistics, *a)))
+    assert "stablehlo" in export.export(step, platforms=["cuda"])(x, s, b).mlir_module()
+    np.testing.assert_allclose(step(x, s, b), want[0], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,141 @@
+"""`cbsa_jax.training`: the train step every task shares, its flat compiled form, the compiler
+options and the host allocator."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from cbsa_jax import training
+from cbsa_jax.models import create
+from cbsa_jax.reporting import HostCPU
+from tests._models import fill_on_host
+from tests._util import REPO
+
+
+def _model(rng, **kw):
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: create(
+        "cbt_nano", num_classes=5, image_size=16, patch_size=4, cells=(2, 2), depth=1, **kw)))
+    return nnx.merge(graphdef, fill_on_host(state, rng))
+
+
+def _batch(rng, n=4):
+    return {"image": jnp.asarray(rng.normal(size=(n, 16, 16, 3)), jnp.float32),
+            "label": jnp.asarray(rng.integers(0, 5, n), jnp.int32)}
+
+
+def test_the_flat_compiled_step_equals_the_plain_step(rng):
+    model = _model(rng)
+    task = training.make_task(training.classification(lambda r: nnx.clone(model), num_classes=5),
+                              optax.adamw(1e-3))
+    _, params, stats = nnx.split(model, nnx.Param, ...)
+    batch = _batch(rng)
+    plain_state, plain_metrics = jax.jit(task.train_step)(task.state_from(params, stats), batch)
+    # XLA's default options, as the plain jit: the same program, so the same numbers
+    step = training.compile_step(task.train_step, task.abstract_state, options={})
+    leaves = step.flatten(task.state_from(params, stats))
+    assert all(isinstance(x, jax.Array) for x in leaves)
+    leaves, metrics = step(leaves, batch)
+    for a, b in zip(jax.tree.leaves(plain_state), jax.tree.leaves(step.unflatten(leaves)),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    for key in ("loss", "accuracy", "grad_norm"):
+        np.testing.assert_allclose(metrics[key], plain_metrics[key], rtol=1e-6)
+    assert int(step.unflatten(leaves).step) == 1
+    assert len(step._compiled) == 1  # one batch signature, compiled once
+    step(leaves, batch)
+    assert len(step._compiled) == 1
+    with pytest.raises(ValueError, match="leaves: expected"):
+        step.unflatten(leaves[:-1])
+
+
+def test_classification_step_is_the_training_programs_step(rng):
+    """The benchmarks' helper builds the same step: its loss is the cross-entropy of the model's
+    own logits, and the update moves the parameters."""
+    model = _model(rng)
+    batch = _batch(rng)
+    step, leaves = training.classification_step(model, optax.adamw(1e-3), num_classes=5)
+    before = [np.asarray(x) for x in leaves]
+    logits = model(batch["image"])
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    leaves, metrics = step(leaves, batch)
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(before, leaves, strict=True))
+
+
+def test_a_non_finite_step_changes_nothing_but_the_counter(rng):
+    model = _model(rng)
+    step, leaves = training.classification_step(model, optax.adamw(1e-3), num_classes=5)
+    before = step.unflatten([np.asarray(x) for x in leaves])
+    batch = _batch(rng)
+    batch["image"] = batch["image"].at[0, 0, 0, 0].set(jnp.nan)
+    leaves, metrics = step(leaves, batch)
+    after = step.unflatten(leaves)
+    assert int(metrics["nonfinite"]) == 1 and int(after.step) == 1
+    for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_compiler_options_follow_the_backend_and_the_instruction_set():
+    avx512 = HostCPU("GenuineIntel", "x", ("avx2", "fma", "avx512f"))
+    epyc = HostCPU("AuthenticAMD", "y", ("avx2", "fma", "avx512f"))
+    old = HostCPU("GenuineIntel", "z", ("avx2",))
+    assert training.compiler_options("cpu", avx512) == training.YNN_WITHOUT_CONVOLUTION
+    assert training.compiler_options("cpu", epyc) == training.compiler_options("cpu", avx512)
+    assert training.compiler_options("cpu", old) == {}
+    assert training.compiler_options("gpu", avx512) == {}
+    assert training.compiler_options("tpu", epyc) == {}
+
+
+def test_make_task_checks_the_ema_decay():
+    with pytest.raises(ValueError, match="ema_decay"):
+        training.make_task(training.classification(lambda r: None, num_classes=2),
+                           optax.sgd(0.1), ema_decay=1.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        training.classification(lambda r: None, num_classes=0)
+
+
+_FAULTS = textwrap.dedent("""
+    import resource, sys
+    from cbsa_jax import training
+    applied = training.configure_host_allocator()
+    import jax, jax.numpy as jnp
+    f = jax.jit(lambda x: jnp.sum(jnp.sort(x)))  # sorted copies: large temporaries per call
+    x = jnp.ones((16 << 20,), jnp.float32)
+    for _ in range(3):
+        f(x).block_until_ready()
+    faults = 0
+    for _ in range(8):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        f(x).block_until_ready()
+        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(applied["applied"], faults // 8)
+""")
+
+
+def _faults(allocator: str) -> tuple[str, int]:
+    env = {**os.environ, "PYTHONPATH": REPO, "CBSA_JAX_ALLOCATOR": allocator,
+           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env.pop("GLIBC_TUNABLES", None)
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout.split()
+    return out[-2], int(out[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_the_allocator_setting_stops_the_per_call_page_faults():
+    """With glibc's defaults a call that needs large temporaries maps them afresh and faults them
+    in page by page at every call; with the training program's setting the memory is mostly
+    reused."""
+    applied, tuned = _faults("train")
+    skipped, default = _faults("default")
+    assert applied == "True" and skipped == "False"
+    assert default > (64 << 20) / 4096  # more than a 64 MB buffer faulted in, at every call
+    assert tuned < default / 3

@@ -218,6 +218,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
         if lead:
             print(f"resumed from {ckpt.directory}/{int(state.step)} "
                   f"(epoch {meta.get('epoch')}, batch {meta.get('position')})", flush=True)
+        shards = len(spec.train_splits)
+        if lead and meta.get("data_shards", shards) != shards:
+            log.warning("the checkpoint was written reading %d data shards, this run reads %d: "
+                        "its data order differs from the run that stopped (fix "
+                        "config.data_shards to keep the order across host counts)",
+                        meta["data_shards"], shards)
     else:
         if config.eval_only:
             raise FileNotFoundError(f"eval_only: no checkpoint in {ckpt.directory}")
@@ -310,7 +316,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                                and np.isfinite(last_eval[ranking]))
                 if finite_eval and (best is None or last_eval[ranking] > best):
                     best = last_eval[ranking]
-                ckpt.save(step, state, exp.meta(step, **{best_key: best}),
+                ckpt.save(step, state, exp.meta(step, **{best_key: best},
+                                                data_shards=len(spec.train_splits)),
                           metrics={ranking: last_eval[ranking]} if finite_eval else None)
                 distributed.progress()
             if stop:

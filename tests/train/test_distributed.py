@@ -319,7 +319,7 @@ def test_every_topology_continues_the_data_where_it_stopped(pod):
     meta = ckpt.read_meta(ckpt.latest_step())
     ckpt.close()
     assert (meta["epoch"], meta["position"]) == divmod(meta["step"], pod["steps_per_epoch"])
-    assert meta["steps_per_epoch"] == pod["steps_per_epoch"]
+    assert meta["steps_per_epoch"] == pod["steps_per_epoch"] and meta["data_shards"] == 2
     phases = [p for p in pod["phases"] if p["name"] != "A"]
     for phase in phases:
         steps = _runs.train_steps(workdir, phase["first_line"])
@@ -333,3 +333,13 @@ def test_every_topology_continues_the_data_where_it_stopped(pod):
     for key, (loss, accuracy) in reference.items():
         assert abs(ours[key][0] - loss) <= LOSS_TOL, key
         assert abs(ours[key][1] - accuracy) <= ACCURACY_TOL, key
+
+
+def test_resuming_with_another_data_shard_count_warns(data_dir, tmp_path, caplog):
+    """The data order is a function of the shard count: a resume that reads another count (the
+    default, one shard per process, on another number of hosts) says so."""
+    _in_process(tiny_config(data_dir=data_dir, num_train_steps=2), tmp_path, stop_at=1)
+    with caplog.at_level("WARNING"):
+        _in_process(tiny_config(data_dir=data_dir, num_train_steps=2, data_shards=2), tmp_path)
+    assert any("written reading 1 data shards, this run reads 2" in r.getMessage()
+               for r in caplog.records)

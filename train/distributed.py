@@ -11,7 +11,8 @@ reads every process's entry:
   (killed, its host gone, or frozen) is lost: `error: process 1 of 2 stopped responding (...)`,
   exit code `PEER_EXIT`;
 - a process that stopped on an error of its own publishes it, and the others exit at once with
-  `error: process 1 of 2 failed: ...`;
+  `error: process 1 of 2 failed: ...` (an XLA runtime error, which a collective raises when its
+  peer is gone, first waits one `heartbeat_timeout` for the verdict on the peers);
 - no training step, evaluation batch or checkpoint finished for
   `config.distributed.collective_timeout` seconds (every process alive, one of them hangs, and the
   others wait in a collective or barrier): `error: ... no progress for ...`, `PEER_EXIT`.

@@ -269,8 +269,8 @@ def plot(payload: dict, path: str) -> None:
 
 def parse_args(argv: list[str]):
     """(flags, `--config.FIELD` overrides); bad flags exit 2 with the usage (argparse)."""
-    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the shared recipe (configs/NAME.py)")
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated presets ('' none)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per model")
@@ -298,17 +298,29 @@ def parse_args(argv: list[str]):
         p.error(f"--sweep-cells: expected comma-separated integers, got {args.sweep_cells!r}")
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if any(k < 1 for k in args.sweep_cells or ()):
+        p.error(f"--sweep-cells must be positive integers, got {args.sweep_cells}")
+    if not 0 < args.mass <= 1:  # NaN fails too
+        p.error(f"--mass must be in (0, 1], got {args.mass}")
     if not args.models and not args.sweep_cells:
         p.error("nothing to do: give --models and/or --sweep-cells")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out: {args.out} is a file, not a directory")
     return args, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, overrides = parse_args(argv)
+    try:
+        args, overrides = parse_args(argv)
+    except SystemExit as e:
+        return cli.exit_code(e)
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         base = cli.load_config(args.config, overrides)
+        if base.task != "classification":
+            raise config_lib.ConfigError(f"--config: compare trains image classifiers, the "
+                                         f"config's task is {base.task!r}")
         unknown = sorted(set(args.models + [args.sweep_model]) - set(PRESETS))
         if unknown:
             raise config_lib.ConfigError(f"--models: unknown presets {unknown}")
@@ -329,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         except Interrupted as e:
             print(f"interrupted: {e}", file=sys.stderr)
             return 3
+        except cli.BAD_INPUT as e:  # e.g. another model's checkpoints in the run's workdir
+            return cli.fail(f"{spec.name}: {e}")
 
     def rows(specs, key):
         groups: dict = {}

@@ -10,6 +10,9 @@ line on stderr; a run stopped for a non-finite loss (config.nonfinite='stop') ex
 
 The program sets the process's malloc for XLA:CPU's per-step buffers itself
 (`cbsa_jax.training.configure_host_allocator`; `CBSA_JAX_ALLOCATOR=default` leaves it alone).
+In a multi-process job, a process that stops because another one was lost or is stuck exits with
+code 4 (`train.distributed.PEER_EXIT`) and one line naming it; the timeouts are
+`config.distributed.*`.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 import jax
 
 from cbsa_jax import training
-from train import cli, loop
+from train import cli, distributed, loop
 from train import config as config_lib
 from train.checkpoint import CheckpointMismatch
 from train.data import DataError
@@ -54,18 +58,6 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def _init_distributed(args: argparse.Namespace) -> None:
-    env = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if not (args.coordinator_address or env or args.distributed):
-        return
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; no-op else
-    kwargs = {}
-    if args.coordinator_address:
-        kwargs = dict(coordinator_address=args.coordinator_address,
-                      num_processes=args.num_processes, process_id=args.process_id)
-    jax.distributed.initialize(**kwargs)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     training.configure_host_allocator()  # before the first step allocates anything
@@ -81,22 +73,46 @@ def main(argv: list[str] | None = None) -> int:
     _enable_compilation_cache()
     name = os.path.splitext(os.path.basename(args.config or config_lib.DEFAULT_CONFIG))[0]
     workdir = args.workdir or os.path.join("runs", name)
-    _init_distributed(args)
+    try:
+        watchdog = distributed.initialize(
+            config, coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes, process_id=args.process_id,
+            auto=args.distributed)
+    except ValueError as e:
+        return cli.fail(e)
 
     if jax.process_index() == 0:
         what = "evaluating" if config.eval_only else "training"
         print(f"{what} {args.config or config_lib.DEFAULT_CONFIG} "
               f"({config.model.name} on {config.dataset}) in {os.path.abspath(workdir)}",
               flush=True)
+    if watchdog is None:
+        return _train(config, workdir)[0]
+    try:
+        code, error = _train(config, workdir)
+    except jax.errors.JaxRuntimeError as e:  # most likely a collective that lost its peer
+        watchdog.await_peers()  # ends this process with one line if a peer is lost
+        traceback.print_exception(e)
+        code, error = 1, e
+    except Exception as e:
+        traceback.print_exception(e)
+        code, error = 1, e
+    watchdog.finish(code, error)  # tells the other processes; exits here unless code is 0
+    return code
+
+
+def _train(config, workdir: str) -> tuple[int, Exception | None]:
+    """(exit code, error) of the loop: bad input is one line and code 2, a non-finite stop
+    code 3."""
     try:
         loop.run(config, workdir)
     except (config_lib.ConfigError, DataError, MeshError, CheckpointMismatch,
             FileNotFoundError) as e:
-        return cli.fail(e)
+        return cli.fail(e), e
     except loop.NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return NONFINITE_EXIT
-    return 0
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return NONFINITE_EXIT, e
+    return 0, None
 
 
 if __name__ == "__main__":

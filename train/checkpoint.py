@@ -7,7 +7,12 @@ so a process killed mid-write leaves no partial checkpoint behind as "latest".
 
 `restore` checks the saved tree against the current model first: a checkpoint of another model is
 an error that names the mismatched parameters and shapes; a checkpoint that cannot be read
-(truncated, corrupted) is skipped with a warning in favour of the previous complete one.
+(truncated, corrupted) is skipped with a warning in favour of the previous complete one, and
+replaced when training reaches its step again.
+
+Several processes: each writes its shards into the temporary directory, and process 0 renames it
+only after all of them have finished (an Orbax barrier), so a checkpoint that one process did not
+finish (killed, or its host lost) is never committed, and a restart never restores it.
 """
 
 from __future__ import annotations
@@ -40,13 +45,26 @@ def _flat_shapes(tree) -> dict[str, tuple]:
     return out
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, minus its own look at JAX's preemption sync point: the loop asks once per
+    step, in order, on every process (`train.loop`), and saves then. Orbax asks again from its
+    finalize thread with the step it saved, which can be behind the loop's step; the counter JAX
+    agrees on after a SIGTERM would then be one the loop has passed, and no process would stop."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class Checkpointer:
     """`CheckpointManager` for one run's `TrainState` plus JSON metadata."""
 
     def __init__(self, directory: str, *, keep: int, best_metric: str = "accuracy",
-                 asynchronous: bool = True):
+                 asynchronous: bool = True, read_only: bool = False):
+        """`read_only`: only restore (the directory must exist; nothing is created or cleaned)."""
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
+        if read_only and not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"no checkpoints: {self.directory} is not a directory")
         preserve = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
             policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
@@ -54,8 +72,8 @@ class Checkpointer:
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=preserve, enable_async_checkpointing=asynchronous,
-            cleanup_tmp_directories=True, create=True)
-        self.manager = ocp.CheckpointManager(
+            cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
+        self.manager = _Manager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
@@ -85,6 +103,8 @@ class Checkpointer:
             metrics = None  # a non-finite evaluation never ranks as the best
         meta = {**meta, "ranking_metric": None if metrics is None else
                 float(metrics[self.best_metric])}
+        if step in self.manager.all_steps():  # one `restore` could not read, trained again
+            self.manager.delete(step)
         return self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)),

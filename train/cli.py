@@ -6,7 +6,8 @@
 - `load_config(path, overrides)`: the config file (default configs/digits.py) with the overrides
   applied and validated, or `ConfigError` naming the field;
 - `fail(message)`: one line `error: ...` on stderr and `USAGE_ERROR` (exit code 2), the answer to
-  bad input everywhere.
+  bad input everywhere;
+- `ArgumentParser`: argparse whose errors (a missing or malformed flag) are that same one line.
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ import ml_collections
 
 from train import config as config_lib
 
-__all__ = ["USAGE_ERROR", "BAD_INPUT", "split_overrides", "parse", "config_arguments",
-           "load_config", "fail", "exit_code"]
+__all__ = ["USAGE_ERROR", "BAD_INPUT", "ArgumentParser", "split_overrides", "parse",
+           "config_arguments", "load_config", "fail", "exit_code"]
 
 USAGE_ERROR = 2
 #: What a command answers with one line and `USAGE_ERROR` rather than a traceback.
 BAD_INPUT = (config_lib.ConfigError, ValueError, FileNotFoundError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line naming the flag (`error: argument
+    --num_tokens: invalid int value: 'x'`, `--help` for the usage) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:

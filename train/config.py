@@ -116,6 +116,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.eval_only = False
     c.progress = True
+    # several processes (train/distributed.py), in seconds; the defaults suit a pod
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialization_timeout = 300.0  # every process must join within this
+    c.distributed.heartbeat_timeout = 60.0  # a process silent this long is lost: the others exit
+    c.distributed.collective_timeout = 1800.0  # no step, eval batch or checkpoint: hung; 0 = off
     return c
 
 
@@ -209,7 +214,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     base = base_config()
     unknown = sorted(set(config.keys()) - set(base.keys()))
     _check(not unknown, f"unknown config fields {unknown}")
-    for group in ("model", "segmentation", "language"):
+    for group in ("model", "segmentation", "language", "distributed"):
         unknown = sorted(set(config[group].keys()) - set(base[group].keys()))
         _check(not unknown, f"unknown config fields {[group + '.' + k for k in unknown]}")
     _check(config.task in TASKS, f"config.task must be one of {TASKS}, got {config.task!r}")
@@ -288,6 +293,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                f"config.mesh.{axis} must be a positive integer or -1, got {v!r}")
     _check(sum(config.mesh[a] == -1 for a in ("data", "fsdp", "model")) <= 1,
            "config.mesh: at most one axis may be -1")
+    for name in ("initialization_timeout", "heartbeat_timeout", "collective_timeout"):
+        value = config.distributed[name]
+        _check(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+               and (value > 0 or name == "collective_timeout") and value < float("inf"),
+               f"config.distributed.{name} must be a number of seconds "
+               f"{'>= 0 (0 = off)' if name == 'collective_timeout' else '> 0'}, got {value!r}")
     if config.task == "language":  # the language model checks its own preset when built
         return config
     _check(config.model.name in PRESETS,

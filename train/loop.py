@@ -19,14 +19,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from cbsa_jax import training
 from cbsa_jax.training import Task
 from train import config as config_lib
 from train import data as data_lib
+from train import distributed, optim
 from train import mesh as mesh_lib
-from train import optim
-from train.checkpoint import Checkpointer
+from train.checkpoint import Checkpointer, CheckpointMismatch
 from train.metrics import MetricsWriter, Progress
 from train.tasks import task_def
 
@@ -41,13 +42,23 @@ class NonFiniteError(RuntimeError):
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag checked at step boundaries."""
+    """SIGTERM, checked at step boundaries. One process: a Python handler sets a flag. Several:
+    JAX's preemption service catches SIGTERM on any of them, and all stop after the same step
+    (`multihost_utils.reached_preemption_sync_point`), so they save the same checkpoint.
 
-    def __init__(self):
+    JAX's protocol counts calls from 0 in each process (a SIGTERM before the first call sets the
+    sync point to 1), so it is given the steps done since `start`, the step every process
+    resumed from, not the global step."""
+
+    def __init__(self, start: int = 0):
         self.requested = False
         self._previous = None
+        self._synced = jax.process_count() > 1
+        self._start = start
 
     def __enter__(self):
+        if self._synced:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: leave signals alone
@@ -56,6 +67,12 @@ class _Preemption:
 
     def _handle(self, signum, frame):
         self.requested = True
+
+    def due(self, step: int) -> bool:
+        """Whether to save and stop after `step` (called by every process at every step)."""
+        if self._synced and not self.requested:
+            self.requested = multihost_utils.reached_preemption_sync_point(step - self._start)
+        return self.requested
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -76,6 +93,7 @@ def _evaluate(task: Task, eval_step: training.CompiledStep, leaves, source: data
         sums = jax.device_get(eval_step(leaves, batch))
         sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
         totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
+        distributed.progress()
     return task.finalize(totals)
 
 
@@ -160,6 +178,23 @@ def experiment(config: ml_collections.ConfigDict, *, num_classes: int, channels:
                       batch_sharding=mesh_lib.batch_sharding(mesh))
 
 
+def _check_same_run(ckpt: Checkpointer, config: ml_collections.ConfigDict) -> None:
+    """A workdir whose newest checkpoint holds another task or model is an error (before the
+    parameter-by-parameter comparison, which would list every parameter)."""
+    step = ckpt.latest_step()
+    if step is None:
+        return
+    try:
+        meta = ckpt.read_meta(step)
+    except Exception:  # unreadable: restore() reports it and falls back
+        return
+    task, model = meta.get("task"), meta.get("config", {}).get("model", {}).get("name")
+    if task is not None and (task, model) != (config.task, config.model.name):
+        raise CheckpointMismatch(
+            f"checkpoint {ckpt.directory}/{step} holds a {task!r} run of {model!r}, the config "
+            f"trains {config.task!r} with {config.model.name!r}: use another --workdir")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None) -> dict:
     """Train or evaluate per `config` in `workdir`; returns the final summary dict.
 
@@ -182,6 +217,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     best_key = f"best_{ranking}"
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                         best_metric=ranking)
+    _check_same_run(ckpt, config)
     restored = ckpt.restore(exp.abstract_state())
     if restored is not None:
         state, meta, _ = restored
@@ -189,6 +225,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
         if lead:
             print(f"resumed from {ckpt.directory}/{int(state.step)} "
                   f"(epoch {meta.get('epoch')}, batch {meta.get('position')})", flush=True)
+        shards = len(spec.train_splits)
+        if lead and meta.get("data_shards", shards) != shards:
+            log.warning("the checkpoint was written reading %d data shards, this run reads %d: "
+                        "its data order differs from the run that stopped (fix "
+                        "config.data_shards to keep the order across host counts)",
+                        meta["data_shards"], shards)
     else:
         if config.eval_only:
             raise FileNotFoundError(f"eval_only: no checkpoint in {ckpt.directory}")
@@ -256,10 +298,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                                      "checkpoint holds the last finite state")
             progress.write(message + "; skipped (parameters unchanged)")
 
-    with _Preemption() as preemption:
+    with _Preemption(start=step) as preemption:
         while step < total_steps:
             leaves, metrics = train_step(leaves, next(batches))
             step += 1
+            distributed.progress()
             window_steps += 1
             pending.append(metrics)
             progress.update(1)
@@ -273,14 +316,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                 writer.write(step, config.eval_split, last_eval)
                 progress.write(f"step {step}: {config.eval_split} {ranking} "
                                f"{last_eval[ranking]:.4f} loss {last_eval['loss']:.4f}")
-            stop = preemption.requested or step == stop_at
+            stop = preemption.due(step) or step == stop_at
             if do_eval or step % ckpt_every == 0 or stop:
                 finite_eval = (do_eval and np.isfinite(last_eval["loss"])
                                and np.isfinite(last_eval[ranking]))
                 if finite_eval and (best is None or last_eval[ranking] > best):
                     best = last_eval[ranking]
-                ckpt.save(step, train_step.unflatten(leaves), exp.meta(step, **{best_key: best}),
+                ckpt.save(step, train_step.unflatten(leaves),
+                          exp.meta(step, **{best_key: best}, data_shards=len(spec.train_splits)),
                           metrics={ranking: last_eval[ranking]} if finite_eval else None)
+                distributed.progress()
             if stop:
                 stopped_by = "SIGTERM" if preemption.requested else "stop_at"
                 progress.write(f"{stopped_by}: saved a checkpoint at step {step}; exiting")
@@ -305,7 +350,12 @@ def load_experiment(workdir: str, *, overrides: dict | None = None):
 
     The config is the one saved with the checkpoint (`overrides` patch it, e.g. a data_dir).
     """
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1)
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"no directory {workdir}")
+    try:
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, read_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{workdir} holds no training run (no checkpoints/)") from None
     try:
         step = ckpt.latest_step()
         if step is None:
@@ -330,12 +380,21 @@ def load_experiment(workdir: str, *, overrides: dict | None = None):
 def save_initial(model, config, workdir: str, *, num_classes: int, image_size,
                  **meta) -> str:
     """Save `model`'s weights as the step-0 training checkpoint of `config` in `workdir` (fresh
-    optimizer state; `meta` is recorded beside it); returns the checkpoint directory."""
+    optimizer state; `meta` is recorded beside it); returns the checkpoint directory. A
+    `workdir` that is a file, or holds checkpoints already (training would resume from those,
+    not from this one), is a ValueError."""
+    directory = os.path.join(workdir, "checkpoints")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir: {workdir} is a file, not a directory")
+    if os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory)):
+        raise ValueError(f"--workdir: {workdir} already holds a run's checkpoints "
+                         f"({directory}); training would resume from those, not from the "
+                         f"step-0 checkpoint: choose a new --workdir")
     exp = experiment(config, num_classes=num_classes, channels=model.config.channels,
                      image_size=image_size, steps_per_epoch=1, devices=jax.devices()[:1])
     _, params, batch_stats = nnx.split(model, nnx.Param, ...)
     state = jax.jit(exp.task.state_from, out_shardings=exp.state_sharding)(params, batch_stats)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    ckpt = Checkpointer(directory, keep=config.keep_checkpoints)
     ckpt.save(0, state, exp.meta(0, **meta))
     ckpt.wait()
     ckpt.close()

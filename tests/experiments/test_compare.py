@@ -3,12 +3,16 @@ run."""
 
 import json
 import os
+import signal
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cbsa_jax.models import create
 from experiments import compare
+from tests import _runs
 from tests._configs import CONFIGS, tiny_flags
 from train import cli, loop
 
@@ -20,9 +24,14 @@ def _tiny(data_dir: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
+def shapes_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds_shapes"))
+
+
+@pytest.fixture(scope="module")
+def compared(shapes_dir, tmp_path_factory):
     """One comparison, after a partial (interrupted) ViT run already in its workdir."""
-    data_dir = str(tmp_path_factory.mktemp("tfds_shapes"))
+    data_dir = shapes_dir
     out = str(tmp_path_factory.mktemp("compare"))
     argv = ["--config", os.path.join(CONFIGS, "shapes.py"), "--models", "cbt_nano,vit_nano",
             "--seeds", "2", "--seeds-for", "cbt_nano", "--sweep-cells", "4", "--out", out,
@@ -133,13 +142,90 @@ def test_rerun_skips_finished_runs_and_stops_on_an_interrupted_one(compared, mon
     assert not os.path.exists(os.path.join(out, "shapes", "tost_nano", "seed0", "result.json"))
 
 
-def test_bad_arguments_exit_with_a_message(tmp_path, capsys):
-    config = os.path.join(CONFIGS, "shapes.py")
-    assert compare.main(["--config", config, "--models", "cbt_nano,nope", "--out",
-                         str(tmp_path)]) == 2
-    assert "nope" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        compare.main(["--config", config, "--seeds", "0"])
-    with pytest.raises(SystemExit):
-        compare.main(["--config", config, "--sweep-cells", "two"])
-    assert not any(tmp_path.iterdir())
+BAD = [
+    (["--models", "cbt_nano"], "the following arguments are required: --config"),
+    (["--config", "{shapes}", "--models", "cbt_nano,nope"], "--models: unknown presets ['nope']"),
+    (["--config", "{lm}"], "--config: compare trains image classifiers, the config's task is "
+                           "'language'"),
+    (["--config", "{nowhere}"], "--config: no config file at {nowhere}"),
+    (["--config", "{shapes}", "--out", "{file}"], "--out: {file} is a file"),
+    (["--config", "{shapes}", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["--config", "{shapes}", "--seeds", "-2"], "--seeds must be >= 1, got -2"),
+    (["--config", "{shapes}", "--sweep-cells", "two"], "--sweep-cells: expected comma-separated"),
+    (["--config", "{shapes}", "--sweep-cells", "4,0"], "--sweep-cells must be positive"),
+    (["--config", "{shapes}", "--mass", "0"], "--mass must be in (0, 1], got 0.0"),
+    (["--config", "{shapes}", "--mass", "nan"], "--mass must be in (0, 1], got nan"),
+    (["--config", "{shapes}", "--mass", "1.5"], "--mass must be in (0, 1], got 1.5"),
+    (["--config", "{shapes}", "--models", ""], "nothing to do: give --models and/or"),
+    (["--config", "{shapes}", "--config.batch_size=0"], "config.batch_size must be an integer"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_arguments_are_one_line_naming_the_argument(args, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    paths = {"shapes": os.path.join(CONFIGS, "shapes.py"),
+             "lm": os.path.join(CONFIGS, "lm_stdlib.py"),
+             "nowhere": str(tmp_path / "nowhere.py"), "file": str(tmp_path / "file")}
+    args = [a.format(**paths) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    code = compare.main(args)
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert message.format(**paths) in err[0]
+    assert out == "" and not os.path.exists(tmp_path / "out")
+
+
+def test_a_run_workdir_holding_another_model_is_one_error(shapes_dir, tmp_path, capsys):
+    """A stale workdir under --out (another model's checkpoints where cbt_nano's go) stops the
+    comparison with one line, before anything is trained over it."""
+    argv = ["--config", os.path.join(CONFIGS, "shapes.py"), "--models", "cbt_nano", "--out",
+            str(tmp_path), *_tiny(shapes_dir)]
+    args, overrides = compare.parse_args(argv)
+    base = cli.load_config(args.config, overrides)
+    config = compare.run_config(base, compare.RunSpec("vit_nano", 0))
+    workdir = tmp_path / "shapes" / "cbt_nano" / "seed0"
+    model = create("vit_nano", num_classes=5, image_size=32, depth=1, patch_size=8)
+    loop.save_initial(model, config, str(workdir), num_classes=5, image_size=(32, 32))
+    assert compare.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: cbt_nano/seed0: checkpoint {workdir}/checkpoints/0 holds a 'classification' "
+        f"run of 'vit_nano', the config trains 'classification' with 'cbt_nano'"), err
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["0"]
+
+
+@pytest.mark.slow
+def test_compare_killed_mid_run_resumes_that_run_exactly(shapes_dir, tmp_path):
+    """SIGKILL while a run trains; the same command again resumes it from its last checkpoint
+    and ends with the metrics of the run that never stopped."""
+    out = tmp_path / "out"
+    argv = ["--config", os.path.join(CONFIGS, "shapes.py"), "--models", "cbt_nano", "--out",
+            str(out), *_tiny(shapes_dir), "--config.num_train_steps=6",
+            "--config.checkpoint_every_steps=1", "--config.eval_every_steps=3"]
+    run = out / "shapes" / "cbt_nano" / "seed0"
+    proc = _runs.start([sys.executable, "-m", "experiments.compare", *argv], tmp_path / "log",
+                       _runs.env())
+    caught = _runs.wait_for(lambda: _runs.committed_steps(run) and _runs.steps_done(run) >
+                            _runs.committed_steps(run)[-1], [proc])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert caught, (tmp_path / "log").read_text()
+    resumed_from, lines = _runs.committed_steps(run)[-1], _runs.line_count(run)
+    assert resumed_from < 6 and not (run / compare.RESULT).exists()
+
+    assert compare.main(argv) == 0
+    assert _runs.train_steps(run, lines) == list(range(resumed_from + 1, 7))
+    args, overrides = compare.parse_args(argv)
+    config = compare.run_config(cli.load_config(args.config, overrides),
+                                compare.RunSpec("cbt_nano", 0))
+    reference = loop.run(config, str(tmp_path / "reference"))
+    ours, theirs = _runs.final_metrics(run), _runs.final_metrics(tmp_path / "reference")
+    assert set(ours) == set(theirs)
+    for key, values in theirs.items():
+        assert ours[key] == pytest.approx(values, abs=1e-6), key
+    with open(run / compare.RESULT) as f:
+        result = json.load(f)
+    assert result["final_accuracy"] == pytest.approx(reference["final_eval"]["accuracy"])

@@ -1,7 +1,10 @@
-"""Fixtures for the training-program tests: a prepared digits dataset."""
+"""Fixtures for the training-program tests: prepared data sets, and small finished runs of the
+segmentation and language tasks (the reference of the fault tests, and a checkpoint of the wrong
+task for the tools' bad-input tests). Nothing may write into a finished run's workdir."""
 
 import pytest
 
+from tests._runs import TaskRuns
 from train.datasets import builders
 
 
@@ -11,3 +14,8 @@ def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfds"))
     builders.prepare("digits", path)
     return path
+
+
+@pytest.fixture(scope="session")
+def task_runs(tmp_path_factory):
+    return TaskRuns(tmp_path_factory)

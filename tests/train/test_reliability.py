@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests._configs import tiny_config
+from tests import _runs
+from tests._configs import CONFIGS, tiny_config
 from tests._util import REPO
 from train import __main__ as cli
 from train import loop
@@ -46,27 +47,7 @@ def straight(data_dir, env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("straight")
     subprocess.run(_command(workdir, data_dir), env=env, cwd=REPO, check=True,
                    capture_output=True)
-    return _final(workdir)
-
-
-def _final(workdir):
-    """Last recorded value per (split, step): replayed steps overwrite earlier lines."""
-    out = {}
-    for m in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
-        out[m["split"], m["step"]] = m["loss"], m["accuracy"]
-    return out
-
-
-def _steps_done(workdir) -> int:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return 0
-    return max((m["step"] for m in read_jsonl(path) if m["split"] == "train"), default=0)
-
-
-def _tmp_checkpoint(workdir) -> bool:
-    ckpts = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(ckpts) and any("tmp" in name for name in os.listdir(ckpts))
+    return _runs.final_metrics(workdir)
 
 
 def test_kill_9_anywhere_then_the_same_command_finishes_the_same_run(data_dir, env, straight,
@@ -79,19 +60,19 @@ def test_kill_9_anywhere_then_the_same_command_finishes_the_same_run(data_dir, e
     for attempt in range(3):
         proc = subprocess.Popen(_command(workdir, data_dir), env=env, cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        start_steps = _steps_done(workdir)
+        start_steps = _runs.steps_done(workdir)
         deadline = time.time() + 240
         if attempt == 0:  # wait for an asynchronous checkpoint write to be under way
-            while time.time() < deadline and proc.poll() is None and not _tmp_checkpoint(
+            while time.time() < deadline and proc.poll() is None and not _runs.tmp_checkpoints(
                     workdir):
                 time.sleep(0.002)
             kind = "mid-checkpoint"
         else:  # a random number of further steps
             target = start_steps + rng.randint(1, 3)
-            while time.time() < deadline and proc.poll() is None and _steps_done(
+            while time.time() < deadline and proc.poll() is None and _runs.steps_done(
                     workdir) < target:
                 time.sleep(0.01)
-            kind = f"after step {_steps_done(workdir)}"
+            kind = f"after step {_runs.steps_done(workdir)}"
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
@@ -101,7 +82,7 @@ def test_kill_9_anywhere_then_the_same_command_finishes_the_same_run(data_dir, e
     finish = subprocess.run(_command(workdir, data_dir), env=env, cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert finish.returncode == 0, finish.stderr
-    ours = _final(workdir)
+    ours = _runs.final_metrics(workdir)
     assert set(ours) == set(straight), kills
     for key, (loss, acc) in straight.items():
         assert ours[key][0] == pytest.approx(loss, abs=1e-6), (key, kills)
@@ -113,7 +94,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_0(data_dir, env, straigh
     proc = subprocess.Popen(_command(workdir, data_dir), env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and _steps_done(workdir) < 3:
+    while time.time() < deadline and proc.poll() is None and _runs.steps_done(workdir) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -125,7 +106,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_0(data_dir, env, straigh
     again = subprocess.run(_command(workdir, data_dir), env=env, cwd=REPO, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and f"checkpoints/{stopped}" in again.stdout
-    ours = _final(workdir)
+    ours = _runs.final_metrics(workdir)
     for key, (loss, _) in straight.items():
         assert ours[key][0] == pytest.approx(loss, abs=1e-6), key
 
@@ -144,12 +125,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     for step in (1, 2, 3):
         ckpt.save(step, _tiny_state(step), {"step": step})
     ckpt.wait()
-    # damage the newest: truncate every data file of its state
-    for root, _, files in os.walk(tmp_path / "3" / "state"):
-        for name in files:
-            if "manifest" in name or name.endswith(".zarray") or "ocdbt" in root or "d" in root:
-                with open(os.path.join(root, name), "r+b") as f:
-                    f.truncate(1)
+    _runs.corrupt_checkpoint(tmp_path / "3")  # damage the newest
     with caplog.at_level(logging.WARNING):
         state, meta, step = ckpt.restore(_target())
     assert step == 2 and meta["step"] == 2
@@ -252,3 +228,62 @@ def test_the_last_n_and_the_best_checkpoints_are_kept(tmp_path):
     state, meta, step = ckpt.restore(_target())
     assert step == 6 and int(state["step"]) == 6
     ckpt.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["segmentation", "language"])
+def test_every_task_survives_kill_9_sigterm_and_a_corrupt_checkpoint(task, task_runs, tmp_path,
+                                                                     caplog):
+    """The same command, killed with SIGKILL while a checkpoint is being written, then stopped
+    by SIGTERM, then resumed past a corrupted newest checkpoint, ends with every metric of the
+    uninterrupted run (the `task_runs` reference)."""
+    workdir, logs = tmp_path / "run", tmp_path
+    command = _runs.train_command(workdir, task_runs.flags(task), "--config",
+                                  os.path.join(CONFIGS, _runs.TASK_RUNS[task][0]))
+    keys = ("loss", "miou" if task == "segmentation" else "bits_per_byte")
+    reference = _runs.final_metrics(task_runs[task], keys)
+
+    proc = _runs.start(command, logs / "killed.log", _runs.env())
+    caught = _runs.wait_for(lambda: _runs.tmp_checkpoints(workdir), [proc])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert caught, (logs / "killed.log").read_text()
+
+    first = _runs.line_count(workdir)
+    proc = _runs.start(command, logs / "term.log", _runs.env())
+    _runs.wait_for(lambda: _runs.committed_steps(workdir) and max(
+        _runs.train_steps(workdir, first), default=0) > _runs.committed_steps(workdir)[-1], [proc])
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=240)
+    out = (logs / "term.log").read_text()
+    assert proc.returncode == 0 and "SIGTERM: saved a checkpoint at step" in out, out
+    stopped = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+    steps = _runs.committed_steps(workdir)
+    assert stopped == steps[-1] < _runs.TASK_STEPS["num_train_steps"] and len(steps) >= 2, steps
+
+    _runs.corrupt_checkpoint(workdir / "checkpoints" / str(stopped))
+    first = _runs.line_count(workdir)
+    with caplog.at_level(logging.WARNING):
+        summary = loop.run(task_runs.config(task), str(workdir))
+    assert any(f"checkpoints/{stopped} cannot be restored" in r.getMessage()
+               for r in caplog.records)
+    assert _runs.train_steps(workdir, first)[0] == steps[-2] + 1  # the previous checkpoint's
+    assert summary["step"] == _runs.TASK_STEPS["num_train_steps"]
+    ours = _runs.final_metrics(workdir, keys)
+    assert set(ours) == set(reference)
+    for key, values in reference.items():
+        assert ours[key] == pytest.approx(values, abs=1e-6), key
+
+
+def test_a_checkpoint_of_another_task_is_one_error(task_runs, tmp_path, capsys):
+    workdir = tmp_path / "segmentation"
+    shutil.copytree(task_runs["segmentation"], workdir)
+    before = sorted(os.listdir(workdir / "checkpoints"))
+    code = cli.main(["--config", os.path.join(CONFIGS, "lm_stdlib.py"), "--workdir",
+                     str(workdir), *task_runs.flags("language")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: checkpoint {workdir}/checkpoints/8 holds a 'segmentation' "
+                             f"run of 'cbt_nano', the config trains 'language' with "
+                             f"'lm_cbsa_nano'")
+    assert sorted(os.listdir(workdir / "checkpoints")) == before

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests._configs import tiny_config
-from tests._util import REPO
+from tests._util import REPO, free_port
 from train import __main__ as cli
 from train import loop
 from train.metrics import read_jsonl
@@ -101,19 +100,13 @@ def test_sharded_meshes_give_the_single_device_loss(data_dir, tmp_path):
         assert max(abs(single[s] - losses[s]) for s in single) <= 1e-5, mesh
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("input_", ["memory", "tfds"])
 def test_two_processes_give_the_single_process_loss(data_dir, tmp_path, input_):
     """jax.distributed on localhost with gloo CPU collectives: each process reads its data shard
     and the global batch equals the one a single process reads with data_shards=2."""
     kw = dict(num_train_steps=3, data_shards=2, input=input_)
     loop.run(tiny_config(data_dir=data_dir, **kw), str(tmp_path / "single"))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
     env["PYTHONPATH"] = REPO
     flags = [f"--config.{k}={v}" for k, v in {

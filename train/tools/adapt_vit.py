@@ -17,7 +17,6 @@ config and workdir fine-tunes the adapted weights (checkpoints and resume as usu
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -37,9 +36,24 @@ def adapt(checkpoint: str, config, workdir: str, *, num_classes: int | None = No
     """Load `checkpoint` into the config's model (attention already switched by the config) and
     save it as a step-0 training checkpoint; returns the checkpoint directory."""
     config_lib.validate(config)
+    if config.task != "classification":
+        raise config_lib.ConfigError(f"--config: adapt_vit writes an image classifier's "
+                                     f"checkpoint, the config's task is {config.task!r}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"--num_classes must be >= 1, got {num_classes}")
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"--checkpoint: no file {checkpoint}")
     model_config = config_lib.model_config(config)
-    weights = load_vit_weights(checkpoint)
-    layout = detect_layout(weights)
+    try:
+        weights = load_vit_weights(checkpoint)
+    except (OSError, ValueError, KeyError, EOFError) as e:  # not a checkpoint this can read
+        raise ValueError(f"--checkpoint: cannot read {checkpoint} as a timm or big_vision ViT "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                         ) from None
+    try:
+        layout = detect_layout(weights)
+    except ValueError as e:
+        raise ValueError(f"--checkpoint: {checkpoint} is not a ViT checkpoint: {e}") from None
     patch = weights.get("patch_embed.proj.weight" if layout == "timm" else "embedding/kernel")
     if patch is not None and np.ndim(patch) == 4:  # the checkpoint's input channels
         model_config = model_config.replace(
@@ -59,7 +73,7 @@ def adapt(checkpoint: str, config, workdir: str, *, num_classes: int | None = No
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m train.tools.adapt_vit", description=__doc__)
+    parser = cli.ArgumentParser(prog="python -m train.tools.adapt_vit", description=__doc__)
     cli.config_arguments(parser)
     parser.add_argument("--checkpoint", required=True,
                         help="pretrained ViT: timm .pth / .safetensors / .npz, big_vision .npz")
@@ -72,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, overrides = cli.parse(parser, argv)
         switch = {"model.attention": ATTENTIONS[args.attention]}
+        if args.blocks is not None and args.blocks < 1:
+            raise ValueError(f"--blocks must be >= 1, got {args.blocks}")
         if args.blocks is not None:
             switch["model.attention_blocks"] = str(args.blocks)
         workdir = args.workdir or os.path.join("runs", "adapted")

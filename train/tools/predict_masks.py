@@ -11,12 +11,12 @@ pixel of its evaluation split, and writes to OUT:
 - `metrics.json`: `miou`, `pixel_accuracy`, `iou_per_class` over the split (or its first
   `--limit` batches), the step and the number of images. The same line is printed.
 
-Bad arguments, a missing checkpoint or a run of another task exit with code 2 and one line.
+Bad arguments (a count below 1, an `--out` that is a file), a missing or empty workdir, a run of
+another task and missing data exit with code 2 and one line naming the argument.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -99,8 +99,8 @@ def _write(out: str, kept, num_classes: int, *, images: int, rows: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.tools.predict_masks",
-                                     description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m train.tools.predict_masks",
+                                description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="a segmentation run's directory")
     parser.add_argument("--out", required=True, help="where the PNGs and metrics.json go")
     parser.add_argument("--images", type=int, default=16, help="prediction PNGs to write")
@@ -113,18 +113,26 @@ def main(argv: list[str] | None = None) -> int:
         return cli.exit_code(e)
     for name in ("images", "rows", "limit"):
         value = getattr(args, name)
-        if value is not None and value < (1 if name == "limit" else 0):
-            return cli.fail(f"--{name} must be >= {1 if name == 'limit' else 0}, got {value}")
+        if value is not None and value < 1:
+            return cli.fail(f"--{name} must be >= 1, got {value}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return cli.fail(f"--out: {args.out} is a file, not a directory")
     try:
         overrides = {"data_dir": args.data_dir} if args.data_dir else None
         exp, state, meta = load_experiment(args.workdir, overrides=overrides)
         if exp.config.task != "segmentation":
-            raise ValueError(f"{args.workdir} is a {exp.config.task!r} run, not segmentation")
+            raise ValueError(f"--workdir: {args.workdir} holds a {exp.config.task!r} run, not "
+                             f"segmentation")
         confusion, kept = predict(exp, state, limit=args.limit,
                                   keep=max(args.images, args.rows))
-    except (FileNotFoundError, ValueError) as e:  # DataError and ConfigError among them
+    except FileNotFoundError as e:
+        return cli.fail(f"--workdir: {e}")
+    except ValueError as e:  # DataError and ConfigError among them
         return cli.fail(e)
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        return cli.fail(f"--out: {e}")
     _write(args.out, kept, exp.num_classes, images=args.images, rows=args.rows)
     result = {**seg_lib.summarize(confusion), "step": int(meta["step"]),
               "pixels": int(confusion.sum()), "model": exp.config.model.name,

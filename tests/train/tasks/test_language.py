@@ -79,7 +79,7 @@ def test_train_resume_and_generate(tmp_path, capsys):
     assert [r["step"] for r in rows if r["split"] == "test"] == [2, 4]
     assert all("bits_per_byte" in r for r in rows)
 
-    args = ["--workdir", workdir, "--prompt", "def ", "--num_tokens", "12", "--temperature", "0"]
+    args = ["--workdir", workdir, "--prompt", "def ", "--num_tokens", "12", "--greedy"]
     assert generate.main(args) == 0
     out = capsys.readouterr().out
     text = out.splitlines()[1]

@@ -74,7 +74,7 @@ def test_bad_segmentation_inputs_exit_2_with_one_line(shapes64_dir, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "divisible by the patch size 4" in err[0], err
     assert segment.main(["--workdir", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "--workdir: no directory" in capsys.readouterr().err
 
 
 def test_ade20k_config_one_step_on_mock_data(tmp_path):

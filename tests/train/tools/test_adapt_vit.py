@@ -2,12 +2,14 @@
 checkpoint that `python -m train` fine-tunes."""
 
 import os
+import shutil
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from cbsa_jax.convert import save_safetensors, timm_state_dict, vit_from_timm
-from tests._configs import tiny_config
+from tests._configs import CONFIGS, tiny_config
 from tests._models import random_timm_state_dict as _random_timm
 from train import loop
 from train.loop import load_experiment
@@ -90,3 +92,45 @@ def test_adapt_the_first_k_blocks(tmp_path, capsys):
     assert exp.config.model.attention_blocks == 1
     kinds = [type(block.attn).__name__ for block in exp.model(state).blocks]
     assert kinds == ["AgentAttention", "SoftmaxAttention"]
+
+
+BAD = [
+    ([], "the following arguments are required: --checkpoint"),
+    (["--checkpoint", "{missing}"], "--checkpoint: no file {missing}"),
+    (["--checkpoint", "{text}"], "--checkpoint: cannot read {text} as a timm or big_vision ViT"),
+    (["--checkpoint", "{other}"], "--checkpoint: {other} is not a ViT checkpoint: cannot tell"),
+    (["--checkpoint", "{vit}", "--workdir", "{run}"], "--workdir: {run} already holds a run's "
+                                                      "checkpoints"),
+    (["--checkpoint", "{vit}", "--workdir", "{text}"], "--workdir: {text} is a file"),
+    (["--checkpoint", "{vit}", "--config", "{lm_config}"],
+     "--config: adapt_vit writes an image classifier's checkpoint, the config's task is "
+     "'language'"),
+    (["--checkpoint", "{vit}", "--blocks", "0"], "--blocks must be >= 1, got 0"),
+    (["--checkpoint", "{vit}", "--blocks", "-1"], "--blocks must be >= 1, got -1"),
+    (["--checkpoint", "{vit}", "--num_classes", "0"], "--num_classes must be >= 1, got 0"),
+    (["--checkpoint", "{vit}", "--attention", "linear"], "argument --attention: invalid choice"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_is_one_line_naming_the_argument(args, message, task_runs, tmp_path, capsys):
+    paths = {"missing": str(tmp_path / "missing.npz"), "text": str(tmp_path / "text.pth"),
+             "other": str(tmp_path / "other.npz"), "vit": str(tmp_path / "vit.npz"),
+             "run": str(tmp_path / "run"), "out": str(tmp_path / "out"),
+             "lm_config": os.path.join(CONFIGS, "lm_stdlib.py")}
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    np.savez(paths["other"], **{"tok_embed/embedding": np.zeros((4, 2), np.float32)})
+    _pretrained(paths["vit"])
+    shutil.copytree(task_runs["segmentation"], paths["run"])
+    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    args = [a.format(**paths) for a in args]
+    if "--workdir" not in args:
+        args += ["--workdir", paths["out"]]
+    capsys.readouterr()  # what making the runs printed
+    code = adapt_cli.main([*args, *TINY])
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert message.format(**paths) in err[0]
+    assert out == "" and not os.path.exists(paths["out"])
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before

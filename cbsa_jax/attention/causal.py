@@ -18,9 +18,11 @@ sub-chunks of s tokens (`SUB_CHUNK`, when it divides c). Every exponent is taken
 running maximum, so it is <= 0 and the largest term of every sum is exactly 1:
 
   * every token's running maximum mu_t = max(carried max, cummax of the chunk's logits);
-  * the state at every sub-chunk boundary k (reference nu_k = the running max there) by one
-    masked product  exp(l_i - nu_k) [i before the boundary] @ [w | 1]  plus the rescaled carried
-    state: `Sa_k [m, p]`, `Sz_k [m]`;
+  * the state at every sub-chunk boundary k (reference nu_k = the running max there,
+    `Sa_k [m, p]`, `Sz_k [m]`): each sub-chunk j's own sums  exp(l_i - top_j) @ [w_i | 1]  (top_j
+    its maximum; one m x s by s x (p + 1) product), rescaled by exp(top_j - nu_k) and added over
+    the sub-chunks before k (an (n + 1) x n product per representative), plus the rescaled
+    carried state;
   * token t of sub-chunk k: z_t = exp(nu_k - mu_t) Sz_k + sum_{i <= t} exp(l_i - mu_t), and its
     representatives as a combination of a small basis (never formed, m x p per token):
         Q_t = q0 + beta (diag(alpha_t) Sa_k + Pi_t W_k),
@@ -32,8 +34,8 @@ running maximum, so it is <= 0 and the largest term of every sum is exactly 1:
     out_t = gamma Q_t^T v_t
           = gamma (q0^T v_t + beta Sa_k^T (alpha_t v_t) + beta W_k^T (Pi_t^T v_t)).
 
-Cost per token and head O(m^2 s + m s^2 + (c/s) m p + m p) and no m x p tensor per token; state
-O(m p). The backward pass is written by hand (`jax.custom_vjp`): it stores only the inputs and
+Cost per token and head O(m^2 s + m s^2 + m p (1 + c / s^2)) and no m x p tensor per token;
+state O(m p). The backward pass is written by hand (`jax.custom_vjp`): it stores only the inputs and
 the state entering each chunk, recomputes a chunk, and runs the transposed products in a reverse
 `lax.scan` whose carry is the cotangent of the state (referenced to the running max at the chunk
 boundary, so its exponents are <= 0 too). The representatives' cotangent is projected on the
@@ -280,14 +282,16 @@ def _cbsa_chunk_fwd(consts: _Consts, state, w, valid, *, s, contraction):
     tops = jnp.maximum(mx[:, :, None], lax.cummax(inner[:, :, :, s - 1], axis=2))
     nu = jnp.concatenate([mx[:, :, None], tops], axis=2)  # [B,H,n+1,m]
     mut = jnp.maximum(nu[:, :, :n, None], inner)  # [B,H,n,s,m]
-    # level 1: the (rescaled) state at every sub-chunk boundary k = 0..n
-    lrt = jnp.swapaxes(lr, 2, 3).reshape(b, h, m, c)
-    before = np.arange(c)[None, :] < (np.arange(n + 1) * s)[:, None]  # [n+1, c]
-    qw = jnp.exp(jnp.where(before[:, None, :], lrt[:, :, None] - nu[..., None], -jnp.inf))
+    # level 1: the (rescaled) state at every sub-chunk boundary k = 0..n, from each sub-chunk's
+    # own sums (referenced to its maximum top_j) rescaled to nu_k and the carried state
+    top = inner[:, :, :, s - 1]  # [B,H,n,m]
+    e1 = jnp.exp(jnp.where(lr == -jnp.inf, -jnp.inf, lr - top[..., None]))  # [B,H,n,m,s]
+    w1 = _with_ones(ws)  # [B,H,n,s,p+1]
+    sub = _bh_dot(e1, w1, (-1, -2), 3)  # [B,H,n,m,p+1]
+    g1 = _boundary_weights(top, nu)  # [B,H,m,n+1,n]
     fm = _decay(mx[:, :, None, :], nu)  # [B,H,n+1,m]
-    w1 = _with_ones(w)
     bnd = (fm[..., None] * jnp.concatenate([sa0, nz[..., None]], axis=-1)[:, :, None]
-           + _bh_dot(qw, w1, (-1, -2), 2))  # [B,H,n+1,m,p+1]
+           + jnp.swapaxes(_per_rep_dot(g1, sub, 4), 2, 3))  # [B,H,n+1,m,p+1]
     sa, sz = bnd[..., :p], bnd[..., p]
     new_state = (nu[:, :, n], sz[:, :, n], sa[:, :, n])
     # level 2: every token's weights on its sub-chunk's basis
@@ -322,10 +326,27 @@ def _cbsa_chunk_fwd(consts: _Consts, state, w, valid, *, s, contraction):
     coef = jnp.concatenate([vv, b5 * alpha * vv, b5 * piv], axis=-1)  # [B,H,n,t,2m+s]
     base = _bh_dot(coef, basis, (-1, -2), 3).reshape(b, h, c, p)
     out = consts.gamma[:, None, None] * base
-    res = dict(lc_raw=lc_raw, qw=qw, fm=fm, w1=w1, sa=sa, basis=basis, pw=pw, fk=fk, z=z,
+    res = dict(lc_raw=lc_raw, e1=e1, g1=g1, fm=fm, w1=w1, sa=sa, basis=basis, pw=pw, fk=fk, z=z,
                alpha=alpha, pi=pi, own=own, qs=qs, ss=ss, sw=sw, f=f, v_=v_, rr=rr, vv=vv,
                rres=rres, piv=piv)
     return new_state, out, res
+
+
+def _boundary_weights(top, nu):
+    """`[B, H, m, n + 1, n]`: exp(top_j - nu_k) for sub-chunk j before boundary k (j < k), else
+    0; `top [B, H, n, m]` the sub-chunks' maxima, `nu [B, H, n + 1, m]` the running maxima at the
+    boundaries (nu_k >= top_j for j < k, so every exponent is <= 0)."""
+    n = top.shape[2]
+    earlier = np.arange(n)[None, :] < np.arange(n + 1)[:, None]  # [n+1, n]: j < k
+    t = jnp.swapaxes(top, 2, 3)[:, :, :, None, :]  # [B,H,m,1,n]
+    v = jnp.swapaxes(nu, 2, 3)[:, :, :, :, None]  # [B,H,m,n+1,1]
+    return jnp.exp(jnp.where(earlier & (t != -jnp.inf), t - v, -jnp.inf))
+
+
+def _per_rep_dot(g, x, axis: int):
+    """Per head and representative j, the weights `g [B, H, m, a, b]` contracted over `axis` (3
+    or 4) with the boundaries / sub-chunks axis of `x [B, H, k, m, d]`: `[B, H, m, ., d]`."""
+    return lax.dot_general(g, x, (((axis,), (2,)), ((0, 1, 2), (0, 1, 3))))
 
 
 def _read_gram(contraction: Contraction, consts: _Consts, rr, own, m: int, p: int):
@@ -461,24 +482,24 @@ def _cbsa_chunk_bwd(consts: _Consts, state, w, valid, gout, carry, *, s, contrac
     dsaw = _bh_dot(jnp.concatenate([rows_sa, rows_w], axis=3),
                    jnp.concatenate([gbs, basis], axis=3), (-1, -2), 3)  # [B,H,n,m+s,p]
     dsa, dws = dsaw[..., :m, :], dsaw[..., m:, :]
-    # level 1: boundary states k = 0..n-1 from the tokens, k = n from the carry
+    # level 1: boundary states k = 0..n-1 from the tokens, k = n from the carry; through the
+    # sub-chunks' sums sub_j = e1_j [W_j | 1] (bnd_k = fm_k state + sum_{j<k} g1_kj sub_j)
     ds1 = jnp.concatenate([jnp.concatenate([dsa, dsz[..., None]], axis=-1),
                            jnp.concatenate([dsa_end, dsz_end[..., None]], axis=-1)[:, :, None]],
                           axis=2)  # [B,H,n+1,m,p+1]
-    qw = r["qw"]  # [B,H,n+1,m,c]
-    wds = _bh_dot(ds1.reshape(b, h, (n + 1) * m, p + 1), r["w1"], (-1, -1), 2)
-    dlt = _sum(qw * wds.reshape(b, h, n + 1, m, c), 2)  # [B,H,m,c]
+    dsub = _per_rep_dot(r["g1"], ds1, 3)  # [B,H,m,n,p+1]
+    dsub = jnp.swapaxes(dsub, 2, 3)  # [B,H,n,m,p+1]
+    e1, w1 = r["e1"], r["w1"]
+    dl1 = e1 * _bh_dot(dsub, w1, (-1, -1), 3)  # [B,H,n,m,s]
     carried = _sum(r["fm"][..., None] * ds1, 2)
     new_carry = (carried[..., :p], carried[..., p])
     # the logits l = w q0^T / tau (token-major and representative-major)
-    dlog = jnp.swapaxes(dlt, -1, -2) + jnp.swapaxes(dlr, 3, 4).reshape(b, h, c, m)
+    dlog = jnp.swapaxes(dlr + dl1, 3, 4).reshape(b, h, c, m)
     dlog = jnp.where(valid[:, None], dlog, 0) / consts.tau
-    # dw = qw^T dSa_bnd + dlog q0 + dW (per sub-chunk)
-    dw = (_bh_dot(jnp.concatenate([jnp.swapaxes(qw.reshape(b, h, (n + 1) * m, c), -1, -2),
-                                   dlog], axis=-1),
-                  jnp.concatenate([ds1[..., :p].reshape(b, h, (n + 1) * m, p), q0], axis=2),
-                  (-1, -2), 2)
-          + dws.reshape(b, h, c, p))
+    # dw = dlog q0 + e1^T dsub + dW (the last two per sub-chunk)
+    dw = (_bh_dot(dlog, q0, (-1, -2), 2)
+          + (_bh_dot(jnp.swapaxes(e1, -1, -2), dsub[..., :p], (-1, -2), 3)
+             + dws).reshape(b, h, c, p))
     zero = jnp.zeros((b, h, c), w.dtype)
     dq0 = None
     if need.q0:

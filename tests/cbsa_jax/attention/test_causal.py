@@ -495,17 +495,26 @@ def test_benchmark_smoke(tmp_path):
     from benchmarks import causal as bench
 
     path = tmp_path / "causal.json"
-    payload = bench.main(["--sizes", "16,32", "--modes", "fwd", "--target_s", "0", "--repeats",
-                          "1", "--heads", "2", "--dim_head", "8", "--queries", "4", "--chunk", "8",
-                          "--json", str(path)])
+    payload = bench.main(["--sizes", "16,32", "--modes", "fwd", "--rounds", "2", "--heads", "2",
+                          "--allocator", "default",
+                          "--dim_head", "8", "--queries", "4", "--json", str(path)])
     rows = json.loads(path.read_text())["rows"]
     assert [(r["attention"], r["n"]) for r in rows] == [
         (a, n) for n in (16, 32) for a in ("cbsa", "softmax", "linear")]
-    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 and len(r["times_ms"]) == 2
+               for r in rows)
+    assert [r["chunk"] for r in rows[:3]] == [att.causal.DEFAULT_CHUNK, None,
+                                              att.causal.LINEAR_CHUNK]
+    assert [r["interleaved"] for r in rows[:3]] == [True, False, True]
     assert "cbsa_faster_than_softmax_fwd_from_n" in payload["summary"]
-    assert bench.summarise([{"attention": "cbsa", "n": n, "mode": "fwd", "status": "ok",
-                             "median_ms": float(n)} for n in (4096, 16384, 65536)])[
-        "cbsa_fwd_slope_4096_65536"] == pytest.approx(1.0)
+    assert payload["summary"]["cbsa_over_linear_fwd_n32"] > 0
+    rows = [{"attention": a, "n": n, "mode": m, "status": "ok", "median_ms": float(n) * f}
+            for n in (4096, 16384, 65536) for a, m, f in (("cbsa", "fwd", 1), ("cbsa", "fwdbwd", 4),
+                                                          ("linear", "fwdbwd", 2))]
+    summary = bench.summarise(rows)
+    assert summary["cbsa_fwd_slope_4096_65536"] == pytest.approx(1.0)
+    assert summary["cbsa_bwd_over_fwd_n4096"] == pytest.approx(3.0)
+    assert summary["cbsa_over_linear_fwdbwd_n16384"] == pytest.approx(2.0)
 
 
 def test_a_softmax_row_that_did_not_fit_counts_as_slower():

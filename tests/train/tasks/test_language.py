@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from cbsa_jax.models import lm
-from tests._configs import tiny_config
+from tests._configs import CONFIGS, tiny_config
 from train import config as config_lib
 from train import loop as loop_lib
 from train.tasks import language
@@ -85,8 +85,8 @@ def test_sequence_parallel_train_step_equals_one_device():
     tokens = np.random.default_rng(0).integers(0, 256, (2, 65)).astype(np.int32)
     runs = []
     for seq in (1, 8):
-        config = _config(None, **{"mesh.seq": seq, "batch_size": 2, "optimizer": "sgd", "momentum": 0.0,
-                                  "learning_rate": 1.0, "weight_decay": 0.0})
+        config = _config(None, **{"mesh.seq": seq, "batch_size": 2, "optimizer": "sgd",
+                                  "momentum": 0.0, "learning_rate": 1.0, "weight_decay": 0.0})
         runs.append(_one_step(config, jax.devices()[:seq], tokens))
     (m1, p1, text1), (m8, p8, text8) = runs
     assert "manual_computation" in text8 and "manual_computation" not in text1
@@ -103,6 +103,10 @@ def test_sequence_parallelism_is_checked_against_the_task_and_the_length():
                           image_size=(65,), dtype=None)
     with pytest.raises(config_lib.ConfigError, match="applies to language models only"):
         tiny_config("digits.py", **{"mesh.seq": 2})
+    long = config_lib.validate(config_lib.load(os.path.join(CONFIGS, "lm_stdlib_long.py")))
+    assert (long.dataset, long.mesh.seq, long.mesh.data) == ("stdlib_bytes/seq65536", 8, 1)
+    task = language.language(long, num_classes=256, channels=0, image_size=(65537,), dtype=None)
+    assert nnx.eval_shape(lambda: task.build(nnx.Rngs(0))).config.max_len == 65536
 
 
 def test_train_resume_and_generate(tmp_path, capsys):

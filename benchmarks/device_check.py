@@ -176,9 +176,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         flags = ["--json", out("causal"), "--dtype", "bfloat16", "--modes", "fwdbwd"]
         if args.smoke:
             flags += ["--sizes", "32,64", "--heads", "2", "--dim_head", "8", "--queries", "4",
-                      "--chunk", "8", "--target_s", "0", "--repeats", "1"]
+                      "--chunk", "8", "--rounds", "1", "--allocator", "default"]
         else:
-            flags += ["--sizes", CAUSAL_SIZES, "--target_s", "1.0"]
+            flags += ["--sizes", CAUSAL_SIZES, "--rounds", "3"]
         if backend == "gpu":
             flags += ["--implementation", "cudnn"]
         payload = causal_bench.main(flags)

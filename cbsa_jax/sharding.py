@@ -11,6 +11,11 @@ sharded data parallel) and heads over `model` (tensor parallel). Nothing here de
 
 A mesh axis is used at most once per array; a dim whose size the mesh axis does not divide stays
 replicated (so a 3-head model still runs on a model axis of 2).
+
+One logical name is for activations, not parameters: `"sequence"`, a sequence's tokens, which the
+default rules split over the mesh axis `seq` (sequence parallelism: the causal attentions of
+`cbsa_jax.nn.causal` then run their kernels per shard of consecutive tokens, exchanging only the
+O(m p) prefix statistics; see `SEQUENCE_AXIS`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from collections.abc import Mapping, Sequence
 
 from jax.sharding import PartitionSpec
 
-__all__ = ["AXES", "DEFAULT_RULES", "logical_to_spec"]
+__all__ = ["AXES", "DEFAULT_RULES", "SEQUENCE_AXIS", "logical_to_spec"]
 
-#: Every logical axis name used by the library's parameters.
+#: Every logical axis name used by the library's parameters, and "sequence" (activations).
 AXES = (
     "embed",  # model width D
     "heads",  # attention heads H
@@ -35,6 +40,7 @@ AXES = (
     "conv_out",  # conv output channels
     "kernel",  # conv spatial taps
     "patch",  # flattened patch features of a linear patch embedding
+    "sequence",  # a sequence's tokens (activations of a language model, [B, T, D])
 )
 
 #: Logical axis -> mesh axis (or None: replicated). FSDP over `fsdp`; heads, MLP and a language
@@ -52,7 +58,13 @@ DEFAULT_RULES: Mapping[str, str | None] = {
     "conv_out": "fsdp",
     "kernel": None,
     "patch": None,
+    "sequence": "seq",  # sequence parallelism
 }
+
+#: The mesh axis that splits a sequence's tokens (`DEFAULT_RULES["sequence"]`): when the ambient
+#: mesh (`jax.set_mesh`) has it with more than one device, the causal layers of `cbsa_jax.nn`
+#: split their sequences over it.
+SEQUENCE_AXIS: str = DEFAULT_RULES["sequence"]
 
 
 def logical_to_spec(

@@ -16,6 +16,7 @@ that what a benchmark times is what training runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -272,12 +273,15 @@ class CompiledStep:
     state's buffers are donated: pass the returned leaves back in and never reuse the old ones.
     `state_shardings` (a pytree like the state, or None) and `batch_sharding` place the inputs;
     `out_sharding` places `out`. Each batch signature (shapes and dtypes) is compiled once, ahead
-    of time, with `options` (default `compiler_options()`).
+    of time, with `options` (default `compiler_options()`). With `mesh`, the step is traced under
+    `jax.set_mesh(mesh)`: the ambient mesh that the model's layers read (the language models'
+    sequence parallelism over its `seq` axis).
     """
 
     def __init__(self, fn: Callable, abstract_state, *, donate: bool = True,
                  state_shardings=None, batch_sharding=None, out_sharding=None,
-                 options: Mapping[str, Any] | None = None, returns_state: bool = True):
+                 options: Mapping[str, Any] | None = None, returns_state: bool = True,
+                 mesh: jax.sharding.Mesh | None = None):
         leaves, self.treedef = jax.tree.flatten(abstract_state)
         self.num_leaves = len(leaves)
         self.returns_state = returns_state
@@ -299,6 +303,7 @@ class CompiledStep:
             kwargs["out_shardings"] = ((flat_shardings, out_sharding) if returns_state
                                        else out_sharding)
         self.jitted = jax.jit(flat, donate_argnums=0 if donate else (), **kwargs)
+        self.mesh = mesh
         self._compiled: dict[tuple, Any] = {}
 
     def flatten(self, state) -> list:
@@ -313,7 +318,8 @@ class CompiledStep:
         return jax.tree.unflatten(self.treedef, leaves)
 
     def lower(self, leaves, batch):
-        return self.jitted.lower(leaves, batch)
+        with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+            return self.jitted.lower(leaves, batch)
 
     def compile(self, leaves, batch):
         """The compiled executable for this batch signature (compiled on first use)."""

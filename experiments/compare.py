@@ -54,6 +54,7 @@ from cbsa_jax.reporting import (
     table,
     write_json,
 )
+from experiments._runs import Interrupted, parse, train_once
 from train import cli, loop
 from train import config as config_lib
 from train import data as data_lib
@@ -66,11 +67,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["main", "RunSpec", "plan", "aggregate", "representatives", "forward_gflops"]
 
 DEFAULT_MODELS = "cbt_nano,crate_nano,tost_nano,vit_nano"
-RESULT = "result.json"
-
-
-class Interrupted(RuntimeError):
-    """A run that stopped before its last step (SIGTERM); its checkpoint resumes it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,31 +132,22 @@ def _from_metrics(path: str, eval_split: str) -> dict:
 
 def run_one(config, workdir: str, *, mass: float) -> dict:
     """Train (or resume, or read back) one run and measure it; returns its result."""
-    path = os.path.join(workdir, RESULT)
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    started = time.perf_counter()
-    summary = loop.run(config, workdir)
-    if summary["stopped_by"] != "finished" or summary["step"] < summary["total_steps"]:
-        raise Interrupted(f"{workdir}: stopped at step {summary['step']} of "
-                          f"{summary['total_steps']} ({summary['stopped_by']}); rerun to resume")
-    exp, state, _ = loop.load_experiment(workdir)
-    model = exp.model(state)
-    result = {"model": config.model.name, "seed": config.seed,
-              "cells": list(config_lib.model_config(config).cells),
-              "workdir": workdir, "steps": summary["total_steps"],
-              "params": count_params(model),
-              "gflops_per_image": forward_gflops(model, (*exp.image_size, exp.channels)),
-              **_from_metrics(os.path.join(workdir, "metrics.jsonl"), config.eval_split)}
-    source = data_lib.open_input(config)
-    if "mask" in source.features:
-        result["segmentation"] = attention_jaccard.evaluate(exp, state, mass=mass, source=source)
-    result["wall_seconds"] = round(time.perf_counter() - started, 1)  # this sitting's share
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return result
+    def measure(summary: dict) -> dict:
+        exp, state, _ = loop.load_experiment(workdir)
+        model = exp.model(state)
+        result = {"model": config.model.name, "seed": config.seed,
+                  "cells": list(config_lib.model_config(config).cells),
+                  "workdir": workdir, "steps": summary["total_steps"],
+                  "params": count_params(model),
+                  "gflops_per_image": forward_gflops(model, (*exp.image_size, exp.channels)),
+                  **_from_metrics(os.path.join(workdir, "metrics.jsonl"), config.eval_split)}
+        source = data_lib.open_input(config)
+        if "mask" in source.features:
+            result["segmentation"] = attention_jaccard.evaluate(exp, state, mass=mass,
+                                                                source=source)
+        return result
+
+    return train_once(config, workdir, measure)
 
 
 def representatives(model_config) -> int | None:
@@ -282,14 +269,7 @@ def parse_args(argv: list[str]):
     p.add_argument("--sweep-model", default="cbt_nano")
     p.add_argument("--mass", type=float, default=0.6,
                    help="attention_jaccard's attention mass")
-    p.add_argument("--out", default="runs/compare")
-    p.add_argument("--results", default=None,
-                   help="also copy NAME.json, NAME.md and NAME.png here (e.g. docs/results)")
-    try:
-        rest, overrides = cli.split_overrides(argv)
-    except config_lib.ConfigError as e:
-        p.error(str(e))
-    args = p.parse_args(rest)
+    args, overrides = parse(p, argv, out="runs/compare", copied="NAME.json, NAME.md and NAME.png")
     args.models = parse_list(args.models) or []
     args.seeds_for = parse_list(args.seeds_for)
     try:

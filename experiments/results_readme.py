@@ -487,12 +487,15 @@ OFFICIAL = Experiment(
 # ---- benchmarks.causal: causal.json
 
 
+def _causal_row(res: Results, attention: str, n: int, mode: str = "fwdbwd") -> Mapping | None:
+    return next((r for r in res["causal.json"]["rows"] if r["attention"] == attention
+                 and r["n"] == n and r.get("mode", "fwdbwd") == mode), None)
+
+
 def _causal_rows(res: Results) -> list[dict[str, Any]]:
-    rows: dict[int, dict[str, Any]] = {}
-    for r in res["causal.json"]["rows"]:
-        row = rows.setdefault(r["n"], {"n": r["n"]})
-        row[r["attention"]] = r
-    return [rows[n] for n in sorted(rows)]
+    return [{"n": n, **{f"{a}_{m}": _causal_row(res, a, n, m)
+                        for a in ("cbsa", "softmax", "linear") for m in ("fwd", "fwdbwd")}}
+            for n in sorted({r["n"] for r in res["causal.json"]["rows"]})]
 
 
 def _causal_time(r: Mapping[str, Any] | None) -> str:
@@ -503,118 +506,168 @@ def _causal_time(r: Mapping[str, Any] | None) -> str:
     return ms(r["median_ms"])
 
 
+def _ratio(a: Mapping | None, b: Mapping | None) -> float | None:
+    if a is None or b is None or "median_ms" not in a or "median_ms" not in b:
+        return None
+    return a["median_ms"] / b["median_ms"]
+
+
+def _bwd_over_fwd(fwd: Mapping | None, fwdbwd: Mapping | None) -> float | None:
+    ratio = _ratio(fwdbwd, fwd)
+    return None if ratio is None else ratio - 1
+
+
 CAUSAL_TABLE = Table(
     id="causal",
     rows=_causal_rows,
     columns=(
         Column("tokens", lambda r: r["n"], dash("{:,}")),
-        Column("causal CBSA ms", lambda r: r.get("cbsa"), _causal_time),
-        Column("causal softmax ms", lambda r: r.get("softmax"), _causal_time),
-        Column("causal linear ms", lambda r: r.get("linear"), _causal_time),
-        Column("peak MB, CBSA", lambda r: r["cbsa"]["peak_mb"], dash("{:,.0f}")),
-        Column("peak MB, softmax", lambda r: r["softmax"]["peak_mb"], dash("{:,.0f}")),
-        Column("peak MB, linear", lambda r: r["linear"]["peak_mb"], dash("{:,.0f}")),
+        Column("causal CBSA ms", lambda r: r["cbsa_fwdbwd"], _causal_time),
+        Column("causal softmax ms", lambda r: r["softmax_fwdbwd"], _causal_time),
+        Column("causal linear ms", lambda r: r["linear_fwdbwd"], _causal_time),
+        Column("CBSA / linear", lambda r: _ratio(r["cbsa_fwdbwd"], r["linear_fwdbwd"]),
+               dash("{:.2f}")),
+        Column("CBSA bwd / fwd", lambda r: _bwd_over_fwd(r["cbsa_fwd"], r["cbsa_fwdbwd"]),
+               dash("{:.2f}")),
+        Column("linear bwd / fwd", lambda r: _bwd_over_fwd(r["linear_fwd"], r["linear_fwdbwd"]),
+               dash("{:.2f}")),
+        Column("peak MB, CBSA", lambda r: r["cbsa_fwdbwd"]["peak_mb"], dash("{:,.0f}")),
+        Column("peak MB, softmax", lambda r: r["softmax_fwdbwd"]["peak_mb"], dash("{:,.0f}")),
+        Column("peak MB, linear", lambda r: r["linear_fwdbwd"]["peak_mb"], dash("{:,.0f}")),
     ),
-    caption="Forward + backward of one attention layer, {heads} heads of {dim_head}, "
-            "m = {queries} learned queries, chunks of {chunk}, batch {batch}, {dtype}; medians; "
-            "peak MB is XLA's estimate, and a row over the {budget:.0f} GB budget is not run.",
+    caption="Forward + backward of one attention layer (ms, medians), {heads} heads of "
+            "{dim_head}, m = {queries} learned queries, chunks of {chunk} for CBSA and linear "
+            "attention, batch {batch}, {dtype}; CBSA and linear attention timed in "
+            "{rounds} interleaved rounds, softmax alone after them. bwd / fwd is "
+            "(fwd+bwd - fwd) / fwd. Peak MB is XLA's estimate, and a row over the {budget:.0f} "
+            "GB budget is not run.",
 )
 
 
 def _causal_facts(res: Results) -> dict[str, Any]:
     data = res["causal.json"]
     s, c = data["summary"], data["config"]
-    by = {(r["attention"], r["n"]): r for r in data["rows"]}
-    sizes = sorted({n for _, n in by})
-    lin = [by["cbsa", n]["median_ms"] / by["linear", n]["median_ms"] for n in sizes]
-    oom = [n for n in sizes if by["softmax", n]["status"] != "ok"]
+    rows = {r["n"]: r for r in _causal_rows(res)}
+    lin = {n: _ratio(r["cbsa_fwdbwd"], r["linear_fwdbwd"]) for n, r in rows.items()}
+    bwd = {n: _bwd_over_fwd(r["cbsa_fwd"], r["cbsa_fwdbwd"]) for n, r in rows.items()}
+    oom = [n for n, r in rows.items() if r["softmax_fwdbwd"] and r["softmax_fwdbwd"]["status"]
+           != "ok"]
+    soft = {n: _ratio(r["softmax_fwdbwd"], r["cbsa_fwdbwd"]) for n, r in rows.items()}
+    slower = [n for n, v in soft.items() if v is not None and v < 1]
+    from_n = s["cbsa_faster_than_softmax_fwdbwd_from_n"]
     return {
         **{k: c[k] for k in ("heads", "dim_head", "queries", "chunk", "batch", "dtype")},
-        "budget": c["memory_budget_gb"], "slope": s["cbsa_fwdbwd_slope_4096_65536"],
-        "from_n": s["cbsa_faster_than_softmax_fwdbwd_from_n"],
-        "at4k": s["softmax_over_cbsa_fwdbwd_n4096"],
-        "soft_at1k": 1 / s["softmax_over_cbsa_fwdbwd_n1024"],
-        "oom_from": min(oom) if oom else None, "lin_lo": min(lin), "lin_hi": max(lin),
+        "rounds": c.get("rounds", "-"), "budget": c["memory_budget_gb"],
+        "slope": s["cbsa_fwdbwd_slope_4096_65536"], "from_n": from_n,
+        "at4k": soft.get(4096), "oom_from": min(oom) if oom else None,
+        "lin4k": lin.get(4096), "lin16k": lin.get(16384), "bwd4k": bwd.get(4096),
+        "bwd16k": bwd.get(16384),
+        "lin_lo": min(v for v in lin.values() if v), "lin_hi": max(v for v in lin.values() if v),
+        "softmax_note": (f"at {', '.join(f'{n:,}' for n in slower)} tokens causal softmax is "
+                         f"faster ({', '.join(f'{1 / soft[n]:.1f}x' for n in slower)})"
+                         if slower else "causal softmax is slower at every length measured"),
     }
 
 
 CAUSAL = Experiment(
     title="Causal attention as the sequence grows",
     setup="`benchmarks.causal`: causal CBSA (`cbsa_jax.attention.causal_cbsa`, a chunked scan "
-          "with an O(m p) state per head) against `jax.nn.dot_product_attention(is_causal=True)` "
-          "and causal linear attention (elu + 1 features).",
+          "with an O(m p) state per head and a hand-written backward pass) against "
+          "`jax.nn.dot_product_attention(is_causal=True)` and causal linear attention (elu + 1 "
+          "features).",
     tables=(CAUSAL_TABLE,),
-    shows="Causal CBSA's time grows with exponent {slope:.2f} in the tokens from 4,096 to "
-          "65,536 and its memory stays linear; it is faster than causal softmax from "
-          "{from_n:,} tokens ({at4k:.1f}x at 4,096), and softmax no longer fits from "
-          "{oom_from:,} tokens.",
-    loses="Causal linear attention is {lin_lo:.0f} to {lin_hi:.0f}x faster than causal CBSA "
-          "at every length, and at 1,024 tokens causal softmax is {soft_at1k:.1f}x faster.",
+    shows="Causal CBSA's forward + backward is {lin4k:.2f}x causal linear attention's at 4,096 "
+          "tokens and {lin16k:.2f}x at 16,384, its backward {bwd4k:.2f}x and {bwd16k:.2f}x its "
+          "forward; its time grows with exponent {slope:.2f} in the tokens from 4,096 to 65,536 "
+          "and its memory stays linear; it is faster than causal softmax from {from_n:,} tokens "
+          "({at4k:.1f}x at 4,096), and softmax no longer fits from {oom_from:,} tokens.",
+    loses="Causal linear attention is {lin_lo:.1f} to {lin_hi:.1f}x faster than causal CBSA "
+          "at every length; {softmax_note}.",
     facts=_causal_facts,
+    wall_clock=lambda d: f"{minutes(d['wall_s'])}" if d.get("wall_s") else None,
 )
 
-# ---- python -m train --config configs/lm_stdlib.py: lm_stdlib.json
-
 _LM_NAMES = {"cbsa": "causal CBSA", "softmax": "causal softmax", "linear": "causal linear"}
-_LM_COLUMNS = (
+
+# ---- experiments.lm_compare: lm_compare.json
+
+_LM_COMPARE_COLUMNS = (
+    Column("context, bytes", lambda r: r["context"], dash("{:,}")),
     Column("attention", lambda r: f"{_LM_NAMES.get(r['attention'], r['attention'])}, "
-           f"`{r['preset']}`", align="<"),
+           f"`{r['model']}`", align="<"),
+    Column("params", lambda r: r["parameters"], dash("{:,}")),
+    Column("batch", lambda r: r["batch_size"], dash("{}")),
     Column("steps", lambda r: r["steps"], dash("{:,}")),
-    Column("test bits per byte", lambda r: r["test_bits_per_byte"], dash("{:.2f}")),
+    Column("train step, CPU s", lambda r: r["train_step_cpu_seconds"], dash("{:.3f}")),
+    Column("training CPU s", lambda r: r["training_cpu_seconds"], dash("{:,.0f}")),
+    Column("wall s", lambda r: r["wall_seconds"], dash("{:,.0f}")),
+    Column("test bits per byte", lambda r: r["test_bits_per_byte"], dash("{:.3f}")),
     Column("next-byte accuracy", lambda r: r["test_next_byte_accuracy"], dash("{:.3f}")),
 )
 
-LM_TABLE = Table(
-    id="lm_stdlib",
-    rows=lambda res: res["lm_stdlib.json"]["rows"],
-    columns=(
-        _LM_COLUMNS[0],
-        Column("params", lambda r: r["parameters"], dash("{:,}")),
-        Column("train step, CPU s", lambda r: r["train_step_cpu_seconds"], dash("{:.2f}")),
-        Column("training CPU s", lambda r: r["training_cpu_seconds"], dash("{:,}")),
-        *_LM_COLUMNS[1:],
-    ),
-    caption="Equal training compute: steps = the CPU-seconds budget / the train step's CPU "
-            "time, measured side by side.",
-)
-
-LM_FIRST_ROUND = Table(
-    id="lm_stdlib_first_round",
-    rows=lambda res: res["lm_stdlib.json"]["fewer_steps_for_the_baselines"]["rows"],
-    columns=_LM_COLUMNS,
-    caption="Fewer steps for the baselines, {first_round_note}.",
+LM_COMPARE_TABLE = Table(
+    id="lm_compare",
+    rows=lambda res: res["lm_compare.json"]["rows"],
+    columns=_LM_COMPARE_COLUMNS,
+    caption="Equal training compute: {budget:g} CPU seconds per model and context; steps = the "
+            "budget / the train step's CPU time, measured side by side in one process "
+            "({tokens:,} bytes per step at every context); evaluated once at the end on "
+            "{eval_bytes:,} test bytes.",
 )
 
 
-def _lm_facts(res: Results) -> dict[str, Any]:
-    data = res["lm_stdlib.json"]
-    r = _by(data["rows"], "attention")
-    first = _by(data["fewer_steps_for_the_baselines"]["rows"], "attention")
+def _lm_by_context(res: Results) -> dict[int, dict[str, Mapping[str, Any]]]:
+    out: dict[int, dict[str, Mapping[str, Any]]] = {}
+    for r in res["lm_compare.json"]["rows"]:
+        out.setdefault(r["context"], {})[r["attention"]] = r
+    return out
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def _lm_compare_facts(res: Results) -> dict[str, Any]:
+    data = res["lm_compare.json"]
+    wins, losses, costs = [], [], []
+    for ctx, by in sorted(_lm_by_context(res).items()):
+        others = ", ".join(f"{_LM_NAMES[a]} {r['test_bits_per_byte']:.2f}"
+                           for a, r in by.items() if a != "cbsa")
+        best = min(by.values(), key=lambda r: r["test_bits_per_byte"])
+        cbsa = by.get("cbsa")
+        if cbsa is None:
+            continue
+        if best is cbsa:
+            wins.append(f"at {ctx:,} bytes causal CBSA has the lowest test bits per byte, "
+                        f"{cbsa['test_bits_per_byte']:.2f} ({others})")
+        else:
+            losses.append(f"at {ctx:,} bytes causal CBSA ends above {_LM_NAMES[best['attention']]}"
+                          f", at {cbsa['test_bits_per_byte']:.2f} bits per byte ({others})")
+        costs.append(f"{ctx:,} bytes: " + ", ".join(
+            f"{cbsa['train_step_cpu_seconds'] / r['train_step_cpu_seconds']:.2g}x "
+            f"{_LM_NAMES[a]}'s" for a, r in by.items() if a != "cbsa"))
     return {
-        "what": data["what"], "first_round_note": data["fewer_steps_for_the_baselines"]["note"],
-        "step_ratio": r["cbsa"]["train_step_cpu_seconds"] / r["softmax"]["train_step_cpu_seconds"],
-        **{f"{k}_steps": v["steps"] for k, v in r.items()},
-        **{f"{k}_bpb": v["test_bits_per_byte"] for k, v in r.items()},
-        **{f"{k}1_steps": v["steps"] for k, v in first.items()},
-        **{f"{k}1_bpb": v["test_bits_per_byte"] for k, v in first.items()},
+        "budget": data["budget_cpu_s"], "tokens": data["tokens_per_step"],
+        "eval_bytes": data["eval_bytes"], "recipe": data["recipe_summary"],
+        "wins": (_sentence("; ".join(wins)) if wins
+                 else "Causal CBSA has the lowest bits per byte at no context length measured."),
+        "losses": (_sentence("; ".join(losses)) if losses
+                   else "Causal CBSA has the lowest bits per byte at every context length."),
+        "costs": "; ".join(costs),
     }
 
 
-LM_STDLIB = Experiment(
-    title="A byte-level language model: causal CBSA, softmax and linear attention",
-    setup="`configs/lm_stdlib.py` on `stdlib_bytes`, this Python's own standard-library "
-          "sources (nothing downloaded). As recorded: {what}.",
-    tables=(LM_TABLE, LM_FIRST_ROUND),
-    shows="Per step, causal CBSA is ahead: after {cbsa_steps} steps it is at {cbsa_bpb:.2f} "
-          "bits per byte, where softmax attention was at {softmax1_bpb:.2f} after {softmax1_steps} "
-          "steps and linear attention at {linear1_bpb:.2f} after {linear1_steps}.",
-    loses="At equal compute it loses to both: its train step costs {step_ratio:.1f}x "
-          "softmax's on this CPU, so it gets {cbsa_steps} steps against {softmax_steps} and "
-          "{linear_steps}, and ends at {cbsa_bpb:.2f} bits per byte against {softmax_bpb:.2f} "
-          "(softmax) and {linear_bpb:.2f} (linear).",
-    facts=_lm_facts,
-    wall_clock=lambda d: (f"{minutes(sum(r['wall_seconds'] for r in d['rows']))} over the "
-                          f"{len(d['rows'])} runs of the first table"),
+LM_COMPARE = Experiment(
+    title="Byte-level language models at equal compute: causal CBSA, softmax and linear attention",
+    setup="`experiments.lm_compare`: `configs/lm_stdlib.py`'s models (`lm_*_tiny`: width 128, 4 "
+          "blocks, 4 heads of 32) on `stdlib_bytes`, this Python's own standard-library sources "
+          "(nothing downloaded), at each context length; {recipe}.",
+    tables=(LM_COMPARE_TABLE,),
+    shows="{wins}",
+    loses="{losses} Causal CBSA's train step costs, per context: {costs}.",
+    facts=_lm_compare_facts,
+    beside=("lm_compare.md",),
+    wall_clock=lambda d: f"{minutes(d['runs_wall_seconds'])} over the {len(d['rows'])} runs",
 )
 
 # ---- experiments.adapt_mnist: adapt_mnist.json
@@ -772,7 +825,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "shapes64.json": SHAPES64,
     "official_run4.json": OFFICIAL,
     "causal.json": CAUSAL,
-    "lm_stdlib.json": LM_STDLIB,
+    "lm_compare.json": LM_COMPARE,
     "adapt_mnist.json": ADAPT_MNIST,
     "shapes64_seg.json": SHAPES64_SEG,
 }
@@ -797,7 +850,7 @@ def _ips(res: Results, name: str, model: str) -> str:
 
 
 def _causal_ms(res: Results, attention: str, n: int) -> str:
-    row = next(r for r in res["causal.json"]["rows"] if r["attention"] == attention and r["n"] == n)
+    row = _causal_row(res, attention, n)
     return f"{_causal_time(row)} ms" if row["status"] == "ok" else _causal_time(row)
 
 
@@ -808,7 +861,12 @@ def _official(res: Results, name: str, key: str = "ratio",
 
 
 def _lm(res: Results, attention: str) -> str:
-    return f"{_by(res['lm_stdlib.json']['rows'], 'attention')[attention]['test_bits_per_byte']:.2f}"
+    return " / ".join(f"{by[attention]['test_bits_per_byte']:.2f}" if attention in by else "-"
+                      for _, by in sorted(_lm_by_context(res).items()))
+
+
+def _lm_contexts(res: Results) -> str:
+    return " / ".join(f"{ctx:,}" for ctx in sorted(_lm_by_context(res)))
 
 
 def _seg(res: Results, run: str) -> str:
@@ -847,10 +905,11 @@ HEADLINES = (
                        f"{_causal_ms(r, 'softmax', 65536)}; linear "
                        f"{_causal_ms(r, 'linear', 4096)} / {_causal_ms(r, 'linear', 65536)}",
              ("causal.json",)),
-    Headline("Byte-level LM at equal compute: test bits per byte (lower is better)",
-             lambda r: _lm(r, "cbsa"),
+    Headline("Byte-level LM at equal compute, test bits per byte (lower is better), by context "
+             "length in bytes",
+             lambda r: f"{_lm(r, 'cbsa')} ({_lm_contexts(r)} bytes)",
              lambda r: f"softmax {_lm(r, 'softmax')}, linear {_lm(r, 'linear')}",
-             ("lm_stdlib.json",)),
+             ("lm_compare.json",)),
     Headline("Pretrained ViT switched to pooled queries, then fine-tuned: test accuracy",
              lambda r: "{after_finetune:.3f} ({finetune_steps} steps)".format_map(
                  r["adapt_mnist.json"]["finetune"]["adapted"]),

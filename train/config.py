@@ -108,7 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_decay = 0.0  # 0 = off
     c.nonfinite = "skip"  # skip | stop: what a non-finite loss or gradient does
     # mesh: -1 fills the remaining devices
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+    # (seq > 1 splits each sequence of a language model: sequence parallelism)
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "seq": 1, "model": 1})
     # loop
     c.log_every_steps = 50
     c.eval_every_steps = 0  # 0 = once per epoch
@@ -287,11 +288,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                               f"{config.crop_scale!r}")
     _check(len(config.mean) == len(config.std) and all(s > 0 for s in config.std),
            "config.mean and config.std must have the same length and std > 0")
-    for axis in ("data", "fsdp", "model"):
+    for axis in ("data", "fsdp", "seq", "model"):
         v = config.mesh[axis]
         _check(isinstance(v, int) and (v >= 1 or v == -1),
                f"config.mesh.{axis} must be a positive integer or -1, got {v!r}")
-    _check(sum(config.mesh[a] == -1 for a in ("data", "fsdp", "model")) <= 1,
+    _check(sum(config.mesh[a] == -1 for a in ("data", "fsdp", "seq", "model")) <= 1,
            "config.mesh: at most one axis may be -1")
     for name in ("initialization_timeout", "heartbeat_timeout", "collective_timeout"):
         value = config.distributed[name]
@@ -299,6 +300,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                and (value > 0 or name == "collective_timeout") and value < float("inf"),
                f"config.distributed.{name} must be a number of seconds "
                f"{'>= 0 (0 = off)' if name == 'collective_timeout' else '> 0'}, got {value!r}")
+    _check(config.mesh.seq == 1 or config.task == "language",
+           f"config.mesh.seq = {config.mesh.seq}: sequence parallelism applies to language "
+           f"models only (config.task = 'language')")
     if config.task == "language":  # the language model checks its own preset when built
         return config
     _check(config.model.name in PRESETS,

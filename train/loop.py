@@ -134,7 +134,7 @@ class Experiment:
         return training.compile_step(self.task.train_step, self.task.abstract_state,
                                      state_shardings=self.state_sharding,
                                      batch_sharding=self.batch_sharding,
-                                     out_sharding=mesh_lib.replicated(self.mesh))
+                                     out_sharding=mesh_lib.replicated(self.mesh), mesh=self.mesh)
 
     def eval_step(self) -> training.CompiledStep:
         """The compiled eval step (the state flat and kept, the sums replicated)."""
@@ -142,7 +142,7 @@ class Experiment:
                                      donate=False, returns_state=False,
                                      state_shardings=self.state_sharding,
                                      batch_sharding=self.batch_sharding,
-                                     out_sharding=mesh_lib.replicated(self.mesh))
+                                     out_sharding=mesh_lib.replicated(self.mesh), mesh=self.mesh)
 
     def meta(self, step: int, **extra) -> dict:
         """The JSON saved beside a checkpoint: enough to rebuild this experiment."""
@@ -167,6 +167,8 @@ def experiment(config: ml_collections.ConfigDict, *, num_classes: int, channels:
                               image_size=size, dtype=dtype)
         abstract_params = nnx.state(nnx.eval_shape(lambda: definition.build(nnx.Rngs(0))),
                                     nnx.Param)
+    except config_lib.ConfigError:
+        raise
     except ValueError as e:  # a model the dataset's shapes cannot feed: a config problem
         raise config_lib.ConfigError(f"config.model: {e}") from None
     tx = optim.make_optimizer(config, abstract_params, schedule)
@@ -363,7 +365,7 @@ def load_experiment(workdir: str, *, overrides: dict | None = None):
         meta = ckpt.read_meta(step)
         config = config_lib.base_config()
         config.update(ml_collections.ConfigDict(meta["config"]))
-        config.mesh.data, config.mesh.fsdp, config.mesh.model = 1, 1, 1
+        config.mesh.data, config.mesh.fsdp, config.mesh.seq, config.mesh.model = 1, 1, 1, 1
         config_lib.apply_overrides(config, {k: str(v) for k, v in (overrides or {}).items()})
         exp = experiment(config, num_classes=meta["num_classes"], channels=meta["channels"],
                          image_size=tuple(meta["image_size"]),

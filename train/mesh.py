@@ -1,4 +1,10 @@
-"""The device mesh, and shardings from the parameters' logical axes."""
+"""The device mesh, and shardings from the parameters' logical axes.
+
+Mesh axes: `data` and `fsdp` split the batch (and `fsdp` the parameters' embedding dims), `seq`
+splits each sequence's tokens (a language model's sequence parallelism: `cbsa_jax.sharding`'s
+"sequence" rule; the train and eval steps are traced under `jax.set_mesh` of this mesh, which is
+where the model's causal layers find it), `model` splits heads, MLP widths and the vocabulary.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from cbsa_jax.sharding import DEFAULT_RULES, logical_to_spec
 __all__ = ["MeshError", "make_mesh", "batch_sharding", "state_shardings", "replicated",
            "BATCH_AXES"]
 
-AXES = ("data", "fsdp", "model")
+AXES = ("data", "fsdp", "seq", "model")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over data x fsdp
 
 
@@ -23,7 +29,7 @@ class MeshError(ValueError):
     """A mesh that does not fit the devices or the batch; the message is one line."""
 
 
-def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
     sizes = [config.mesh[a] for a in AXES]
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
@@ -38,7 +44,7 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
-    """A (data, fsdp, model) mesh over all devices (or `devices`), GSPMD-style Auto axes.
+    """A (data, fsdp, seq, model) mesh over all devices (or `devices`), GSPMD-style Auto axes.
 
     In a single process, a mesh with no -1 axis that needs fewer devices than there are uses
     the first ones (with a note); across processes every device must be used.
@@ -57,7 +63,7 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
             layout = dict(zip(AXES, shape, strict=True))
             raise MeshError(f"config.{name} {value} is not divisible by the {batch_ways} "
                             f"data x fsdp devices of the mesh {layout}")
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -19,6 +19,12 @@ summarises. CBSA and linear attention carry O(1) states (decoding costs O(m p) /
 whatever the prefix length); softmax attention carries a key/value cache of `max_len` tokens.
 Nothing is stored on the module. Positions are learned up to `max_len`: a sequence (prompt plus
 generated tokens) may not be longer.
+
+Sequence parallelism: under an ambient mesh (`jax.set_mesh`) whose `seq` axis
+(`cbsa_jax.sharding.SEQUENCE_AXIS`) has more than one device and divides the sequence length,
+the activations `[B, T, D]` are split along T over it and the CBSA and linear attentions run
+their kernels per shard of consecutive tokens (`cbsa_jax.nn.causal`); `python -m train` sets
+that mesh from `config.mesh.seq`.
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from cbsa_jax.models.config import check_positive_ints, checked_replace, coerce_enums, lookup
 from cbsa_jax.nn import causal, layers
+from cbsa_jax.sharding import SEQUENCE_AXIS
 
 __all__ = [
     "LMAttention",
@@ -42,6 +50,7 @@ __all__ = [
     "LMBlock",
     "LanguageModel",
     "LM_PRESETS",
+    "CBSA_CHUNK",
     "get_lm_config",
     "create_lm",
     "Greedy",
@@ -75,7 +84,8 @@ class LMConfig:
       dim, depth, heads, dim_head: D, blocks, H, p.
       ffn, mlp_ratio: the feed-forward step.
       num_queries: m, CBSA's learned representatives per head. eps: the exact contraction's
-        distortion. chunk: tokens per scan step of CBSA / linear attention (speed only).
+        distortion. chunk: tokens per scan step of CBSA / linear attention (speed only); None:
+        `CBSA_CHUNK` for CBSA, the kernel's default (`causal.LINEAR_CHUNK`) for linear attention.
       tied_output: logits = LN(x) E^T with the token embedding E (else a separate Dense).
     """
 
@@ -90,13 +100,13 @@ class LMConfig:
     mlp_ratio: float = 4.0
     num_queries: int = 16
     eps: float = 1.0
-    chunk: int = 64
+    chunk: int | None = None
     tied_output: bool = True
 
     def __post_init__(self):
         coerce_enums(self, {"attention": LMAttention, "ffn": LMFFN})
         check_positive_ints(self, ("dim", "depth", "heads", "dim_head", "vocab_size", "max_len",
-                                   "num_queries", "chunk"))
+                                   "num_queries") + (("chunk",) if self.chunk is not None else ()))
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps!r}")
         if not self.mlp_ratio > 0:
@@ -114,6 +124,11 @@ class LMState(NamedTuple):
     layers: tuple[Any, ...]
 
 
+#: Causal CBSA's chunk in the language models by default: the fastest of 16, 32 and 64 for the
+#: presets' train step, whose heads (p = 32) are narrower than the kernel's default assumes.
+CBSA_CHUNK = 16
+
+
 def build_causal_attention(config: LMConfig, *, dtype, param_dtype,
                            rngs: nnx.Rngs) -> nnx.Module:
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -123,10 +138,12 @@ def build_causal_attention(config: LMConfig, *, dtype, param_dtype,
         return causal.CausalCBSA(d, h, p, num_queries=config.num_queries,
                                  contraction="exact" if exact else "softmax",
                                  broadcast="exact" if exact else "attention", eps=config.eps,
-                                 chunk=config.chunk, **kw)
+                                 chunk=config.chunk or CBSA_CHUNK, **kw)
     if config.attention is LMAttention.SOFTMAX:
         return causal.CausalSoftmaxAttention(d, h, p, **kw)
-    return causal.CausalLinearAttention(d, h, p, chunk=config.chunk, **kw)
+    if config.chunk is not None:
+        kw["chunk"] = config.chunk
+    return causal.CausalLinearAttention(d, h, p, **kw)
 
 
 class LMBlock(nnx.Module):
@@ -196,6 +213,9 @@ class LanguageModel(nnx.Module):
         dtype = self.dtype or self.token_embedding[...].dtype
         pos = jax.lax.dynamic_slice_in_dim(self.pos_embedding[...], start, n, axis=0)
         x = (jnp.take(self.token_embedding[...], tokens, axis=0) + pos).astype(dtype)
+        if causal.split_axis(SEQUENCE_AXIS, n) is not None:  # sequence parallelism
+            free = PartitionSpec.UNCONSTRAINED
+            x = jax.lax.with_sharding_constraint(x, PartitionSpec(free, SEQUENCE_AXIS, free))
         new_states = []
         for i, block in enumerate(self.blocks):
             if state is None:

@@ -7,7 +7,8 @@ A real text corpus that is already on every machine that runs this code: the ``.
   path, **excluding** third-party and test code: any path with a directory ``site-packages``,
   ``dist-packages``, ``test``, ``tests``, ``idle_test`` or ``__pycache__`` (the test suites are
   more than half of the bytes and largely repetitive). On CPython 3.11.7 that leaves 734 files,
-  12.1 MB. The ``small`` config keeps the first 4 KiB of the first 24 files (for tests).
+  12.1 MB. The ``small`` config keeps the first 4 KiB of the first 24 files (for tests); the
+  ``seq4096`` and ``seq65536`` configs cut the same files into long windows (long contexts).
 * Split: by a hash of the relative path, so a file never contributes to both splits and the
   assignment does not depend on which other files exist: ``test`` when
   ``int(sha256(path)[:8], 16) % TEST_MODULUS == 0`` (about 1 file in 10), else ``train``.
@@ -42,6 +43,7 @@ __all__ = [
     "SPLITS",
     "TEST_MODULUS",
     "Windows",
+    "describe",
     "source_files",
     "split_arrays",
     "split_files",
@@ -68,11 +70,24 @@ class Windows:
 
 
 #: ``default``: 256 bytes, every non-test file; ``small``: 64 bytes, the first 4 KiB of the
-#: first 24 files (tests).
+#: first 24 files (tests); ``seq4096`` and ``seq65536``: windows of 4,096 and 65,536 bytes of
+#: every non-test file (long contexts). The TFDS builder's configs are made from this table.
 CONFIGS: dict[str, Windows] = {
     "default": Windows(seq_len=256),
     "small": Windows(seq_len=64, max_files=24, max_file_bytes=4096),
+    "seq4096": Windows(seq_len=4096),
+    "seq65536": Windows(seq_len=65536),
 }
+
+
+def describe(config: Windows) -> str:
+    """One line saying what a config's windows hold."""
+    if config.max_files is None and config.max_file_bytes is None:
+        files = "every non-test stdlib .py file"
+    else:
+        files = (f"the first {config.max_file_bytes or 'all'} bytes of the first "
+                 f"{config.max_files or 'all'} files")
+    return f"{config.seq_len}-byte windows of {files}."
 
 
 def stdlib_root() -> Path:

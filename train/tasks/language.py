@@ -11,6 +11,9 @@ Evaluation adds up, over the valid rows, the summed cross-entropy, the number of
 and the number predicted right; `finalize` gives `loss` (nats per token), `bits_per_byte`
 (= loss / ln 2, one token per byte), `accuracy` (next-token top-1), `tokens` and
 `neg_bits_per_byte`, the ranking metric (higher is better).
+
+With `config.mesh.seq` > 1 every sequence is split over that many devices (sequence parallelism,
+`cbsa_jax.models.lm`); it must divide T.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ def language(config: ml_collections.ConfigDict, *, num_classes: int, channels: i
     vocabulary)."""
     del channels
     seq_len = int(image_size[0]) - 1
+    shards = config.mesh.seq
+    if shards > 1 and seq_len % shards:
+        raise config_lib.ConfigError(f"config.mesh.seq = {shards} must divide the sequence "
+                                     f"length T = {seq_len} of config.dataset")
     key = "tokens"  # the input pipeline reads config.language.tokens_key into it
     model_config = lm_config(config, vocab_size=num_classes, seq_len=seq_len)
 

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from cbsa_jax import nn as cnn
+from cbsa_jax.attention import causal as causal_attention
 from cbsa_jax.models import lm
 
 KINDS = ["cbsa", "softmax", "linear"]
@@ -79,6 +80,16 @@ def test_presets_have_equal_widths():
     for size in ("nano", "tiny", "small"):
         configs = [lm.get_lm_config(f"lm_{kind}_{size}") for kind in KINDS]
         assert len({(c.dim, c.depth, c.heads, c.dim_head) for c in configs}) == 1
+
+
+def test_scan_chunks_default_per_attention_and_follow_the_config():
+    def chunk(kind, **kw):
+        return nnx.eval_shape(lambda: lm.create_lm(f"lm_{kind}_nano", **kw)).blocks[0].attn.chunk
+
+    assert chunk("cbsa") == lm.CBSA_CHUNK and chunk("linear") == causal_attention.LINEAR_CHUNK
+    assert chunk("cbsa", chunk=8) == chunk("linear", chunk=8) == 8
+    with pytest.raises(ValueError, match="chunk must be a positive integer"):
+        lm.get_lm_config("lm_cbsa_nano", chunk=0)
 
 
 def test_bad_input_is_named():

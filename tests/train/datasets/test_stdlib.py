@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from train.datasets import builders as datasets
 from train.datasets import stdlib
+from train.datasets.builders.stdlib import StdlibBytes
 
 
 def _load(builder, split):
@@ -78,3 +79,15 @@ def test_windows_overlap_by_one_byte():
     w = stdlib.windows(bytes(range(10)), 3)
     np.testing.assert_array_equal(w, [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]])
     assert stdlib.windows(b"ab", 3).shape == (0, 4)
+
+
+def test_builder_configs_are_made_from_the_source_configs():
+    configs = {c.name: c for c in StdlibBytes.BUILDER_CONFIGS}
+    assert list(configs) == list(stdlib.CONFIGS)
+    for name, windows in stdlib.CONFIGS.items():
+        c = configs[name]
+        assert stdlib.Windows(c.seq_len, c.max_files, c.max_file_bytes) == windows
+        assert c.description == stdlib.describe(windows)
+    assert (stdlib.CONFIGS["seq4096"].seq_len, stdlib.CONFIGS["seq65536"].seq_len) == (4096, 65536)
+    assert stdlib.describe(stdlib.CONFIGS["small"]) == (
+        "64-byte windows of the first 4096 bytes of the first 24 files.")

@@ -8,13 +8,14 @@ import json
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from cbsa_jax.models import lm
-from tests._configs import tiny_config
+from tests._configs import CONFIGS, tiny_config
 from train import config as config_lib
 from train import loop as loop_lib
 from train.tasks import language
@@ -62,6 +63,50 @@ def test_lm_only_fields_reach_the_model_and_are_refused_elsewhere():
     with pytest.raises(config_lib.ConfigError,
                        match=r"config.model fields \['num_queries'\] apply to language models"):
         tiny_config("digits.py", **{"model.num_queries": 4})
+
+
+def _one_step(config, devices, tokens):
+    """(metrics, updated parameters, the step's lowered text) of one train step of `config`."""
+    exp = loop_lib.experiment(config, num_classes=256, channels=0, image_size=tokens.shape[1:],
+                              steps_per_epoch=10, devices=devices)
+    state = jax.jit(exp.task.init, out_shardings=exp.state_sharding)(jax.random.key(0))
+    step = exp.train_step()
+    leaves = step.flatten(state)
+    batch = {"tokens": jax.device_put(tokens, exp.batch_sharding)}
+    text = step.lower(leaves, batch).as_text()
+    leaves, metrics = step(leaves, batch)
+    return jax.device_get(metrics), jax.device_get(step.unflatten(leaves).params), text
+
+
+def test_sequence_parallel_train_step_equals_one_device():
+    """`config.mesh.seq = 8`: each sequence split over 8 devices (the causal kernels inside
+    `shard_map`, exchanging prefix statistics); one train step (SGD, so the update is the
+    gradient) gives the 1-device loss, gradient norm and parameters to 1e-5 (float32)."""
+    tokens = np.random.default_rng(0).integers(0, 256, (2, 65)).astype(np.int32)
+    runs = []
+    for seq in (1, 8):
+        config = _config(None, **{"mesh.seq": seq, "batch_size": 2, "optimizer": "sgd",
+                                  "momentum": 0.0, "learning_rate": 1.0, "weight_decay": 0.0})
+        runs.append(_one_step(config, jax.devices()[:seq], tokens))
+    (m1, p1, text1), (m8, p8, text8) = runs
+    assert "manual_computation" in text8 and "manual_computation" not in text1
+    for key in ("loss", "grad_norm", "accuracy"):
+        assert abs(float(m1[key]) - float(m8[key])) <= 1e-5, key
+    assert float(m1["grad_norm"]) > 1e-2
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_sequence_parallelism_is_checked_against_the_task_and_the_length():
+    with pytest.raises(config_lib.ConfigError, match="must divide the sequence length T = 64"):
+        language.language(_config(None, **{"mesh.seq": 3}), num_classes=256, channels=0,
+                          image_size=(65,), dtype=None)
+    with pytest.raises(config_lib.ConfigError, match="applies to language models only"):
+        tiny_config("digits.py", **{"mesh.seq": 2})
+    long = config_lib.validate(config_lib.load(os.path.join(CONFIGS, "lm_stdlib_long.py")))
+    assert (long.dataset, long.mesh.seq, long.mesh.data) == ("stdlib_bytes/seq65536", 8, 1)
+    task = language.language(long, num_classes=256, channels=0, image_size=(65537,), dtype=None)
+    assert nnx.eval_shape(lambda: task.build(nnx.Rngs(0))).config.max_len == 65536
 
 
 def test_train_resume_and_generate(tmp_path, capsys):

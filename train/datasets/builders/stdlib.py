@@ -31,19 +31,18 @@ class StdlibBytesConfig(tfds.core.BuilderConfig):
 class StdlibBytes(tfds.core.GeneratorBasedBuilder):
     """Byte windows of the Python standard library's ``.py`` sources (no download).
 
-    Registered as ``stdlib_bytes``; configs ``default`` (256 bytes, every non-test file) and
-    ``small`` (64 bytes, the first 4 KiB of the first 24 files; for tests). Splits ``train`` /
-    ``test`` by path hash.
+    Registered as ``stdlib_bytes``; one config per entry of :data:`stdlib.CONFIGS` (``default``:
+    256 bytes, every non-test file; ``small``: 64 bytes, the first 4 KiB of the first 24 files,
+    for tests; ``seq4096``, ``seq65536``: long windows). Splits ``train`` / ``test`` by path
+    hash.
     """
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [
-        StdlibBytesConfig(name="default", **dataclasses.asdict(stdlib.CONFIGS["default"]),
-                          description="256-byte windows of every non-test stdlib .py file."),
-        StdlibBytesConfig(name="small", **dataclasses.asdict(stdlib.CONFIGS["small"]),
-                          description="64-byte windows of the first 4 KiB of the first 24 files "
-                                      "(tests)."),
+    BUILDER_CONFIGS = [  # made from the numpy source's table, so that the two cannot drift
+        StdlibBytesConfig(name=name, **dataclasses.asdict(windows),
+                          description=stdlib.describe(windows))
+        for name, windows in stdlib.CONFIGS.items()
     ]
     DEFAULT_CONFIG_NAME = "default"
     code_path: ClassVar[epath.Path] = epath.Path(__file__)

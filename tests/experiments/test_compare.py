@@ -12,6 +12,7 @@ from PIL import Image
 
 from cbsa_jax.models import create
 from experiments import compare
+from experiments._runs import RESULT
 from tests import _runs
 from tests._configs import CONFIGS, tiny_flags
 from train import cli, loop
@@ -214,7 +215,7 @@ def test_compare_killed_mid_run_resumes_that_run_exactly(shapes_dir, tmp_path):
     proc.wait()
     assert caught, (tmp_path / "log").read_text()
     resumed_from, lines = _runs.committed_steps(run)[-1], _runs.line_count(run)
-    assert resumed_from < 6 and not (run / compare.RESULT).exists()
+    assert resumed_from < 6 and not (run / RESULT).exists()
 
     assert compare.main(argv) == 0
     assert _runs.train_steps(run, lines) == list(range(resumed_from + 1, 7))
@@ -226,6 +227,6 @@ def test_compare_killed_mid_run_resumes_that_run_exactly(shapes_dir, tmp_path):
     assert set(ours) == set(theirs)
     for key, values in theirs.items():
         assert ours[key] == pytest.approx(values, abs=1e-6), key
-    with open(run / compare.RESULT) as f:
+    with open(run / RESULT) as f:
         result = json.load(f)
     assert result["final_accuracy"] == pytest.approx(reference["final_eval"]["accuracy"])

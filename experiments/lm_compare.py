@@ -93,8 +93,7 @@ def measure_step_times(configs: dict[str, object], *, rounds: int) -> dict[str, 
     random bytes)."""
     steps, batches, leaves, params = {}, {}, {}, {}
     for model, config in configs.items():
-        builder = data_lib.load_builder(config)
-        spec = data_lib.data_spec(builder, config, process_index=0, process_count=1)
+        spec = data_lib.open_input(config).spec
         exp = loop.experiment(config, num_classes=spec.num_classes, channels=spec.channels,
                               image_size=spec.image_size, steps_per_epoch=spec.steps_per_epoch)
         state = jax.jit(exp.task.init, out_shardings=exp.state_sharding)(jax.random.key(0))
@@ -126,8 +125,7 @@ def steps_for(budget_cpu_s: float, step_cpu_s: float) -> int:
 
 
 def _steps_per_epoch(config) -> int:
-    spec = data_lib.data_spec(data_lib.load_builder(config), config, process_index=0,
-                              process_count=1)
+    spec = data_lib.open_input(config).spec
     return spec.steps_per_epoch
 
 

@@ -13,6 +13,8 @@ batch on the devices, its rows sharded like the TFDS input's. Batches are a pure
   (drop remainder), `shard_batch` at a time; a global batch concatenates the shards in order;
 * augmentation (`config.augment`: none, flip, translate; as `train.augment`'s TFDS ops): example
   i of the global batch of step t draws from the i-th of `split(fold_in(augment_key, t))`;
+* slices: a split may be named with a TFDS-style row slice of integers, `test[:512]` or
+  `train[100:-100]` (Python's slice semantics), read from the whole split;
 * evaluation: shard s reads its rows in order, padded to `spec.eval_steps` batches with
   `valid = 0` rows, so every example counts once, as in the TFDS input.
 
@@ -24,6 +26,7 @@ antialiasing, class maps nearest: `tf.image.resize`'s conventions) and normalise
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
@@ -43,7 +46,7 @@ from train.data.common import (
     mean_std,
 )
 
-__all__ = ["MemoryInput", "source", "even_shards", "resize_images", "resize_labels",
+__all__ = ["MemoryInput", "source", "split_slice", "even_shards", "resize_images", "resize_labels",
            "random_flip", "random_translate"]
 
 #: Keeps the input's random draws apart from the model's (which also start from config.seed).
@@ -64,6 +67,21 @@ def source(name: str) -> tuple[ModuleType, str | None]:
         raise ConfigError(f"config.dataset: {base!r} has no config {variant!r} (configs: "
                           f"{sorted(configs) or 'none'})")
     return module, variant or None
+
+
+_SLICE = re.compile(r"^(\w+)(?:\[(-?\d*):(-?\d*)\])?$")
+
+
+def split_slice(split: str, splits: Sequence[str]) -> tuple[str, slice]:
+    """(`split`'s whole split, its row slice): `"test"` -> ("test", [:]); `"test[:512]"` ->
+    ("test", [:512]). Raises `ValueError` naming what is accepted for anything else."""
+    match = _SLICE.match(split)
+    if match is None or match[1] not in splits:
+        raise ValueError(f"config.input='memory' reads the splits {tuple(splits)}, whole or "
+                         f"sliced by rows as in 'test[:512]', got {split!r} (percentages and "
+                         f"other TFDS split expressions need config.input='tfds')")
+    bounds = [int(b) if b else None for b in (match[2], match[3])]
+    return match[1], slice(*bounds)
 
 
 def even_shards(n: int, count: int) -> tuple[tuple[int, ...], list[tuple[int, int]]]:
@@ -144,10 +162,10 @@ class MemoryInput:
         self.config = config
         self.module, self.variant = source(config.dataset)
         for field in ("train_split", "eval_split"):
-            if config[field] not in self.module.SPLITS:
-                raise DataError(f"config.{field}: config.input='memory' reads whole splits "
-                                f"{self.module.SPLITS} of {config.dataset!r}, got "
-                                f"{config[field]!r} (slices need config.input='tfds')")
+            try:
+                split_slice(config[field], self.module.SPLITS)
+            except ValueError as e:
+                raise DataError(f"config.{field}: {e} ({config.dataset!r})") from None
         self._process = (process_index, process_count)
         self._host: dict[str, dict[str, np.ndarray]] = {}
         self._device: dict = {}
@@ -159,14 +177,21 @@ class MemoryInput:
     # -- host side -------------------------------------------------------------------------
 
     def arrays(self, split: str) -> dict[str, np.ndarray]:
-        """Every stored feature of `split`, as the source gives it (read once)."""
+        """Every stored feature of `split` (whole or a row slice, `split_slice`), as the source
+        gives it (each whole split read once)."""
         if split not in self._host:
-            args = (split,) if self.variant is None else (split, self.variant)
-            try:
-                self._host[split] = self.module.split_arrays(*args)
-            except OSError as e:  # e.g. a standard library that cannot be read
-                raise DataError(f"config.dataset: cannot read {self.config.dataset!r}: "
-                                f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+            whole, rows = split_slice(split, self.module.SPLITS)
+            if whole not in self._host:
+                args = (whole,) if self.variant is None else (whole, self.variant)
+                try:
+                    self._host[whole] = self.module.split_arrays(*args)
+                except OSError as e:  # e.g. a standard library that cannot be read
+                    raise DataError(f"config.dataset: cannot read {self.config.dataset!r}: "
+                                    f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+            self._host[split] = {k: v[rows] for k, v in self._host[whole].items()}
+            if not len(next(iter(self._host[split].values()))):
+                raise DataError(f"config: the split {split!r} of {self.config.dataset!r} has "
+                                f"no rows")
         return self._host[split]
 
     @property

@@ -1,5 +1,7 @@
 """The in-memory input: order, resumption, augmentation, evaluation padding, resizing, errors."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -172,6 +174,21 @@ def test_what_the_memory_input_cannot_do_is_a_config_error(overrides, field):
         _memory(**overrides)
 
 
-def test_a_split_slice_names_the_field():
-    with pytest.raises(DataError, match=r"^config.train_split: .* got 'train\[:50%\]'"):
-        _memory(train_split="train[:50%]")
+@pytest.mark.parametrize("split", ["train[:50%]", "valid", "test[1.5:]", "test[:2:3]"])
+def test_a_split_it_cannot_read_names_the_field(split):
+    with pytest.raises(DataError, match=rf"^config.eval_split: .* got {re.escape(repr(split))}"):
+        _memory(eval_split=split)
+
+
+def test_a_row_slice_of_a_split_is_those_rows_and_evaluates_them_once():
+    source = _memory(eval_split="test[10:-300]", eval_batch_size=16)
+    whole = source.arrays("test")
+    sliced = source.arrays("test[10:-300]")
+    assert len(sliced["label"]) == 50 and source.spec.eval_steps == 4
+    np.testing.assert_array_equal(sliced["image"], whole["image"][10:-300])
+    batches = list(source.eval_batches(KEYS))
+    valid = np.concatenate([np.asarray(b["valid"]) for b in batches]) > 0
+    labels = np.concatenate([np.asarray(b["label"]) for b in batches])[valid]
+    np.testing.assert_array_equal(labels, whole["label"][10:-300])
+    with pytest.raises(DataError, match=r"^config: the split 'test\[5:5\]' .* has no rows"):
+        _memory(eval_split="test[5:5]").arrays("test[5:5]")

@@ -116,7 +116,24 @@ def forward_gflops(model, image_shape) -> float:
     return cost_analysis(compiled)["flops"] / 1e9
 
 
-def _from_metrics(path: str, eval_split: str) -> dict:
+PLATEAU_FRACTION = 0.2  # the last fifth of the training steps
+PLATEAU_RANGE = 0.005  # test accuracy moves by less than half a point there
+
+
+def plateau(evals: list[tuple[int, float]], total_steps: int) -> dict:
+    """Whether test accuracy has reached its plateau: the range (max - min) of the accuracies
+    evaluated in the last `PLATEAU_FRACTION` of the steps (from the last evaluation at or before
+    its start), `holds` when below `PLATEAU_RANGE`. `evals` are (step, accuracy) pairs."""
+    start = (1 - PLATEAU_FRACTION) * total_steps
+    before = [(s, a) for s, a in evals if s <= start]
+    window = before[-1:] + [(s, a) for s, a in evals if s > start]
+    accuracies = [a for _, a in window]
+    spread = max(accuracies) - min(accuracies) if len(window) >= 2 else None
+    return {"from_step": window[0][0] if window else None, "evaluations": len(window),
+            "range": spread, "holds": spread is not None and spread < PLATEAU_RANGE}
+
+
+def _from_metrics(path: str, eval_split: str, total_steps: int) -> dict:
     lines = read_jsonl(path)
     evals = [line for line in lines if line["split"] == eval_split and line.get("accuracy")
              is not None]
@@ -126,6 +143,9 @@ def _from_metrics(path: str, eval_split: str) -> dict:
         raise ValueError(f"{path}: no {eval_split} accuracy logged")
     return {"final_accuracy": evals[-1]["accuracy"], "final_step": evals[-1]["step"],
             "best_accuracy": max(line["accuracy"] for line in evals),
+            "curve": [[line["step"], line["accuracy"]] for line in evals],
+            "plateau": plateau([(line["step"], line["accuracy"]) for line in evals],
+                               total_steps),
             "images_per_sec": float(np.median(speeds)) if speeds else None,
             "train_windows": len(speeds)}
 
@@ -140,7 +160,8 @@ def run_one(config, workdir: str, *, mass: float) -> dict:
                   "workdir": workdir, "steps": summary["total_steps"],
                   "params": count_params(model),
                   "gflops_per_image": forward_gflops(model, (*exp.image_size, exp.channels)),
-                  **_from_metrics(os.path.join(workdir, "metrics.jsonl"), config.eval_split)}
+                  **_from_metrics(os.path.join(workdir, "metrics.jsonl"), config.eval_split,
+                                  summary["total_steps"])}
         source = data_lib.open_input(config)
         if "mask" in source.features:
             result["segmentation"] = attention_jaccard.evaluate(exp, state, mass=mass,
@@ -176,6 +197,10 @@ def aggregate(results: list[dict], representatives) -> dict:
             "jaccard": _stats([s.get("cls_attention") for s in seg]),
             "jaccard_best_head": _stats([s.get("cls_attention_best_head") for s in seg]),
             "jaccard_assignment": _stats([s.get("assignment") for s in seg]),
+            "plateau_range": max((r["plateau"]["range"] for r in results
+                                  if r.get("plateau", {}).get("range") is not None),
+                                 default=None),
+            "plateau_holds": all(r.get("plateau", {}).get("holds", False) for r in results),
             "wall_seconds": sum(r.get("wall_seconds", 0.0) for r in results)}
 
 
@@ -184,6 +209,14 @@ def _pm(stats: dict, spec: str = ".3f") -> str:
         return "-"
     text = format(stats["mean"], spec)
     return f"{text} +- {format(stats['std'], spec)}" if stats["n"] > 1 else text
+
+
+def _plateau_cell(row: dict) -> str:
+    """The largest range of test accuracy over the last fifth of a seed's steps, and whether every
+    seed has reached its plateau (range below `PLATEAU_RANGE`)."""
+    if row.get("plateau_range") is None:
+        return "-"
+    return f"{100 * row['plateau_range']:.1f} pt {'(plateau)' if row['plateau_holds'] else ''}"
 
 
 def _columns(sweep: bool):
@@ -196,6 +229,7 @@ def _columns(sweep: bool):
             ("best accuracy", ">", lambda r: _pm(r["best_accuracy"])),
             ("Jaccard, cls attention", ">", lambda r: _pm(r["jaccard"])),
             ("Jaccard, best head", ">", lambda r: _pm(r["jaccard_best_head"])),
+            ("last-fifth range", ">", lambda r: _plateau_cell(r)),
             ("seeds", ">", lambda r: str(len(r["seeds"])))]
     if sweep:
         cols = [reps, ("cells", ">", lambda r: "x".join(map(str, r["cells"]))), *cols[2:-1]]

@@ -70,6 +70,9 @@ def test_compare_writes_the_table_of_every_model(compared):
     assert 0 < base["center"] < 1 and 0 < base["everything"] < 1
     assert len(payload["runs"]) == 3  # cbt x 2 seeds, vit; the sweep point is cbt's seed 0
     assert {r["steps"] for r in payload["runs"]} == {2}
+    for run in payload["runs"]:  # its eval curve and plateau measure come from metrics.jsonl
+        assert run["curve"][-1] == [run["final_step"], run["final_accuracy"]]
+        assert set(run["plateau"]) == {"from_step", "evaluations", "range", "holds"}
     text = open(os.path.join(out, "shapes", "shapes.md")).read()
     assert "cbt_nano" in text and "vit_nano" in text and "centre box" in text
     with Image.open(os.path.join(out, "shapes", "shapes.png")) as image:
@@ -230,3 +233,13 @@ def test_compare_killed_mid_run_resumes_that_run_exactly(shapes_dir, tmp_path):
     with open(run / RESULT) as f:
         result = json.load(f)
     assert result["final_accuracy"] == pytest.approx(reference["final_eval"]["accuracy"])
+
+
+def test_the_plateau_is_the_last_fifths_accuracy_range():
+    evals = [(100, 0.50), (200, 0.80), (300, 0.90), (400, 0.95), (500, 0.953)]
+    p = compare.plateau(evals, total_steps=500)  # the last fifth starts at step 400
+    assert p["from_step"] == 400 and p["evaluations"] == 2
+    assert p["range"] == pytest.approx(0.003) and p["holds"]
+    moving = compare.plateau(evals[:-1] + [(500, 0.97)], total_steps=500)
+    assert moving["range"] == pytest.approx(0.02) and not moving["holds"]
+    assert not compare.plateau([(500, 0.9)], total_steps=500)["holds"]  # one point is no range

@@ -181,8 +181,8 @@ def markdown(payload: dict) -> str:
 
 def parse_args(argv: list[str]):
     """(flags, `--config.FIELD` overrides); bad flags exit 2 with the usage (argparse)."""
-    p = argparse.ArgumentParser(prog="python -m experiments.lm_compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m experiments.lm_compare", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="the shared recipe")
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated LM presets")
     p.add_argument("--contexts", default="256,4096", help="bytes per sequence, comma-separated")
@@ -237,7 +237,10 @@ def _plan(args, overrides: dict, shape: dict):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, overrides = parse_args(argv)
+    try:
+        args, overrides = parse_args(argv)
+    except SystemExit as e:
+        return cli.exit_code(e)
     logging.getLogger("absl").setLevel(logging.WARNING)
     shape = dict(tokens_per_step=args.tokens_per_step, eval_bytes=args.eval_bytes)
     try:

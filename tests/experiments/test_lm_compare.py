@@ -66,6 +66,8 @@ def test_its_results_section_renders(compared):
 @pytest.mark.parametrize("args, message", [
     (["--contexts", "100"], "stdlib_bytes has no config of 100 bytes"),
     (["--models", "lm_cbsa_mega"], "unknown LM presets ['lm_cbsa_mega']"),
+    (["--budget_cpu_s", "0"], "--budget_cpu_s must be > 0"),
+    (["--rounds", "x"], "argument --rounds: invalid int value: 'x'"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     assert lm_compare.main(["--out", str(tmp_path), *args]) == 2

@@ -10,10 +10,11 @@ pooled to 8 x 8 = 64 representatives per head. Swap the model with
 Recipe (one for every model): 50 epochs of 40 steps of 100 images, AdamW 2e-3 after a one-epoch
 warmup, cosine decay, random translations of up to 2 pixels, label smoothing 0.1; evaluated every
 5 epochs, so that `experiments.compare` can check the plateau (test accuracy moving by less than
-half a point over the last fifth). Sized for CBT to reach its plateau on a CPU within the
-18 minutes that `python -m train --config configs/mnist.py` is expected to take; what it gives
-each model is measured by `python -m experiments.compare` and recorded in
-docs/results/mnist.json (the tables: docs/results/README.md).
+half a point over the last fifth). Sized for CBT to reach its plateau on a 2-core CPU within
+18 minutes of `python -m train --config configs/mnist.py`: one such run is recorded in
+docs/results/mnist_recipe.json. What the recipe gives each model is measured by
+`python -m experiments.compare` (docs/results/mnist.json holds an earlier, 10-epoch comparison;
+the tables: docs/results/README.md).
 """
 
 from train.config import base_config

@@ -107,8 +107,8 @@ _FAULTS = textwrap.dedent("""
     from cbsa_jax import training
     applied = training.configure_host_allocator()
     import jax, jax.numpy as jnp
-    f = jax.jit(lambda x: jnp.sum(jnp.sort(x)))  # sorted copies: large temporaries per call
-    x = jnp.ones((16 << 20,), jnp.float32)
+    f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x) * x[::-1]))  # 48 MB temporaries per call
+    x = jnp.ones((12 << 20,), jnp.float32)
     for _ in range(3):
         f(x).block_until_ready()
     faults = 0

@@ -188,10 +188,11 @@ class MemoryInput:
                 except OSError as e:  # e.g. a standard library that cannot be read
                     raise DataError(f"config.dataset: cannot read {self.config.dataset!r}: "
                                     f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
-            self._host[split] = {k: v[rows] for k, v in self._host[whole].items()}
-            if not len(next(iter(self._host[split].values()))):
+            sliced = {k: v[rows] for k, v in self._host[whole].items()}
+            if not len(next(iter(sliced.values()))):
                 raise DataError(f"config: the split {split!r} of {self.config.dataset!r} has "
                                 f"no rows")
+            self._host[split] = sliced
         return self._host[split]
 
     @property

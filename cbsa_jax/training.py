@@ -371,8 +371,13 @@ def configure_host_allocator() -> dict[str, Any]:
     blocks grow the main heap instead of failing over to mmap in a thread's 64 MiB arena), and
     no trimming of the heap's top (`M_TRIM_THRESHOLD`), so freed blocks stay mapped and are
     reused. It touches nothing where the C library is not glibc; it is applied once per process
-    and reports what it did (`{"applied": bool, ...}`). Call it before the first computation.
-    Set `CBSA_JAX_ALLOCATOR=default` to leave malloc as it is.
+    and reports what it did (`{"applied": bool, ..., "threads": the process's threads when it
+    was applied}`). Set `CBSA_JAX_ALLOCATOR=default` to leave malloc as it is.
+
+    Call it as early as the program can, before other libraries start threads: glibc fixes the
+    arena limit when a second thread first allocates, and threads started before that (some
+    libraries start them at import) keep arenas of their own, where large blocks are still
+    mapped afresh. `import train` applies it before its modules import anything else.
     """
     global _ALLOCATOR
     if _ALLOCATOR is not None:
@@ -394,5 +399,6 @@ def configure_host_allocator() -> dict[str, Any]:
                 "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, 1 << 30)}
     results = {name: bool(libc.mallopt(code, value)) for name, (code, value) in settings.items()}
     _ALLOCATOR = {"applied": all(results.values()), "glibc": version().decode(),
-                  **{name: value for name, (_, value) in settings.items()}}
+                  **{name: value for name, (_, value) in settings.items()},
+                  "threads": len(os.listdir("/proc/self/task"))}
     return _ALLOCATOR

@@ -9,7 +9,8 @@ Bad configs, unknown datasets, missing data and meshes that do not fit exit with
 line on stderr; a run stopped for a non-finite loss (config.nonfinite='stop') exits with code 3.
 
 The program sets the process's malloc for XLA:CPU's per-step buffers itself
-(`cbsa_jax.training.configure_host_allocator`; `CBSA_JAX_ALLOCATOR=default` leaves it alone).
+(`cbsa_jax.training.configure_host_allocator`, applied when `train` is imported, before
+other libraries start threads; `CBSA_JAX_ALLOCATOR=default` leaves it alone).
 In a multi-process job, a process that stops because another one was lost or is stuck exits with
 code 4 (`train.distributed.PEER_EXIT`) and one line naming it; the timeouts are
 `config.distributed.*`.
@@ -25,7 +26,6 @@ import traceback
 
 import jax
 
-from cbsa_jax import training
 from train import cli, distributed, loop
 from train import config as config_lib
 from train.checkpoint import CheckpointMismatch
@@ -60,7 +60,6 @@ def _enable_compilation_cache() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    training.configure_host_allocator()  # before the first step allocates anything
     try:
         args, overrides = parse_args(argv)
         config = cli.load_config(args.config, overrides)

@@ -170,3 +170,28 @@ def test_the_cli_trains_and_says_where(data_dir, tmp_path, capsys):
     assert f"in {tmp_path}" in out.splitlines()[0]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["step"] == 2 and summary["workdir"] == str(tmp_path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_importing_train_sets_malloc_before_threads_start_and_keeps_one_arena():
+    """`python -m train`'s imports apply the allocator setting (in `train/__init__.py`) before
+    the libraries its modules import start threads, which would otherwise keep malloc arenas of
+    their own: after computations on XLA's threads the process has one arena (16 when the
+    setting comes after the imports)."""
+    code = ("import ctypes, os, tempfile\n"
+            "import train.__main__\n"
+            "from cbsa_jax import training\n"
+            "import jax, jax.numpy as jnp\n"
+            "for _ in range(3):\n"
+            "    jax.jit(lambda x: jnp.sort(x) @ jnp.ones((512, 512)))(jnp.ones((4096, 512)))"
+            ".block_until_ready()\n"
+            "libc = ctypes.CDLL('libc.so.6'); libc.fdopen.restype = ctypes.c_void_p\n"
+            "with tempfile.TemporaryFile('w+') as f:\n"
+            "    stream = ctypes.c_void_p(libc.fdopen(os.dup(f.fileno()), b'w'))\n"
+            "    libc.malloc_info(0, stream); libc.fclose(stream)\n"
+            "    f.seek(0); heaps = f.read().count('<heap nr=')\n"
+            "print(training.configure_host_allocator()['applied'], heaps)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True,
+                         env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"})
+    assert out.stdout.split() == ["True", "1"], out.stderr[-2000:]

@@ -680,6 +680,7 @@ def _lm_compare_facts(res: Results) -> dict[str, Any]:
         "losses": (_sentence("; ".join(losses)) if losses
                    else "Causal CBSA has the lowest bits per byte at every context length."),
         "costs": "; ".join(costs),
+        "note": f" {data['note']}" if data.get("note") else "",
     }
 
 
@@ -687,7 +688,7 @@ LM_COMPARE = Experiment(
     title="Byte-level language models at equal compute: causal CBSA, softmax and linear attention",
     setup="`experiments.lm_compare`: `configs/lm_stdlib.py`'s models (`lm_*_tiny`: width 128, 4 "
           "blocks, 4 heads of 32) on `stdlib_bytes`, this Python's own standard-library sources "
-          "(nothing downloaded), at each context length; {recipe}.",
+          "(nothing downloaded), at each context length; {recipe}.{note}",
     tables=(LM_COMPARE_TABLE,),
     shows="{wins}",
     loses="{losses} Causal CBSA's train step costs, per context: {costs}.",

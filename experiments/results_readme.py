@@ -649,6 +649,31 @@ def _lm_by_context(res: Results) -> dict[int, dict[str, Mapping[str, Any]]]:
     return out
 
 
+def _lm_pivot(res: Results) -> list[dict[str, Any]]:
+    budget = res["lm_compare.json"]["budget_cpu_s"]
+    return [{"context": ctx, "budget": budget, "runs": by}
+            for ctx, by in sorted(_lm_by_context(res).items())]
+
+
+def _bpb_steps(row: Mapping[str, Any] | None) -> str:
+    return "-" if row is None else f"{row['test_bits_per_byte']:.3f} ({row['steps']:,} steps)"
+
+
+# The README's compact form: one row per context length, one column per attention.
+LM_COMPARE_SHORT_TABLE = Table(
+    id="lm_compare_short",
+    rows=_lm_pivot,
+    columns=(
+        Column("context, bytes", lambda r: r["context"], dash("{:,}")),
+        *(Column(f"{_LM_NAMES[a]}: test bits per byte", lambda r, a=a: r["runs"].get(a),
+                 _bpb_steps) for a in ("cbsa", "softmax", "linear")),
+        Column("budget, CPU s each", lambda r: r["budget"], dash("{:,.0f}")),
+        Column("wall clock of the runs",
+               lambda r: sum(v["wall_seconds"] for v in r["runs"].values()), minutes),
+    ),
+)
+
+
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + "."
 
@@ -689,7 +714,7 @@ LM_COMPARE = Experiment(
     setup="`experiments.lm_compare`: `configs/lm_stdlib.py`'s models (`lm_*_tiny`: width 128, 4 "
           "blocks, 4 heads of 32) on `stdlib_bytes`, this Python's own standard-library sources "
           "(nothing downloaded), at each context length; {recipe}.{note}",
-    tables=(LM_COMPARE_TABLE,),
+    tables=(LM_COMPARE_TABLE, LM_COMPARE_SHORT_TABLE),
     shows="{wins}",
     loses="{losses} Causal CBSA's train step costs, per context: {costs}.",
     facts=_lm_compare_facts,

@@ -150,6 +150,11 @@ def _by(rows: Sequence[Mapping[str, Any]], key: str) -> dict[Any, Mapping[str, A
     return {r[key]: r for r in rows}
 
 
+def vector_isa(isa: Sequence[str]) -> str:
+    """The widest vector instruction set in a JSON's `cpu_isa`, as the compiler options see it."""
+    return "AVX-512" if "avx512f" in isa else "AVX2" if "avx2" in isa else "no AVX2"
+
+
 def machine(data: Mapping[str, Any]) -> str:
     """The machine a JSON file records, in one line."""
     m = data.get("machine")
@@ -159,10 +164,8 @@ def machine(data: Mapping[str, Any]) -> str:
     if not isinstance(m, Mapping):
         return "not recorded"
     parts = [f"{m.get('processor') or m.get('platform', '?')}, {m.get('cpu_count', '?')} CPU cores"]
-    if m.get("cpu_isa"):  # the widest vector ISA it has, as the compiler options see it
-        isa = m["cpu_isa"]
-        parts[0] += " (" + ("AVX-512" if "avx512f" in isa else "AVX2" if "avx2" in isa
-                            else "no AVX2") + ")"
+    if m.get("cpu_isa"):
+        parts[0] += f" ({vector_isa(m['cpu_isa'])})"
     if m.get("memory_gb"):
         parts.append(f"{m['memory_gb']:.0f} GB")
     parts.append(f"jax {m.get('jax', '?')} on {m.get('backend', '?')}")
@@ -452,10 +455,9 @@ def _official_facts(res: Results) -> dict[str, Any]:
     layer = [v for c, v in ratio["official_run4.json"].items() if c.startswith("CBSA layer")]
     now = ratio[OFFICIAL_RUNS[0]]
     now_layer = [v for c, v in now.items() if c.startswith("CBSA layer")]
-    isa = res[OFFICIAL_RUNS[0]]["machine"]["cpu_isa"]
     return {
         "now_processor": res[OFFICIAL_RUNS[0]]["machine"]["processor"],
-        "now_isa": "AVX-512" if "avx512f" in isa else "AVX2" if "avx2" in isa else "no AVX2",
+        "now_isa": vector_isa(res[OFFICIAL_RUNS[0]]["machine"]["cpu_isa"]),
         "now_layer_lo": min(now_layer), "now_layer_hi": max(now_layer),
         "now_t8": now[t8], "now_s8": now["CBT-S train step, batch 8"],
         "now_i1": now["CBT-T inference, batch 1"], "now_i1s": now["CBT-S inference, batch 1"],
@@ -1035,7 +1037,8 @@ HEADLINES = (
              ("shapes64.json",)),
     Headline("CBT-T train step, batch 8, 224 px, against the official PyTorch code",
              lambda r: f"{_official(r, 'official_train_step.json', 'ours_ms')} ms (ours / "
-                       f"official {_official(r, 'official_train_step.json')}, AVX-512 EPYC; "
+                       f"official {_official(r, 'official_train_step.json')}, "
+                       f"{vector_isa(r['official_train_step.json']['machine']['cpu_isa'])} EPYC; "
                        f"earlier EPYC {_official(r, 'official_run4.json')})",
              lambda r: f"official {_official(r, 'official_train_step.json', 'official_ms')} ms",
              ("official_train_step.json", "official_run4.json")),

@@ -7,7 +7,8 @@
 Trains every model of `--models` with the config's recipe and budget (only `model.name` and
 `seed` change), one run at a time, `--seeds` seeds each (models outside `--seeds-for`, when it is
 given, get one), and with `--sweep-cells` the `--sweep-model` (CBT) at square representative cells
-k x k for each k (m = k^2 representatives; seed 0). For each run it records, from the run itself:
+k x k for each k (m = k^2 representatives; as many seeds as the sweep model gets). For each run it
+records, from the run itself:
 
 - parameters (`cbsa_jax.reporting.count_params`) and forward FLOPs per image (XLA's cost analysis
   of the compiled batch-1 forward at the run's image size, channels and classes);
@@ -85,13 +86,17 @@ class RunSpec:
 
 def plan(models, seeds: int, seeds_for, sweep_cells, sweep_model: str,
          config_cells) -> tuple[list[RunSpec], list[RunSpec]]:
-    """(table runs, sweep runs). A sweep point at the config's own cells is the table's run."""
-    table = [RunSpec(m, s) for m in models
-             for s in range(seeds if seeds_for is None or m in seeds_for else 1)]
+    """(table runs, sweep runs). A sweep point gets as many seeds as the sweep model gets in the
+    table; the point at the config's own cells is the table's runs."""
+
+    def count(model):
+        return seeds if seeds_for is None or model in seeds_for else 1
+
+    table = [RunSpec(m, s) for m in models for s in range(count(m))]
     sweep = []
     for k in sweep_cells or ():
-        cells = (k, k)
-        sweep.append(RunSpec(sweep_model, 0, None if cells == tuple(config_cells) else cells))
+        cells = None if (k, k) == tuple(config_cells) else (k, k)
+        sweep.extend(RunSpec(sweep_model, s, cells) for s in range(count(sweep_model)))
     return table, sweep
 
 
@@ -232,7 +237,7 @@ def _columns(sweep: bool):
             ("last-fifth range", ">", lambda r: _plateau_cell(r)),
             ("seeds", ">", lambda r: str(len(r["seeds"])))]
     if sweep:
-        cols = [reps, ("cells", ">", lambda r: "x".join(map(str, r["cells"]))), *cols[2:-1]]
+        cols = [reps, ("cells", ">", lambda r: "x".join(map(str, r["cells"]))), *cols[2:]]
     return cols
 
 
@@ -250,7 +255,7 @@ def markdown(payload: dict) -> str:
                   f"{fmt(base.get('center'), '.3f')}, everything "
                   f"{fmt(base.get('everything'), '.3f')}.", ""]
     if payload["sweep"]:
-        lines += [f"Representatives sweep ({payload['sweep'][0]['model']}, seed 0):", "",
+        lines += [f"Representatives sweep ({payload['sweep'][0]['model']}):", "",
                   table(payload["sweep"], _columns(sweep=True)), ""]
     return "\n".join(lines)
 

@@ -83,7 +83,7 @@ def test_a_sweep_point_at_the_configs_cells_is_the_table_run(compared):
     _, _, payload = compared
     (point,) = payload["sweep"]
     assert point["representatives"] == 16 and point["cells"] == [4, 4]
-    assert point["seeds"] == [0]
+    assert point["seeds"] == [0, 1]  # the sweep model's seeds, run once for both
     assert {r["workdir"].rsplit(os.sep, 2)[-2] for r in payload["runs"]} == {"cbt_nano",
                                                                              "vit_nano"}
 
@@ -93,10 +93,15 @@ def test_plan_names_one_workdir_per_run():
                                 "cbt_nano", (8, 8))
     assert [s.name for s in table] == ["cbt_nano/seed0", "cbt_nano/seed1", "cbt_nano/seed2",
                                        "vit_nano/seed0"]
-    assert [s.name for s in sweep] == ["cbt_nano_cells2x2/seed0", "cbt_nano/seed0",
-                                       "cbt_nano_cells14x14/seed0"]
-    table, _ = compare.plan(["cbt_nano", "vit_nano"], 2, None, None, "cbt_nano", (8, 8))
-    assert len(table) == 4
+    assert [s.name for s in sweep] == [f"{run}/seed{s}" for run in
+                                       ("cbt_nano_cells2x2", "cbt_nano", "cbt_nano_cells14x14")
+                                       for s in range(3)]
+    table, sweep = compare.plan(["cbt_nano", "vit_nano"], 2, None, [4], "cbt_nano", (8, 8))
+    assert len(table) == 4 and [s.name for s in sweep] == ["cbt_nano_cells4x4/seed0",
+                                                           "cbt_nano_cells4x4/seed1"]
+    # A sweep model outside --seeds-for gets seed 0 only, in the sweep too.
+    _, sweep = compare.plan(["vit_nano"], 3, ["vit_nano"], [4], "cbt_nano", (8, 8))
+    assert [s.name for s in sweep] == ["cbt_nano_cells4x4/seed0"]
 
 
 def test_fewer_representatives_cost_fewer_forward_flops():

@@ -87,7 +87,7 @@ _CROSS_HALF_WIDTH = 0.3  # half-width of a cross arm, in circumradii
 _STAR_INNER_RATIO = 0.5  # inner / outer radius of the five-pointed star
 _NOISE_CELLS = 4  # the smooth background noise is a (cells+1)^2 grid, upsampled
 _COLOUR_CANDIDATES = 128  # random shape colours drawn per example, tried in order
-_CHUNK = 500  # examples rasterised together by the builder
+_CHUNK = 500  # examples rasterised together (split_arrays and the TFDS builders)
 
 
 def _regular_polygon(num_vertices: int) -> np.ndarray:
@@ -338,4 +338,9 @@ def split_arrays(split: str, config: str | Size = "default", *,
     sizes = config.split_sizes()
     if split not in sizes:
         raise ValueError(f"split must be one of {tuple(sizes)}, got {split!r}")
-    return generate(split, range(sizes[split]), config.image_size)
+    n = sizes[split]
+    # In chunks: the rasteriser's per-pixel temporaries stay small (a whole split at once needs
+    # gigabytes and runs several times slower); every example depends on its index only.
+    chunks = [generate(split, range(start, min(start + _CHUNK, n)), config.image_size)
+              for start in range(0, n, _CHUNK)]
+    return {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}

@@ -362,6 +362,16 @@ def test_shapes_examples_do_not_depend_on_generation_order(
     assert not np.array_equal(shapes.generate_example("train", 0)["image"], full["image"][0])
 
 
+def test_split_arrays_are_the_generated_examples_chunk_by_chunk() -> None:
+    size = shapes.Size(num_train=2 * shapes._CHUNK + 7, num_test=1)
+    arrays = shapes.split_arrays("train", size)
+    np.testing.assert_array_equal(arrays["index"], np.arange(size.num_train))
+    picks = [0, shapes._CHUNK - 1, shapes._CHUNK, size.num_train - 1]  # chunk edges
+    direct = shapes.generate_batch("train", picks)
+    for key, value in direct.items():
+        np.testing.assert_array_equal(arrays[key][picks], value)
+
+
 # --------------------------------------------------------------------------- shapes64
 
 SHAPES64_SMALL_SIZES = {"train": 500, "test": 100}

@@ -15,7 +15,6 @@ from train.datasets.builders._common import examples
 
 __all__ = ["Shapes", "ShapesConfig"]
 
-_CHUNK = 500  # examples rasterised together
 
 
 def _raw_uint8(shape: tuple[int, ...]) -> tfds.features.Tensor:
@@ -108,6 +107,6 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(
         self, split: str, num_examples: int
     ) -> Iterator[tuple[int, dict[str, Any]]]:
-        for start in range(0, num_examples, _CHUNK):
-            indices = range(start, min(start + _CHUNK, num_examples))
+        for start in range(0, num_examples, shapes._CHUNK):
+            indices = range(start, min(start + shapes._CHUNK, num_examples))
             yield from examples(self.GENERATE(split, indices, self._config.image_size))

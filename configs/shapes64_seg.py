@@ -35,6 +35,6 @@ def get_config():
     c.warmup_epochs = 1.0
     c.weight_decay = 0.05
     c.log_every_steps = 20
-    c.eval_every_steps = 800  # every 5 epochs (160 steps each)
-    c.checkpoint_every_steps = 800
+    c.eval_every_steps = 1200  # every 5 epochs (240 steps each)
+    c.checkpoint_every_steps = 1200
     return c

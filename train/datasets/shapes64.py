@@ -1,10 +1,12 @@
 """``shapes64``: 64 x 64 scenes of 1 to 3 shapes of distinct classes, generated in numpy.
 
-The shapes, colours and textured backgrounds of :mod:`train.datasets.shapes`; later shapes
-occlude earlier ones. Features: ``image`` uint8 ``(64, 64, 3)``; ``label`` the class with the
-most visible pixels; ``segmentation`` uint8 ``(64, 64, 1)``, a per-pixel class map (0 =
-background, 1..5 = class + 1); ``mask`` uint8 ``(64, 64, 1)``, its foreground; ``index``.
-Splits ``train`` 8,000 / ``test`` 1,000 (config ``small``: 500 / 100, for smoke tests; the first
+The shapes, colours and textured backgrounds of :mod:`train.datasets.shapes`: a main object and
+up to two smaller distractors drawn over it (and over each other), so that the labelled class is
+the one a glance at the scene finds, and the other objects are clutter to ignore. Features:
+``image`` uint8 ``(64, 64, 3)``; ``label`` the class with the most visible pixels;
+``segmentation`` uint8 ``(64, 64, 1)``, a per-pixel class map (0 = background, 1..5 = class + 1);
+``mask`` uint8 ``(64, 64, 1)``, its foreground; ``index``.
+Splits ``train`` 12,000 / ``test`` 1,000 (config ``small``: 500 / 100, for smoke tests; the first
 ``n`` examples of ``small`` equal those of ``default``).
 
 Every example depends only on ``(split, index)``, as in ``shapes``. :func:`split_arrays` gives a
@@ -25,10 +27,10 @@ __all__ = [
     "CLASS_NAMES",
     "CONFIGS",
     "IMAGE_SIZE",
+    "DISTRACTOR_SIZE_FRACTION",
+    "MAIN_SIZE_FRACTION",
     "MAX_OBJECTS",
-    "MAX_SIZE_FRACTION",
     "MIN_CENTRE_SEPARATION",
-    "MIN_SIZE_FRACTION",
     "NUM_TEST",
     "NUM_TRAIN",
     "SEED",
@@ -41,12 +43,16 @@ __all__ = [
 CLASS_NAMES: tuple[str, ...] = shapes.CLASS_NAMES  # label = the largest visible shape's class
 SPLITS: tuple[str, ...] = shapes.SPLITS
 IMAGE_SIZE = 64
-NUM_TRAIN = 8_000
+NUM_TRAIN = 12_000
 NUM_TEST = 1_000
 SEED = 7_654_321
 MAX_OBJECTS = 3
-MIN_SIZE_FRACTION = 0.2  # diameter of the disc of equal area, in image sides
-MAX_SIZE_FRACTION = 0.4
+# Sizes: the diameter of the disc of equal area, in image sides. The first object (the main
+# one) is drawn from the larger range, the others (distractors, drawn over it) from the smaller,
+# so that the class with the most visible pixels is a property of the scene a model can see
+# rather than a close call between two shapes of similar area.
+MAIN_SIZE_FRACTION = (0.4, 0.55)
+DISTRACTOR_SIZE_FRACTION = (0.15, 0.25)
 MIN_CENTRE_SEPARATION = 0.75  # centre distance, in sums of the two circumradii
 
 _CENTRE_TRIES = 16  # random centres drawn per object, the first far enough from the others wins
@@ -105,8 +111,9 @@ def generate_batch(
     """Generates the ``shapes64`` examples ``indices`` of ``split``, vectorised over the batch.
 
     Each example: the textured background of ``shapes``, then 1 to :data:`MAX_OBJECTS`
-    objects of distinct classes drawn in order (later ones occlude earlier ones), each with
-    its own size, position, rotation and colour (far from the background and from the
+    objects of distinct classes drawn in order (later ones occlude earlier ones): the main one
+    sized in :data:`MAIN_SIZE_FRACTION`, the distractors in :data:`DISTRACTOR_SIZE_FRACTION`,
+    each with its own position, rotation and colour (far from the background and from the
     earlier objects' colours). Every example depends only on its own ``(split, index)``.
 
     Returns:
@@ -133,9 +140,8 @@ def generate_batch(
         u = extra[:, 1 + num_classes + k * _OBJECT_UNIFORM :][:, :_OBJECT_UNIFORM]
         active = k < count
         label = classes[:, k]
-        fraction = MIN_SIZE_FRACTION + (
-            MAX_SIZE_FRACTION - MIN_SIZE_FRACTION
-        ) * u[:, 0]
+        low, high = MAIN_SIZE_FRACTION if k == 0 else DISTRACTOR_SIZE_FRACTION
+        fraction = low + (high - low) * u[:, 0]
         radius = fraction * image_size / 2 * _RADIUS_PER_AREA_RADIUS[label]
         tries = u[:, 2 : 2 + 2 * _CENTRE_TRIES].reshape(num, _CENTRE_TRIES, 2)
         centre = _place(radius, tries, image_size, centres, radii, placed)
@@ -174,7 +180,7 @@ def generate_example(
     return {key: value[0] for key, value in batch.items()}
 
 
-#: ``default`` (8,000 / 1,000) and ``small`` (500 / 100).
+#: ``default`` (12,000 / 1,000) and ``small`` (500 / 100).
 CONFIGS: dict[str, shapes.Size] = {
     "default": shapes.Size(IMAGE_SIZE, NUM_TRAIN, NUM_TEST),
     "small": shapes.Size(IMAGE_SIZE, 500, 100),

@@ -388,7 +388,7 @@ def test_shapes64_is_registered_with_its_configs() -> None:
     assert "shapes64" in datasets.LOCAL_BUILDERS
     assert tfds.builder_cls("shapes64") is Shapes64
     configs = {c.name: c for c in Shapes64.BUILDER_CONFIGS}
-    assert configs["default"].split_sizes() == {"train": 8_000, "test": 1_000}
+    assert configs["default"].split_sizes() == {"train": 12_000, "test": 1_000}
     assert configs["small"].split_sizes() == SHAPES64_SMALL_SIZES
     assert {c.image_size for c in configs.values()} == {64}
 
@@ -424,6 +424,13 @@ def test_shapes64_has_one_to_three_distinct_objects_and_labels_the_largest(
     if split == "train":  # shapes are sized by area: no class is favoured as the largest
         fractions = np.bincount(labels, minlength=5) / len(labels)
         np.testing.assert_allclose(fractions, 0.2, atol=0.07)
+    # The main object outsizes the distractors: the label is no close call between two objects.
+    visible = np.sort(counts[:, 1:], axis=1)
+    several = objects > 1
+    main_low, distractor_high = shapes64.MAIN_SIZE_FRACTION[0], shapes64.DISTRACTOR_SIZE_FRACTION[1]
+    assert main_low > distractor_high
+    ratio = visible[several, -1] / visible[several, -2]
+    assert np.percentile(ratio, 5) > 2.0, np.percentile(ratio, [0, 5, 50])
 
 
 @pytest.mark.parametrize("split", SPLITS)

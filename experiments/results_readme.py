@@ -275,6 +275,8 @@ def _mnist_facts(res: Results) -> dict[str, Any]:
         sweep_cost=100 * (sweep[196]["final_accuracy"]["mean"]
                           - sweep[64]["final_accuracy"]["mean"]),
         sweep_speed=sweep[64]["images_per_sec"] / sweep[196]["images_per_sec"],
+        sweep_seeds=", ".join(sorted({f"seed {r['seeds'][0]}" if len(r["seeds"]) == 1 else
+                                      f"{len(r['seeds'])} seeds" for r in data["sweep"]})),
         m16=percent(sweep[16]["final_accuracy"]["mean"]),
         m4=percent(sweep[4]["final_accuracy"]["mean"]),
         cbt_lo=percent(min(seeds)), cbt_hi=percent(max(seeds)), cbt_seeds=len(seeds),
@@ -324,8 +326,8 @@ _SWEEP = Table(
         Column("Jaccard, cls attention", lambda r: r["jaccard"], mean_std),
         Column("Jaccard, best head", lambda r: r["jaccard_best_head"], mean_std),
     ),
-    caption="The representatives sweep: CBT, seed 0; m = 196 makes every patch its own "
-            "representative.",
+    caption="The representatives sweep: CBT, {sweep_seeds}; m = 196 makes every patch its "
+            "own representative.",
 )
 
 MNIST = Experiment(

@@ -16,7 +16,6 @@ from train.datasets.builders._common import examples
 __all__ = ["Shapes", "ShapesConfig"]
 
 
-
 def _raw_uint8(shape: tuple[int, ...]) -> tfds.features.Tensor:
     """A fixed-shape ``uint8`` feature stored as raw bytes: faster to write and read than
     PNG-encoded ``tfds.features.Image``, and these images are small."""

@@ -1025,6 +1025,11 @@ def _acc(res: Results, name: str, model: str) -> str:
     return accuracy(_by(res[name]["table"], "model")[model]["final_accuracy"])
 
 
+def _one_seed(res: Results, name: str) -> str:
+    """The suffix ' (one seed each)' when no model of a comparison has several seeds."""
+    return " (one seed each)" if all(len(r["seeds"]) == 1 for r in res[name]["table"]) else ""
+
+
 def _ips(res: Results, name: str, model: str) -> str:
     return f"{_by(res[name]['table'], 'model')[model]['images_per_sec']:,.0f}"
 
@@ -1073,7 +1078,7 @@ HEADLINES = (
                        f"{_ips(r, 'mnist.json', 'tost_nano')}",
              ("mnist.json",)),
     Headline("shapes64, 65 tokens: test accuracy (chance 20%)",
-             lambda r: _acc(r, "shapes64.json", "cbt_nano"),
+             lambda r: _acc(r, "shapes64.json", "cbt_nano") + _one_seed(r, "shapes64.json"),
              lambda r: f"ViT {_acc(r, 'shapes64.json', 'vit_nano')}, CRATE "
                        f"{_acc(r, 'shapes64.json', 'crate_nano')}, ToST "
                        f"{_acc(r, 'shapes64.json', 'tost_nano')}",

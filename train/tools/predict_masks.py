@@ -21,11 +21,13 @@ import json
 import os
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from matplotlib import image as mpimg
 
+from cbsa_jax import training
 from train import cli
 from train import data as data_lib
 from train.loop import load_experiment
@@ -68,7 +70,11 @@ def predict(exp, state, *, limit: int | None = None, keep: int = 16):
     config = exp.config
     source = data_lib.open_input(config)
     model = exp.model(state)
-    forward = nnx.jit(lambda m, x: jnp.argmax(m(x), axis=-1))
+    graphdef, params = nnx.split(model)
+    # compiled with the training step's compiler options, so that its logits round as the
+    # training loop's evaluation does
+    forward = jax.jit(lambda p, x: jnp.argmax(nnx.merge(graphdef, p)(x), axis=-1))
+    compiled = {}
     k, ignore = exp.num_classes, config.segmentation.ignore_index
     confusion = np.zeros((k, k), np.int64)
     kept = []
@@ -76,7 +82,11 @@ def predict(exp, state, *, limit: int | None = None, keep: int = 16):
         if limit is not None and i >= limit:
             break
         batch = {k: np.asarray(v) for k, v in batch.items()}
-        prediction = np.asarray(forward(model, jnp.asarray(batch["image"])))
+        images = jnp.asarray(batch["image"])
+        if images.shape not in compiled:
+            compiled[images.shape] = forward.lower(params, images).compile(
+                compiler_options=training.compiler_options() or None)
+        prediction = np.asarray(compiled[images.shape](params, images))
         confusion += np.asarray(seg_lib.confusion_matrix(
             batch["segmentation"], prediction, k, ignore_index=ignore,
             weights=batch["valid"][:, None, None]), np.int64)

@@ -47,7 +47,7 @@ same for every config with the same image side.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -65,6 +65,7 @@ __all__ = [
     "SPLITS",
     "SPLIT_IDS",
     "Size",
+    "chunked",
     "generate_batch",
     "generate_example",
     "split_arrays",
@@ -87,7 +88,7 @@ _CROSS_HALF_WIDTH = 0.3  # half-width of a cross arm, in circumradii
 _STAR_INNER_RATIO = 0.5  # inner / outer radius of the five-pointed star
 _NOISE_CELLS = 4  # the smooth background noise is a (cells+1)^2 grid, upsampled
 _COLOUR_CANDIDATES = 128  # random shape colours drawn per example, tried in order
-_CHUNK = 500  # examples rasterised together (split_arrays and the TFDS builders)
+_CHUNK = 500  # examples rasterised together (`chunked`)
 
 
 def _regular_polygon(num_vertices: int) -> np.ndarray:
@@ -338,9 +339,13 @@ def split_arrays(split: str, config: str | Size = "default", *,
     sizes = config.split_sizes()
     if split not in sizes:
         raise ValueError(f"split must be one of {tuple(sizes)}, got {split!r}")
-    n = sizes[split]
-    # In chunks: the rasteriser's per-pixel temporaries stay small (a whole split at once needs
-    # gigabytes and runs several times slower); every example depends on its index only.
-    chunks = [generate(split, range(start, min(start + _CHUNK, n)), config.image_size)
-              for start in range(0, n, _CHUNK)]
+    chunks = [generate(split, indices, config.image_size) for indices in chunked(sizes[split])]
     return {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+
+
+def chunked(num_examples: int) -> Iterator[range]:
+    """The indices `0..num_examples-1` in the ranges that are rasterised together: the
+    rasteriser's per-pixel temporaries stay small (a whole split at once needs gigabytes and runs
+    several times slower), and every example depends on its index only."""
+    for start in range(0, num_examples, _CHUNK):
+        yield range(start, min(start + _CHUNK, num_examples))

@@ -106,6 +106,5 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(
         self, split: str, num_examples: int
     ) -> Iterator[tuple[int, dict[str, Any]]]:
-        for start in range(0, num_examples, shapes._CHUNK):
-            indices = range(start, min(start + shapes._CHUNK, num_examples))
+        for indices in shapes.chunked(num_examples):
             yield from examples(self.GENERATE(split, indices, self._config.image_size))

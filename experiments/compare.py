@@ -3,21 +3,28 @@
     python -m experiments.compare --config configs/mnist.py \\
         --models cbt_nano,crate_nano,tost_nano,vit_nano --seeds 3 --seeds-for cbt_nano,vit_nano \\
         --sweep-cells 2,4,8,14 --out runs/compare [--config.FIELD=VALUE ...]
+    python -m experiments.compare --config configs/shapes64_seg.py --models cbt_nano \\
+        --decoders cbt,softmax,linear --seeds 3 --out runs/compare
 
-Trains every model of `--models` with the config's recipe and budget (only `model.name` and
-`seed` change), one run at a time, `--seeds` seeds each (models outside `--seeds-for`, when it is
-given, get one), and with `--sweep-cells` the `--sweep-model` (CBT) at square representative cells
-k x k for each k (m = k^2 representatives; as many seeds as the sweep model gets). For each run it
-records, from the run itself:
+Trains every model of `--models` with the config's recipe and budget (only `model.name`, `seed`
+and, for a segmentation config, `segmentation.decoder` change), one run at a time, `--seeds` seeds
+each (models outside `--seeds-for`, when it is given, get one), every encoder with every decoder
+of `--decoders` (segmentation configs only; default the config's), and with `--sweep-cells` the
+`--sweep-model` (CBT) at square representative cells k x k for each k (m = k^2 representatives; as
+many seeds as the sweep model gets; the config's decoder). For each run it records, from the run
+itself:
 
-- parameters (`cbsa_jax.reporting.count_params`) and forward FLOPs per image (XLA's cost analysis
-  of the compiled batch-1 forward at the run's image size, channels and classes);
+- parameters (`cbsa_jax.reporting.count_params`; the decoder's apart) and forward FLOPs per image
+  (XLA's cost analysis of the compiled batch-1 forward at the run's image size, channels and
+  classes);
 - train images/s: the median of the `images_per_sec` lines of its `metrics.jsonl` (compile and
   evaluation pauses fall in a few windows only; compare runs made on an idle machine);
-- final and best test accuracy (the eval lines of `metrics.jsonl`);
-- emergent segmentation (`train.tools.attention_jaccard.evaluate`: Jaccard of the cls attention
-  of the last layer against the dataset's `mask`, with the image-blind centre box and
-  everything).
+- final and best value of the task's ranking metric on the eval split (the eval lines of
+  `metrics.jsonl`): test accuracy for classification, mIoU for segmentation (with the final pixel
+  accuracy), and whether it reached its plateau;
+- for classification, emergent segmentation (`train.tools.attention_jaccard.evaluate`: Jaccard of
+  the cls attention of the last layer against the dataset's `mask`, with the image-blind centre
+  box and everything).
 
 Everything lands in `DIR/NAME/` (NAME: the config file's name): one workdir per run
 (`MODEL[_cellsKxK]/seedS`, holding `result.json` once finished), and `NAME.json` (every run,
@@ -72,40 +79,48 @@ DEFAULT_MODELS = "cbt_nano,crate_nano,tost_nano,vit_nano"
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """One training run of the comparison. `cells` None: the config's representatives."""
+    """One training run of the comparison. `cells` None: the config's representatives;
+    `decoder` None: a classifier (segmentation runs always name their decoder)."""
 
     model: str
     seed: int
     cells: tuple[int, int] | None = None
+    decoder: str | None = None
 
     @property
     def name(self) -> str:
         cells = "" if self.cells is None else f"_cells{self.cells[0]}x{self.cells[1]}"
-        return f"{self.model}{cells}/seed{self.seed}"
+        decoder = "" if self.decoder is None else f"_{self.decoder}_decoder"
+        return f"{self.model}{decoder}{cells}/seed{self.seed}"
 
 
-def plan(models, seeds: int, seeds_for, sweep_cells, sweep_model: str,
-         config_cells) -> tuple[list[RunSpec], list[RunSpec]]:
-    """(table runs, sweep runs). A sweep point gets as many seeds as the sweep model gets in the
+def plan(models, seeds: int, seeds_for, sweep_cells, sweep_model: str, config_cells,
+         decoders=(None,), sweep_decoder: str | None = None
+         ) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(table runs, sweep runs): every model with every decoder (`(None,)`: classifiers). A sweep
+    point (`sweep_model` with `sweep_decoder`) gets as many seeds as the sweep model gets in the
     table; the point at the config's own cells is the table's runs."""
 
     def count(model):
         return seeds if seeds_for is None or model in seeds_for else 1
 
-    table = [RunSpec(m, s) for m in models for s in range(count(m))]
+    table = [RunSpec(m, s, None, d) for m in models for d in decoders for s in range(count(m))]
     sweep = []
     for k in sweep_cells or ():
         cells = None if (k, k) == tuple(config_cells) else (k, k)
-        sweep.extend(RunSpec(sweep_model, s, cells) for s in range(count(sweep_model)))
+        sweep.extend(RunSpec(sweep_model, s, cells, sweep_decoder)
+                     for s in range(count(sweep_model)))
     return table, sweep
 
 
 def run_config(base, spec: RunSpec):
-    """The base config with this run's model, seed and cells, validated."""
+    """The base config with this run's model, seed, cells and decoder, validated."""
     config = base.copy_and_resolve_references()
     config.model.name, config.seed = spec.model, spec.seed
     if spec.cells is not None:
         config.model.cells = spec.cells
+    if spec.decoder is not None:
+        config.segmentation.decoder = spec.decoder
     return config_lib.validate(config)
 
 
@@ -138,19 +153,23 @@ def plateau(evals: list[tuple[int, float]], total_steps: int) -> dict:
             "range": spread, "holds": spread is not None and spread < PLATEAU_RANGE}
 
 
-def _from_metrics(path: str, eval_split: str, total_steps: int) -> dict:
+def _from_metrics(path: str, eval_split: str, total_steps: int, metric: str) -> dict:
+    """Final and best `metric`, its curve and plateau, and the final eval line's other numbers
+    (`final_eval`), from a run's metrics.jsonl."""
     lines = read_jsonl(path)
-    evals = [line for line in lines if line["split"] == eval_split and line.get("accuracy")
+    evals = [line for line in lines if line["split"] == eval_split and line.get(metric)
              is not None]
     speeds = [line["images_per_sec"] for line in lines
               if line["split"] == "train" and line.get("images_per_sec")]
     if not evals:
-        raise ValueError(f"{path}: no {eval_split} accuracy logged")
-    return {"final_accuracy": evals[-1]["accuracy"], "final_step": evals[-1]["step"],
-            "best_accuracy": max(line["accuracy"] for line in evals),
-            "curve": [[line["step"], line["accuracy"]] for line in evals],
-            "plateau": plateau([(line["step"], line["accuracy"]) for line in evals],
-                               total_steps),
+        raise ValueError(f"{path}: no {eval_split} {metric} logged")
+    curve = [(line["step"], line[metric]) for line in evals]
+    return {"metric": metric, f"final_{metric}": curve[-1][1], "final_step": curve[-1][0],
+            f"best_{metric}": max(value for _, value in curve),
+            "curve": [list(point) for point in curve],
+            "plateau": plateau(curve, total_steps),
+            "final_eval": {k: v for k, v in evals[-1].items()
+                           if isinstance(v, int | float) and k not in ("step", "time")},
             "images_per_sec": float(np.median(speeds)) if speeds else None,
             "train_windows": len(speeds)}
 
@@ -166,7 +185,11 @@ def run_one(config, workdir: str, *, mass: float) -> dict:
                   "params": count_params(model),
                   "gflops_per_image": forward_gflops(model, (*exp.image_size, exp.channels)),
                   **_from_metrics(os.path.join(workdir, "metrics.jsonl"), config.eval_split,
-                                  summary["total_steps"])}
+                                  summary["total_steps"], exp.task.ranking)}
+        if config.task == "segmentation":
+            result["decoder"] = config.segmentation.decoder
+            result["decoder_params"] = count_params(model.decoder)
+            return result
         source = data_lib.open_input(config)
         if "mask" in source.features:
             result["segmentation"] = attention_jaccard.evaluate(exp, state, mass=mass,
@@ -189,16 +212,20 @@ def _stats(values) -> dict:
     return {"mean": float(values.mean()), "std": std, "n": int(values.size)}
 
 
-def aggregate(results: list[dict], representatives) -> dict:
-    """One table row from the runs of one model (several seeds)."""
+def aggregate(results: list[dict], representatives, metric: str = "accuracy") -> dict:
+    """One table row from the runs of one model (several seeds), ranked by `metric`."""
     first = results[0]
     seg = [r.get("segmentation") or {} for r in results]
-    return {"model": first["model"], "cells": first["cells"], "representatives": representatives,
+    decoder = {"decoder": first["decoder"], "decoder_params": first["decoder_params"],
+               "pixel_accuracy": _stats([r["final_eval"].get("pixel_accuracy")
+                                         for r in results])} if "decoder" in first else {}
+    return {"model": first["model"], **decoder, "cells": first["cells"],
+            "representatives": representatives,
             "seeds": [r["seed"] for r in results], "params": first["params"],
             "gflops_per_image": first["gflops_per_image"],
             "images_per_sec": _stats([r["images_per_sec"] for r in results])["mean"],
-            "final_accuracy": _stats([r["final_accuracy"] for r in results]),
-            "best_accuracy": _stats([r["best_accuracy"] for r in results]),
+            f"final_{metric}": _stats([r[f"final_{metric}"] for r in results]),
+            f"best_{metric}": _stats([r[f"best_{metric}"] for r in results]),
             "jaccard": _stats([s.get("cls_attention") for s in seg]),
             "jaccard_best_head": _stats([s.get("cls_attention_best_head") for s in seg]),
             "jaccard_assignment": _stats([s.get("assignment") for s in seg]),
@@ -224,20 +251,29 @@ def _plateau_cell(row: dict) -> str:
     return f"{100 * row['plateau_range']:.1f} pt {'(plateau)' if row['plateau_holds'] else ''}"
 
 
-def _columns(sweep: bool):
+METRIC_NAMES = {"accuracy": "accuracy", "miou": "mIoU"}
+
+
+def _columns(sweep: bool, metric: str = "accuracy", segmentation: bool = False):
     reps = ("m", ">", lambda r: str(r["representatives"] or "-"))
+    shown = METRIC_NAMES.get(metric, metric)
     cols = [("model", "<", lambda r: r["model"]), reps,
             ("params", ">", lambda r: f"{r['params']:,}"),
             ("GFLOPs / image", ">", lambda r: fmt(r["gflops_per_image"], ".4f")),
             ("train images/s", ">", lambda r: fmt(r["images_per_sec"], ".0f")),
-            ("final accuracy", ">", lambda r: _pm(r["final_accuracy"])),
-            ("best accuracy", ">", lambda r: _pm(r["best_accuracy"])),
+            (f"final {shown}", ">", lambda r: _pm(r[f"final_{metric}"])),
+            (f"best {shown}", ">", lambda r: _pm(r[f"best_{metric}"])),
             ("Jaccard, cls attention", ">", lambda r: _pm(r["jaccard"])),
             ("Jaccard, best head", ">", lambda r: _pm(r["jaccard_best_head"])),
             ("last-fifth range", ">", lambda r: _plateau_cell(r)),
             ("seeds", ">", lambda r: str(len(r["seeds"])))]
+    if segmentation:  # no cls attention to score; the decoder and pixel accuracy instead
+        cols[1:2] = [("decoder", "<", lambda r: r["decoder"]), reps,
+                     ("decoder params", ">", lambda r: f"{r['decoder_params']:,}")]
+        cols[-4:-2] = [("final pixel accuracy", ">", lambda r: _pm(r["pixel_accuracy"]))]
     if sweep:
-        cols = [reps, ("cells", ">", lambda r: "x".join(map(str, r["cells"]))), *cols[2:]]
+        cols = [reps, ("cells", ">", lambda r: "x".join(map(str, r["cells"]))),
+                *[c for c in cols if c[0] not in ("model", "m")]]
     return cols
 
 
@@ -247,8 +283,10 @@ def markdown(payload: dict) -> str:
              f"{payload['machine']['cpu_count']} CPU cores; wall clock of the last sitting "
              f"{payload['wall_seconds'] / 60:.1f} min, of all runs "
              f"{payload['runs_wall_seconds'] / 60:.1f} min.", ""]
+    metric = payload.get("metric", "accuracy")
+    segmentation = payload.get("task") == "segmentation"
     if payload["table"]:
-        lines += [table(payload["table"], _columns(sweep=False)), ""]
+        lines += [table(payload["table"], _columns(False, metric, segmentation)), ""]
     base = payload.get("baselines") or {}
     if base:
         lines += ["Image-blind masks, same Jaccard: centre box "
@@ -256,7 +294,7 @@ def markdown(payload: dict) -> str:
                   f"{fmt(base.get('everything'), '.3f')}.", ""]
     if payload["sweep"]:
         lines += [f"Representatives sweep ({payload['sweep'][0]['model']}):", "",
-                  table(payload["sweep"], _columns(sweep=True)), ""]
+                  table(payload["sweep"], _columns(True, metric, segmentation)), ""]
     return "\n".join(lines)
 
 
@@ -265,22 +303,27 @@ def plot(payload: dict, path: str) -> None:
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
     ax = axes[0, 0]
     rows = payload["table"]
+    metric = payload.get("metric", "accuracy")
+    final, shown = f"final_{metric}", METRIC_NAMES.get(metric, metric)
     if rows:
         biggest = max(r["params"] for r in rows)
         for r in rows:
-            x, y = r["gflops_per_image"], r["final_accuracy"]["mean"]
+            x, y = r["gflops_per_image"], r[final]["mean"]
             ax.scatter([x], [y], s=600 * r["params"] / biggest, alpha=0.6)
-            ax.errorbar([x], [y], yerr=[r["final_accuracy"]["std"]], fmt="none", c="k", lw=1)
-            ax.annotate(f"{r['model']}\n{r['params'] / 1e3:.0f}k params", (x, y), fontsize=8,
+            ax.errorbar([x], [y], yerr=[r[final]["std"]], fmt="none", c="k", lw=1)
+            label = r["model"] + (f" + {r['decoder']} decoder" if r.get("decoder") else "")
+            ax.annotate(f"{label}\n{r['params'] / 1e3:.0f}k params", (x, y), fontsize=8,
                         xytext=(6, 6), textcoords="offset points")
-    ax.set(xlabel="forward GFLOPs per image (XLA)", ylabel="final test accuracy",
+    ax.set(xlabel="forward GFLOPs per image (XLA)", ylabel=f"final {shown} (eval split)",
            title=f"{payload['name']} ({payload['dataset']}); marker area: parameters")
     if payload["sweep"]:
         ax = axes[0, 1]
         sweep = payload["sweep"]
         m = [r["representatives"] for r in sweep]
-        ax.plot(m, [r["final_accuracy"]["mean"] for r in sweep], "o-", label="final accuracy")
-        ax.plot(m, [r["jaccard"]["mean"] for r in sweep], "s--", label="Jaccard, cls attention")
+        ax.plot(m, [r[final]["mean"] for r in sweep], "o-", label=f"final {shown}")
+        if any(r["jaccard"]["mean"] is not None for r in sweep):
+            ax.plot(m, [r["jaccard"]["mean"] for r in sweep], "s--",
+                    label="Jaccard, cls attention")
         if payload["baselines"].get("center") is not None:
             ax.axhline(payload["baselines"]["center"], ls=":", c="grey",
                        label="Jaccard, centre box (image-blind)")
@@ -306,11 +349,15 @@ def parse_args(argv: list[str]):
     p.add_argument("--sweep-cells", default=None,
                    help="comma-separated k: also train --sweep-model with k x k cells")
     p.add_argument("--sweep-model", default="cbt_nano")
+    p.add_argument("--decoders", default=None,
+                   help="segmentation configs: comma-separated decoders to train on every model "
+                        "(default: the config's segmentation.decoder)")
     p.add_argument("--mass", type=float, default=0.6,
                    help="attention_jaccard's attention mass")
     args, overrides = parse(p, argv, out="runs/compare", copied="NAME.json, NAME.md and NAME.png")
     args.models = parse_list(args.models) or []
     args.seeds_for = parse_list(args.seeds_for)
+    args.decoders = parse_list(args.decoders)
     try:
         args.sweep_cells = parse_list(args.sweep_cells, int)
     except ValueError:
@@ -337,14 +384,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         base = cli.load_config(args.config, overrides)
-        if base.task != "classification":
-            raise config_lib.ConfigError(f"--config: compare trains image classifiers, the "
-                                         f"config's task is {base.task!r}")
+        if base.task not in ("classification", "segmentation"):
+            raise config_lib.ConfigError(f"--config: compare trains image classifiers and "
+                                         f"segmenters, the config's task is {base.task!r}")
         unknown = sorted(set(args.models + [args.sweep_model]) - set(PRESETS))
         if unknown:
             raise config_lib.ConfigError(f"--models: unknown presets {unknown}")
+        segmentation = base.task == "segmentation"
+        if args.decoders is not None and not segmentation:
+            raise config_lib.ConfigError("--decoders: only for a segmentation config, the "
+                                         f"config's task is {base.task!r}")
+        unknown = sorted(set(args.decoders or ()) - set(config_lib.DECODERS))
+        if unknown or args.decoders == []:
+            raise config_lib.ConfigError(f"--decoders: expected some of {config_lib.DECODERS}, "
+                                         f"got {unknown or 'none'}")
+        decoder = base.segmentation.decoder if segmentation else None
         table_runs, sweep_runs = plan(args.models, args.seeds, args.seeds_for, args.sweep_cells,
-                                      args.sweep_model, base.model.cells or ())
+                                      args.sweep_model, base.model.cells or (),
+                                      args.decoders or (decoder,), decoder)
         configs = {spec: run_config(base, spec) for spec in [*table_runs, *sweep_runs]}
     except config_lib.ConfigError as e:
         return cli.fail(e)
@@ -363,18 +420,22 @@ def main(argv: list[str] | None = None) -> int:
         except cli.BAD_INPUT as e:  # e.g. another model's checkpoints in the run's workdir
             return cli.fail(f"{spec.name}: {e}")
 
+    # results kept before the metric was recorded are classifiers'
+    metric = next(iter(results.values())).get("metric", "accuracy")
+
     def rows(specs, key):
         groups: dict = {}
         for spec in specs:
             groups.setdefault(key(spec), []).append(spec)
         return [aggregate([results[s] for s in group],
-                          representatives(config_lib.model_config(configs[group[0]])))
+                          representatives(config_lib.model_config(configs[group[0]])), metric)
                 for group in groups.values()]
 
     segmentation = next((r["segmentation"] for r in results.values() if "segmentation" in r), {})
     payload = {
         "benchmark": "experiments.compare", "name": name, "config": args.config,
-        "dataset": base.dataset, "command": " ".join(["python -m experiments.compare", *argv]),
+        "task": base.task, "metric": metric, "dataset": base.dataset,
+        "command": " ".join(["python -m experiments.compare", *argv]),
         "machine": machine_info(),
         "recipe_summary": (f"{base.num_train_steps} steps" if base.num_train_steps else
                            f"{base.num_epochs} epochs") + f", batch {base.batch_size}, "
@@ -382,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": json.loads(base.to_json()),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "runs_wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in results.values()), 1),
-        "table": rows(table_runs, lambda s: s.model),
+        "table": rows(table_runs, lambda s: (s.model, s.decoder)),
         "sweep": rows(sweep_runs, lambda s: s.cells),
         "baselines": {k: segmentation[k] for k in ("center", "everything") if k in segmentation},
         "runs": [results[s] for s in dict.fromkeys([*table_runs, *sweep_runs])],

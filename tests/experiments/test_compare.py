@@ -154,8 +154,13 @@ def test_rerun_skips_finished_runs_and_stops_on_an_interrupted_one(compared, mon
 BAD = [
     (["--models", "cbt_nano"], "the following arguments are required: --config"),
     (["--config", "{shapes}", "--models", "cbt_nano,nope"], "--models: unknown presets ['nope']"),
-    (["--config", "{lm}"], "--config: compare trains image classifiers, the config's task is "
-                           "'language'"),
+    (["--config", "{lm}"], "--config: compare trains image classifiers and segmenters, the "
+                           "config's task is 'language'"),
+    (["--config", "{shapes}", "--decoders", "cbt"], "--decoders: only for a segmentation config, "
+                                                    "the config's task is 'classification'"),
+    (["--config", "{seg}", "--decoders", "cbt,mlp"], "--decoders: expected some of ('cbt', "
+                                                     "'softmax', 'linear'), got ['mlp']"),
+    (["--config", "{seg}", "--decoders", ""], "--decoders: expected some of"),
     (["--config", "{nowhere}"], "--config: no config file at {nowhere}"),
     (["--config", "{shapes}", "--out", "{file}"], "--out: {file} is a file"),
     (["--config", "{shapes}", "--seeds", "0"], "--seeds must be >= 1, got 0"),
@@ -175,6 +180,7 @@ def test_bad_arguments_are_one_line_naming_the_argument(args, message, tmp_path,
     (tmp_path / "file").write_text("not a directory")
     paths = {"shapes": os.path.join(CONFIGS, "shapes.py"),
              "lm": os.path.join(CONFIGS, "lm_stdlib.py"),
+             "seg": os.path.join(CONFIGS, "shapes64_seg.py"),
              "nowhere": str(tmp_path / "nowhere.py"), "file": str(tmp_path / "file")}
     args = [a.format(**paths) for a in args]
     if "--out" not in args:
@@ -238,6 +244,48 @@ def test_compare_killed_mid_run_resumes_that_run_exactly(shapes_dir, tmp_path):
     with open(run / RESULT) as f:
         result = json.load(f)
     assert result["final_accuracy"] == pytest.approx(reference["final_eval"]["accuracy"])
+
+
+def test_plan_gives_every_model_every_decoder():
+    table, sweep = compare.plan(["cbt_nano", "vit_nano"], 2, ["cbt_nano"], [2], "cbt_nano",
+                                (8, 8), ("cbt", "linear"), "cbt")
+    assert [s.name for s in table] == [
+        "cbt_nano_cbt_decoder/seed0", "cbt_nano_cbt_decoder/seed1",
+        "cbt_nano_linear_decoder/seed0", "cbt_nano_linear_decoder/seed1",
+        "vit_nano_cbt_decoder/seed0", "vit_nano_linear_decoder/seed0"]
+    assert [s.name for s in sweep] == ["cbt_nano_cbt_decoder_cells2x2/seed0",
+                                       "cbt_nano_cbt_decoder_cells2x2/seed1"]
+
+
+def test_compare_ranks_segmenters_by_miou_per_decoder(tmp_path):
+    """A segmentation config: one encoder with two decoders; the ranking metric is mIoU, read
+    from each run's eval lines, and the table names the decoder and its parameters."""
+    out = tmp_path / "out"
+    argv = ["--config", os.path.join(CONFIGS, "shapes64_seg.py"), "--models", "cbt_nano",
+            "--decoders", "cbt,linear", "--out", str(out),
+            *tiny_flags(data_dir=str(tmp_path / "data"), dataset="shapes64/small",
+                        num_train_steps=2, batch_size=10, eval_batch_size=50,
+                        eval_every_steps=1, **{"segmentation.decoder_depth": 1})]
+    assert compare.main(argv) == 0
+    with open(out / "shapes64_seg" / "shapes64_seg.json") as f:
+        payload = json.load(f)
+    assert payload["task"] == "segmentation" and payload["metric"] == "miou"
+    cbt, linear = payload["table"]
+    assert (cbt["decoder"], linear["decoder"]) == ("cbt", "linear")
+    assert 0 < linear["decoder_params"] < cbt["decoder_params"] < cbt["params"]
+    assert cbt["params"] - cbt["decoder_params"] == linear["params"] - linear["decoder_params"]
+    for row, run in zip(payload["table"], payload["runs"], strict=True):
+        lines = [json.loads(line) for line in open(os.path.join(run["workdir"], "metrics.jsonl"))]
+        evals = [line for line in lines if line["split"] == "test"]
+        assert [e["step"] for e in evals] == [1, 2]
+        assert run["curve"] == [[e["step"], e["miou"]] for e in evals]
+        assert row["final_miou"]["mean"] == run["final_miou"] == evals[-1]["miou"]
+        assert row["best_miou"]["mean"] == max(e["miou"] for e in evals)
+        assert row["pixel_accuracy"]["mean"] == evals[-1]["pixel_accuracy"]
+        assert "accuracy" not in run["final_eval"] and "segmentation" not in run
+    assert payload["baselines"] == {}
+    text = (out / "shapes64_seg" / "shapes64_seg.md").read_text()
+    assert "final mIoU" in text and "decoder params" in text and "Jaccard" not in text
 
 
 def test_the_plateau_is_the_last_fifths_accuracy_range():

@@ -72,7 +72,7 @@ def test_bad_segmentation_inputs_exit_2_with_one_line(shapes64_dir, tmp_path, ca
     assert len(err) == 1 and "labels [4, 5] outside [0, 4)" in err[0], err
     assert train_main.main([*base, "--config.image_size=62"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "divisible by the patch size 4" in err[0], err
+    assert len(err) == 1 and "divisible by the patch size 8" in err[0], err
     assert segment.main(["--workdir", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
     assert "--workdir: no directory" in capsys.readouterr().err
 

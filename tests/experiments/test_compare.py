@@ -17,6 +17,9 @@ from tests import _runs
 from tests._configs import CONFIGS, tiny_flags
 from train import cli, loop
 
+# The module fixtures are costly: one xdist worker runs the module (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("compare")
+
 
 def _tiny(data_dir: str) -> list[str]:
     """Overrides: one block, two steps of 32 images on `shapes/small` (32 px, 4 x 4 patches)."""
@@ -264,7 +267,7 @@ def test_compare_ranks_segmenters_by_miou_per_decoder(tmp_path):
     argv = ["--config", os.path.join(CONFIGS, "shapes64_seg.py"), "--models", "cbt_nano",
             "--decoders", "cbt,linear", "--out", str(out),
             *tiny_flags(data_dir=str(tmp_path / "data"), dataset="shapes64/small",
-                        num_train_steps=2, batch_size=10, eval_batch_size=50,
+                        image_size=32, num_train_steps=2, batch_size=10, eval_batch_size=50,
                         eval_every_steps=1, **{"segmentation.decoder_depth": 1})]
     assert compare.main(argv) == 0
     with open(out / "shapes64_seg" / "shapes64_seg.json") as f:

@@ -11,6 +11,9 @@ import pytest
 from experiments import lm_compare
 from experiments import results_readme as rr
 
+# The module fixtures are costly: one xdist worker runs the module (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("lm_compare")
+
 
 def _argv(data_dir: str, out: str) -> list[str]:
     return ["--contexts", "64", "--models", "lm_cbsa_nano,lm_linear_nano", "--budget_cpu_s",

@@ -21,6 +21,9 @@ from train import config as config_lib
 from train import distributed, loop
 from train.checkpoint import Checkpointer
 
+# The module fixtures are costly: one xdist worker runs the module (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("distributed")
+
 # -- the watchdog, with a key-value store and a clock of our own -----------------------------
 
 

@@ -22,6 +22,9 @@ from train import loop
 from train.checkpoint import Checkpointer, CheckpointMismatch
 from train.metrics import read_jsonl
 
+# The module fixtures are costly: one xdist worker runs the module (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("reliability")
+
 RUN = {"model.depth": 1, "batch_size": 256, "num_train_steps": 12, "log_every_steps": 1,
        "eval_every_steps": 6, "checkpoint_every_steps": 2, "warmup_epochs": 0.0,
        "progress": False, "mesh.data": 1}

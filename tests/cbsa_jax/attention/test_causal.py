@@ -19,6 +19,9 @@ from cbsa_jax import attention as att
 from cbsa_jax.attention import causal as causal_module
 from tests._util import rel_err
 
+# The module fixtures are costly: one xdist worker runs the module (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("causal")
+
 B, H, N, P_, M = 2, 2, 11, 4, 3
 EPS, TAU = 0.7, 1.3
 #: (chunk, sub-chunk) pairs; None: the module's default sub-chunk. N = 11: chunks of one token, a

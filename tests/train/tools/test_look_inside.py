@@ -12,6 +12,9 @@ from train import loop
 from train.tools import attention_jaccard as segment_eval
 from train.tools import look_inside as interpret_cli
 
+# The module fixtures are costly: one xdist worker runs the module (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("look_inside")
+
 
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):

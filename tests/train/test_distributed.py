@@ -24,6 +24,13 @@ from train.checkpoint import Checkpointer
 # The module fixtures are costly: one xdist worker runs the module (`--dist loadgroup`).
 pytestmark = pytest.mark.xdist_group("distributed")
 
+
+def test_the_module_is_one_xdist_work_unit(request):
+    """Under `--dist loadgroup` the group reaches the node id (pytest 9.2 broke that silently:
+    pytest-dev/pytest-xdist#1386), so that the pod story below is built once."""
+    if getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@distributed"), request.node.nodeid
+
 # -- the watchdog, with a key-value store and a clock of our own -----------------------------
 
 

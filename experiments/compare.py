@@ -27,9 +27,10 @@ itself:
   box and everything).
 
 Everything lands in `DIR/NAME/` (NAME: the config file's name): one workdir per run
-(`MODEL[_cellsKxK]/seedS`, holding `result.json` once finished), and `NAME.json` (every run,
-per-model mean +- std over seeds, the sweep, machine, command, wall clock), `NAME.md` (the tables)
-and `NAME.png` (accuracy against forward FLOPs, marker area by parameters; the sweep beside it),
+(`MODEL[_DECODER_decoder][_cellsKxK]/seedS`, holding `result.json` once finished), and
+`NAME.json` (every run, per-row mean +- std over seeds, the sweep, machine, command, wall clock),
+`NAME.md` (the tables) and `NAME.png` (the ranking metric against forward FLOPs, marker area by
+parameters; the sweep beside it),
 copied to `--results DIR` too when given (e.g. `docs/results`, where README tables come from).
 Rerunning resumes: finished runs (their `result.json`) are read back, an interrupted one continues
 from its last checkpoint (SIGTERM saves one and stops the comparison; rerun to go on).

@@ -124,7 +124,8 @@ def corrupt_checkpoint(path) -> None:
 #: an evaluation every 4.
 TASK_RUNS = {
     "segmentation": ("shapes64_seg.py", {"dataset": "shapes64/small", "batch_size": 10,
-                                         "eval_batch_size": 50}),
+                                         "eval_batch_size": 50, "image_size": 32,
+                                         "segmentation.decoder_depth": 1}),
     "language": ("lm_stdlib.py", {"dataset": "stdlib_bytes/small", "batch_size": 8,
                                   "model.name": "lm_cbsa_nano"}),
 }

@@ -91,7 +91,8 @@ def test_sharded_meshes_give_the_single_device_loss(data_dir, tmp_path):
     kw = dict(optimizer="adamw", num_train_steps=3)
     loop.run(tiny_config(data_dir=data_dir, **kw), str(tmp_path / "single"))
     single = _losses(tmp_path / "single")
-    for i, mesh in enumerate([dict(data=4, fsdp=2, model=1), dict(data=2, fsdp=2, model=2)]):
+    # one mesh with every axis: the batch over data x fsdp, parameters over fsdp and model
+    for i, mesh in enumerate([dict(data=2, fsdp=2, model=2)]):
         sharded = tmp_path / f"sharded{i}"
         loop.run(tiny_config(data_dir=data_dir, **kw, **{f"mesh.{k}": v for k, v in mesh.items()}),
                  str(sharded))

@@ -216,6 +216,14 @@ def _last_fifth(row: Mapping[str, Any]) -> str:
     return f"{100 * row['plateau_range']:.1f} pt" + ("" if row["plateau_holds"] else " (moving)")
 
 
+#: The columns every experiments.compare table shares.
+_PARAMS = Column("params", lambda r: r["params"], dash("{:,}"))
+_GFLOPS = Column("GFLOPs / image", lambda r: r["gflops_per_image"], dash("{:.3f}"))
+_SPEED = Column("train images/s", lambda r: r["images_per_sec"], dash("{:,.0f}"))
+_PLATEAU = Column("last-fifth range", _last_fifth)
+_SEEDS = Column("seeds", lambda r: len(r["seeds"]))
+
+
 def _compare_table(id: str, source: str) -> Table:
     return Table(
         id=id,
@@ -224,14 +232,11 @@ def _compare_table(id: str, source: str) -> Table:
             Column("model", lambda r: f"{_MODEL_NAMES.get(r['model'], r['model'])}, "
                    f"`{r['model']}`", align="<"),
             Column("representatives", lambda r: r["representatives"]),
-            Column("params", lambda r: r["params"], dash("{:,}")),
-            Column("GFLOPs / image", lambda r: r["gflops_per_image"], dash("{:.3f}")),
-            Column("train images/s", lambda r: r["images_per_sec"], dash("{:,.0f}")),
+            _PARAMS, _GFLOPS, _SPEED,
             Column("test accuracy", lambda r: r["final_accuracy"], accuracy),
             Column("Jaccard, cls attention", lambda r: r["jaccard"], mean_std),
             Column("Jaccard, best head", lambda r: r["jaccard_best_head"], mean_std),
-            Column("last-fifth range", _last_fifth),
-            Column("seeds", lambda r: len(r["seeds"])),
+            _PLATEAU, _SEEDS,
         ),
         caption="Mean ± std over seeds where there are several. Last-fifth range: the largest "
                 "range of a seed's test accuracy over the last fifth of its steps (a plateau: "
@@ -854,14 +859,12 @@ SEG_TABLE = Table(
     columns=(
         Column("encoder", lambda r: f"`{r['model']}`", align="<"),
         Column("decoder", lambda r: _DECODERS.get(r["decoder"], r["decoder"]), align="<"),
-        Column("params", lambda r: r["params"], dash("{:,}")),
+        _PARAMS,
         Column("decoder params", lambda r: r["decoder_params"], dash("{:,}")),
-        Column("GFLOPs / image", lambda r: r["gflops_per_image"], dash("{:.3f}")),
-        Column("train images/s", lambda r: r["images_per_sec"], dash("{:,.0f}")),
+        _GFLOPS, _SPEED,
         Column("test mIoU", lambda r: r["final_miou"], mean_std),
         Column("pixel accuracy", lambda r: r["pixel_accuracy"], mean_std),
-        Column("last-fifth range", _last_fifth),
-        Column("seeds", lambda r: len(r["seeds"])),
+        _PLATEAU, _SEEDS,
     ),
     caption="Mean ± std over seeds where there are several. GFLOPs: XLA's count of the batch-1 "
             "forward, encoder and decoder. Last-fifth range: the largest range of a seed's test "

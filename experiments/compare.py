@@ -258,20 +258,23 @@ METRIC_NAMES = {"accuracy": "accuracy", "miou": "mIoU"}
 def _columns(sweep: bool, metric: str = "accuracy", segmentation: bool = False):
     reps = ("m", ">", lambda r: str(r["representatives"] or "-"))
     shown = METRIC_NAMES.get(metric, metric)
-    cols = [("model", "<", lambda r: r["model"]), reps,
+    if segmentation:  # no cls attention to score: the decoder and the pixel accuracy instead
+        model = [("decoder", "<", lambda r: r["decoder"]), reps,
+                 ("decoder params", ">", lambda r: f"{r['decoder_params']:,}")]
+        task = [("final pixel accuracy", ">", lambda r: _pm(r["pixel_accuracy"]))]
+    else:
+        model = [reps]
+        task = [("Jaccard, cls attention", ">", lambda r: _pm(r["jaccard"])),
+                ("Jaccard, best head", ">", lambda r: _pm(r["jaccard_best_head"]))]
+    cols = [("model", "<", lambda r: r["model"]), *model,
             ("params", ">", lambda r: f"{r['params']:,}"),
             ("GFLOPs / image", ">", lambda r: fmt(r["gflops_per_image"], ".4f")),
             ("train images/s", ">", lambda r: fmt(r["images_per_sec"], ".0f")),
             (f"final {shown}", ">", lambda r: _pm(r[f"final_{metric}"])),
             (f"best {shown}", ">", lambda r: _pm(r[f"best_{metric}"])),
-            ("Jaccard, cls attention", ">", lambda r: _pm(r["jaccard"])),
-            ("Jaccard, best head", ">", lambda r: _pm(r["jaccard_best_head"])),
+            *task,
             ("last-fifth range", ">", lambda r: _plateau_cell(r)),
             ("seeds", ">", lambda r: str(len(r["seeds"])))]
-    if segmentation:  # no cls attention to score; the decoder and pixel accuracy instead
-        cols[1:2] = [("decoder", "<", lambda r: r["decoder"]), reps,
-                     ("decoder params", ">", lambda r: f"{r['decoder_params']:,}")]
-        cols[-4:-2] = [("final pixel accuracy", ">", lambda r: _pm(r["pixel_accuracy"]))]
     if sweep:
         cols = [reps, ("cells", ">", lambda r: "x".join(map(str, r["cells"]))),
                 *[c for c in cols if c[0] not in ("model", "m")]]

@@ -369,10 +369,12 @@ def configure_host_allocator() -> dict[str, Any]:
     whole working set back in, 4 KiB at a time. This sets, for the whole process, through
     `mallopt`: no mmap for allocations (`M_MMAP_MAX = 0`), one arena (`M_ARENA_MAX = 1`: large
     blocks grow the main heap instead of failing over to mmap in a thread's 64 MiB arena), and
-    no trimming of the heap's top (`M_TRIM_THRESHOLD`), so freed blocks stay mapped and are
-    reused. It touches nothing where the C library is not glibc; it is applied once per process
-    and reports what it did (`{"applied": bool, ..., "threads": the process's threads when it
-    was applied}`). Set `CBSA_JAX_ALLOCATOR=default` to leave malloc as it is.
+    no trimming of the heap's top at all (`M_TRIM_THRESHOLD = -1`), so freed blocks stay mapped
+    and are reused: with any finite threshold a step whose temporaries exceed it (2.4 GB for
+    the CBT-T train step at batch 64) hands them back at its end and faults them in again at
+    the next call. It touches nothing where the C library is not glibc; it is applied once per
+    process and reports what it did (`{"applied": bool, ..., "threads": the process's threads
+    when it was applied}`). Set `CBSA_JAX_ALLOCATOR=default` to leave malloc as it is.
 
     Call it as early as the program can, before other libraries start threads: glibc fixes the
     arena limit when a second thread first allocates, and threads started before that (some
@@ -396,7 +398,7 @@ def configure_host_allocator() -> dict[str, Any]:
         return _ALLOCATOR
     version.restype = ctypes.c_char_p
     settings = {"M_ARENA_MAX": (_M_ARENA_MAX, 1), "M_MMAP_MAX": (_M_MMAP_MAX, 0),
-                "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, 1 << 30)}
+                "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, -1)}  # -1: never trim
     results = {name: bool(libc.mallopt(code, value)) for name, (code, value) in settings.items()}
     _ALLOCATOR = {"applied": all(results.values()), "glibc": version().decode(),
                   **{name: value for name, (_, value) in settings.items()},

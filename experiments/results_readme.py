@@ -245,17 +245,47 @@ def _compare_table(id: str, source: str) -> Table:
     )
 
 
+#: Two results closer than half a point are level (the plateau tolerance of experiments.compare).
+LEVEL = 0.005
+
+
+def _versus(a: float, b: float, margin: float = LEVEL) -> str:
+    """How accuracy `a` stands to `b`: more than `margin` apart, or level."""
+    return "above" if a > b + margin else "below" if a < b - margin else "level with"
+
+
+def _plateau(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Whether every run of the table reached its plateau, in a clause."""
+    ranges = [r.get("plateau_range") for r in rows]
+    if any(x is None for x in ranges):
+        return "the plateau was not measured: the file predates the measure"
+    moved = 100 * max(ranges)
+    if all(r["plateau_holds"] for r in rows):
+        return (f"every run's test accuracy moved by at most {moved:.1f} points over the last "
+                "fifth of its steps")
+    return (f"not every run reached its plateau: a test accuracy moved by {moved:.1f} points "
+            "over the last fifth")
+
+
+def _seeds(rows: Sequence[Mapping[str, Any]]) -> str:
+    counts = sorted({len(r["seeds"]) for r in rows})
+    return "one seed" if counts == [1] else f"{'/'.join(map(str, counts))} seeds"
+
+
 def _compare_facts(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers and verdicts both compare sections quote (mnist.json, shapes64.json)."""
     t = _by(data["table"], "model")
     cbt, crate, tost, vit = (t[k] for k in ("cbt_nano", "crate_nano", "tost_nano", "vit_nano"))
     acc = {k: r["final_accuracy"]["mean"] for k, r in t.items()}
     ips = {k: r["images_per_sec"] for k, r in t.items()}
+    best_jaccard = max(r["jaccard"]["mean"] for r in data["table"])
+    vit_gap = 100 * (acc["vit_nano"] - acc["cbt_nano"])
+    vs_vit = _versus(acc["cbt_nano"], acc["vit_nano"])
     return {
         "center": data["baselines"]["center"], "everything": data["baselines"]["everything"],
         "cbt_acc": accuracy(cbt["final_accuracy"]), "crate_acc": accuracy(crate["final_accuracy"]),
         "tost_acc": accuracy(tost["final_accuracy"]), "vit_acc": accuracy(vit["final_accuracy"]),
-        "vit_gap": 100 * (acc["vit_nano"] - acc["cbt_nano"]),
-        "tost_gap": 100 * (acc["cbt_nano"] - acc["tost_nano"]),
+        "vit_gap": vit_gap,
         "flops_vs_crate": cbt["gflops_per_image"] / crate["gflops_per_image"],
         "flops_vs_vit": cbt["gflops_per_image"] / vit["gflops_per_image"],
         "params_vs_vit": cbt["params"] / vit["params"],
@@ -266,6 +296,18 @@ def _compare_facts(data: Mapping[str, Any]) -> dict[str, Any]:
         "vit_head": mean_std(vit["jaccard_best_head"]),
         "vit_ratio_params": vit["params"] / cbt["params"],
         "recipe": data["recipe_summary"],
+        "plateau": _plateau(data["table"]),
+        "seeds": _seeds(data["table"]),
+        "vs_crate": _versus(acc["cbt_nano"], acc["crate_nano"]),
+        "vs_tost": _versus(acc["cbt_nano"], acc["tost_nano"]),
+        "vs_vit": vs_vit,
+        "vit_verdict": (f"The softmax ViT is {vit_gap:.1f} points more accurate than CBT"
+                        if vs_vit == "below" else
+                        f"CBT is {-vit_gap:.1f} points more accurate than the softmax ViT"
+                        if vs_vit == "above" else "The softmax ViT and CBT are level"),
+        "cbt_jaccard": cbt["jaccard"]["mean"],
+        "best_jaccard": best_jaccard,
+        "jaccard_vs_center": "above" if best_jaccard > data["baselines"]["center"] else "below",
     }
 
 
@@ -273,54 +315,23 @@ def _mnist_facts(res: Results) -> dict[str, Any]:
     data = res["mnist.json"]
     facts = _compare_facts(data)
     sweep = _by(data["sweep"], "representatives")
-    seeds = [r["final_accuracy"] for r in data["runs"]
-             if r["model"] == "cbt_nano" and r["cells"] == [8, 8]]
-    best_cls = max(r["jaccard"]["mean"] for r in data["table"])
-    facts.update(
-        sweep_cost=100 * (sweep[196]["final_accuracy"]["mean"]
-                          - sweep[64]["final_accuracy"]["mean"]),
-        sweep_speed=sweep[64]["images_per_sec"] / sweep[196]["images_per_sec"],
-        sweep_seeds=", ".join(sorted({f"seed {r['seeds'][0]}" if len(r["seeds"]) == 1 else
-                                      f"{len(r['seeds'])} seeds" for r in data["sweep"]})),
-        m16=percent(sweep[16]["final_accuracy"]["mean"]),
-        m4=percent(sweep[4]["final_accuracy"]["mean"]),
-        cbt_lo=percent(min(seeds)), cbt_hi=percent(max(seeds)), cbt_seeds=len(seeds),
-        best_cls=best_cls, m196_head=sweep[196]["jaccard_best_head"]["mean"],
-    )
+    facts["sweep"] = ""
+    facts["sweep_seeds"] = _seeds(data["sweep"]) if data["sweep"] else "no runs in this file"
+    if {4, 16, 64, 196} <= set(sweep):
+        gap = 100 * (sweep[64]["final_accuracy"]["mean"] - sweep[196]["final_accuracy"]["mean"])
+        facts["sweep"] = (
+            " Across the representatives ({seeds}): m = 64 trains {speed:.1f}x faster than "
+            "m = 196 and ends {gap:.1f} points {side} it; m = 16 reaches {m16}, m = 4 {m4}."
+        ).format(seeds=_seeds(data["sweep"]),
+                 speed=sweep[64]["images_per_sec"] / sweep[196]["images_per_sec"],
+                 gap=abs(gap), side="above" if gap > 0 else "below",
+                 m16=percent(sweep[16]["final_accuracy"]["mean"]),
+                 m4=percent(sweep[4]["final_accuracy"]["mean"]))
     return facts
-
-
-#: Two results closer than half a point are level (the plateau tolerance of experiments.compare).
-LEVEL = 0.005
-
-
-def _versus(a: float, b: float, margin: float = LEVEL) -> str:
-    """How accuracy `a` stands to `b`: more than `margin` apart, or level."""
-    return "above" if a > b + margin else "below" if a < b - margin else "level with"
 
 
 def _shapes64_facts(res: Results) -> dict[str, Any]:
-    data = res["shapes64.json"]
-    facts = _compare_facts(data)
-    t = _by(data["table"], "model")
-    acc = {k: r["final_accuracy"]["mean"] for k, r in t.items()}
-    ranges = [r["plateau_range"] for r in data["table"]]
-    holds = all(r["plateau_holds"] for r in data["table"])
-    seeds = sorted({len(r["seeds"]) for r in data["table"]})
-    best_jaccard = max(r["jaccard"]["mean"] for r in data["table"])
-    facts.update(
-        plateau=("every run's test accuracy moved by at most {:.1f} points over the last fifth "
-                 "of its steps" if holds else "not every run reached its plateau: a test "
-                 "accuracy moved by {:.1f} points over the last fifth").format(100 * max(ranges)),
-        seeds="one seed" if seeds == [1] else f"{'/'.join(map(str, seeds))} seeds",
-        vs_crate=_versus(acc["cbt_nano"], acc["crate_nano"]),
-        vs_tost=_versus(acc["cbt_nano"], acc["tost_nano"]),
-        vs_vit=_versus(acc["cbt_nano"], acc["vit_nano"]),
-        cbt_jaccard=t["cbt_nano"]["jaccard"]["mean"],
-        best_jaccard=best_jaccard,
-        jaccard_vs_center="above" if best_jaccard > data["baselines"]["center"] else "below",
-    )
-    return facts
+    return _compare_facts(res["shapes64.json"])
 
 
 _SWEEP = Table(
@@ -334,6 +345,7 @@ _SWEEP = Table(
         Column("test accuracy", lambda r: r["final_accuracy"], accuracy),
         Column("Jaccard, cls attention", lambda r: r["jaccard"], mean_std),
         Column("Jaccard, best head", lambda r: r["jaccard_best_head"], mean_std),
+        _PLATEAU, _SEEDS,
     ),
     caption="The representatives sweep: CBT, {sweep_seeds}; m = 196 makes every patch its "
             "own representative.",
@@ -347,19 +359,15 @@ MNIST = Experiment(
           "the model and the seed change. FLOPs: XLA's count of the batch-1 forward. Jaccard: "
           "the last layer's cls attention (top 60% of its mass) against the ink masks.",
     tables=(_compare_table("mnist", "mnist.json"), _SWEEP),
-    shows="CBT is within the seed spread of CRATE ({cbt_acc} against {crate_acc}) at "
-          "{flops_vs_crate:.2f}x its forward FLOPs and {speed_vs_crate:.1f}x its training "
-          "speed. Contracting few representatives is what buys the speed: m = 64 trains "
-          "{sweep_speed:.1f}x faster than m = 196 for {sweep_cost:.1f} points of accuracy "
-          "(one seed); m = 16 reaches {m16}, m = 4 {m4}. CBT's best single head is the most "
-          "mask-like cls attention of the four models ({cbt_head}; CRATE {crate_head}, "
-          "ViT {vit_head}).",
-    loses="The softmax ViT is {vit_gap:.1f} points more accurate ({vit_acc}), with "
-          "{vit_ratio_params:.1f}x CBT's parameters and {speed_vs_vit:.1f}x slower training. "
-          "No model's mean cls attention beats the image-blind central box ({center:.3f}); "
-          "only CBT at m = 196 does with its best head ({m196_head:.3f}, one seed). CBT's "
-          "{cbt_seeds} seeds span {cbt_lo} to {cbt_hi}, so the one-seed rows (CRATE, ToST, the "
-          "sweep) differ by less than their noise.",
+    shows="At the end of the recipe ({plateau}; {seeds}), CBT ({cbt_acc}) ends {vs_crate} CRATE "
+          "({crate_acc}), {vs_tost} ToST ({tost_acc}) and {vs_vit} the softmax ViT ({vit_acc}), "
+          "at {flops_vs_crate:.2f}x CRATE's forward FLOPs and {params_vs_vit:.2f}x the ViT's "
+          "parameters; it trains {speed_vs_crate:.1f}x faster than CRATE and "
+          "{speed_vs_vit:.1f}x faster than the ViT (train images/s).{sweep}",
+    loses="{vit_verdict}; the ViT has {vit_ratio_params:.1f}x CBT's parameters. The best "
+          "cls-attention Jaccard against the ink is {best_jaccard:.3f} (CBT {cbt_jaccard:.3f}), "
+          "{jaccard_vs_center} the image-blind central box ({center:.3f}); the best single "
+          "heads: CBT {cbt_head}, CRATE {crate_head}, ViT {vit_head}.",
     facts=_mnist_facts,
     beside=("mnist.md", "mnist.png"),
     wall_clock=_compare_wall_clock,
@@ -378,11 +386,11 @@ SHAPES64 = Experiment(
           "at {flops_vs_vit:.2f}x the ViT's FLOPs and {params_vs_vit:.2f}x its parameters; it "
           "trains {speed_vs_crate:.1f}x faster than CRATE and {speed_vs_vit:.1f}x faster than "
           "the ViT (train images/s).",
-    loses="The softmax ViT is {vit_gap:.1f} points more accurate than CBT, with "
-          "{vit_ratio_params:.1f}x its parameters. The best cls-attention Jaccard against the "
-          "foreground is {best_jaccard:.3f} (CBT {cbt_jaccard:.3f}), {jaccard_vs_center} the "
-          "image-blind central box ({center:.3f}): the main shape fills much of the image and "
-          "usually covers its centre, so the box is a strong baseline on this data set.",
+    loses="{vit_verdict}; the ViT has {vit_ratio_params:.1f}x CBT's parameters. The best "
+          "cls-attention Jaccard against the foreground is {best_jaccard:.3f} (CBT "
+          "{cbt_jaccard:.3f}), {jaccard_vs_center} the image-blind central box ({center:.3f}): "
+          "the main shape fills much of the image and usually covers its centre, so the box is "
+          "a strong baseline on this data set.",
     facts=_shapes64_facts,
     beside=("shapes64.md", "shapes64.png"),
     wall_clock=_compare_wall_clock,

@@ -1,6 +1,7 @@
 """What the comparison programs share: one training run per workdir, resumable, whose measured
 result is kept beside it (`result.json`), so that rerunning a comparison reads finished runs back
-and continues an interrupted one from its last checkpoint."""
+and continues an interrupted one from its last checkpoint; and the models' train steps timed side
+by side in one process (`measure_step_times`), measured once and kept (`kept_step_times`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import jax
+import numpy as np
+
+from cbsa_jax.reporting import count_params, machine_info, write_json
 from train import cli, loop
 from train import config as config_lib
+from train import data as data_lib
 
-__all__ = ["RESULT", "Interrupted", "train_once", "parse"]
+__all__ = ["RESULT", "Interrupted", "train_once", "parse", "measure_step_times",
+           "kept_step_times"]
 
 RESULT = "result.json"
 
@@ -55,3 +62,59 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str], *, out: str, copied: 
         return cli.parse(p, argv)
     except config_lib.ConfigError as e:
         p.error(str(e))
+
+
+def measure_step_times(configs: Mapping[str, object], *, rounds: int) -> dict[str, dict]:
+    """Per key of `configs`: the median wall and process CPU seconds of its run's train step (the
+    step `python -m train` compiles, on the first batch of its own input), every step timed in
+    the same process, in `rounds` interleaved rounds (one step of each per round) after one
+    warm-up step each, so that whatever else the machine does hits all of them alike; and its
+    batch size, images (or sequences) per second from the wall median, and its parameters."""
+    steps, batches, leaves, params, sizes = {}, {}, {}, {}, {}
+    for key, config in configs.items():
+        source = data_lib.open_input(config)
+        spec = source.spec
+        exp = loop.experiment(config, num_classes=spec.num_classes, channels=spec.channels,
+                              image_size=spec.image_size, steps_per_epoch=spec.steps_per_epoch)
+        state = jax.jit(exp.task.init, out_shardings=exp.state_sharding)(jax.random.key(0))
+        params[key] = count_params(exp.model(state))
+        batches[key] = next(source.train_batches(exp.task.definition.train_keys,
+                                                 exp.batch_sharding, start_step=0))
+        sizes[key] = int(config.batch_size)
+        steps[key] = exp.train_step()
+        leaves[key] = steps[key].flatten(state)
+        leaves[key], metrics = steps[key](leaves[key], batches[key])  # compile, warm up
+        jax.block_until_ready(metrics)
+    cpu: dict[str, list[float]] = {k: [] for k in configs}
+    wall: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(rounds):
+        for key in configs:
+            c0, w0 = time.process_time(), time.perf_counter()
+            leaves[key], metrics = steps[key](leaves[key], batches[key])
+            jax.block_until_ready((leaves[key], metrics))
+            cpu[key].append(time.process_time() - c0)
+            wall[key].append(time.perf_counter() - w0)
+    out = {}
+    for key in configs:
+        step_wall = float(np.median(wall[key]))
+        out[key] = {"step_cpu_seconds": float(np.median(cpu[key])),
+                    "step_wall_seconds": step_wall, "batch_size": sizes[key],
+                    "per_sec": sizes[key] / step_wall, "parameters": params[key],
+                    "cpu_seconds": cpu[key], "wall_seconds": wall[key]}
+    return out
+
+
+def kept_step_times(path: str, configs: Mapping[str, object], *, rounds: int) -> dict[str, dict]:
+    """`measure_step_times(configs)`, measured once and kept in `path` (JSON: the machine, the
+    rounds and the `steps`; a file holding only the steps, as written before, is read too): read
+    back while it holds every key of `configs`, else all of them are timed again together (a step
+    timed alone, in another sitting, would not be comparable)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = json.load(f)
+        steps = kept.get("steps", kept)
+        if set(configs) <= set(steps):
+            return steps
+    steps = measure_step_times(configs, rounds=rounds)
+    write_json(path, {"rounds": rounds, "machine": machine_info(), "steps": steps})
+    return steps

@@ -17,14 +17,22 @@ itself:
 - parameters (`cbsa_jax.reporting.count_params`; the decoder's apart) and forward FLOPs per image
   (XLA's cost analysis of the compiled batch-1 forward at the run's image size, channels and
   classes);
-- train images/s: the median of the `images_per_sec` lines of its `metrics.jsonl` (compile and
-  evaluation pauses fall in a few windows only; compare runs made on an idle machine);
+- the median of the `images_per_sec` lines of its `metrics.jsonl` (`images_per_sec_in_run`:
+  compile and evaluation pauses fall in a few windows only, but whatever else the machine did
+  during the run counts);
 - final and best value of the task's ranking metric on the eval split (the eval lines of
   `metrics.jsonl`): test accuracy for classification, mIoU for segmentation (with the final pixel
   accuracy), and whether it reached its plateau;
 - for classification, emergent segmentation (`train.tools.attention_jaccard.evaluate`: Jaccard of
   the cls attention of the last layer against the dataset's `mask`, with the image-blind centre
   box and everything).
+
+Train images/s, the table's speed: before training, the train step of every row (each model,
+decoder and cells, its lowest seed's config) is compiled and timed side by side in one process,
+`--speed-rounds` interleaved rounds of one step each on its own first batch
+(`experiments._runs.measure_step_times`), so that the machine's other work hits every row alike;
+measured once and kept in `DIR/NAME/step_times.json` (timed again, all rows together, when a row
+is added). `--speed-rounds 0` skips it: the rows then show the runs' own medians.
 
 Everything lands in `DIR/NAME/` (NAME: the config file's name): one workdir per run
 (`MODEL[_DECODER_decoder][_cellsKxK]/seedS`, holding `result.json` once finished), and
@@ -63,7 +71,7 @@ from cbsa_jax.reporting import (
     table,
     write_json,
 )
-from experiments._runs import Interrupted, parse, train_once
+from experiments._runs import Interrupted, kept_step_times, parse, train_once
 from train import cli, loop
 from train import config as config_lib
 from train import data as data_lib
@@ -89,10 +97,15 @@ class RunSpec:
     decoder: str | None = None
 
     @property
-    def name(self) -> str:
+    def row(self) -> str:
+        """The table row it belongs to: every seed of one model, decoder and cells."""
         cells = "" if self.cells is None else f"_cells{self.cells[0]}x{self.cells[1]}"
         decoder = "" if self.decoder is None else f"_{self.decoder}_decoder"
-        return f"{self.model}{decoder}{cells}/seed{self.seed}"
+        return f"{self.model}{decoder}{cells}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.row}/seed{self.seed}"
 
 
 def plan(models, seeds: int, seeds_for, sweep_cells, sweep_model: str, config_cells,
@@ -171,7 +184,7 @@ def _from_metrics(path: str, eval_split: str, total_steps: int, metric: str) -> 
             "plateau": plateau(curve, total_steps),
             "final_eval": {k: v for k, v in evals[-1].items()
                            if isinstance(v, int | float) and k not in ("step", "time")},
-            "images_per_sec": float(np.median(speeds)) if speeds else None,
+            "images_per_sec_in_run": float(np.median(speeds)) if speeds else None,
             "train_windows": len(speeds)}
 
 
@@ -213,8 +226,12 @@ def _stats(values) -> dict:
     return {"mean": float(values.mean()), "std": std, "n": int(values.size)}
 
 
-def aggregate(results: list[dict], representatives, metric: str = "accuracy") -> dict:
-    """One table row from the runs of one model (several seeds), ranked by `metric`."""
+def aggregate(results: list[dict], representatives, metric: str = "accuracy",
+              speed: dict | None = None) -> dict:
+    """One table row from the runs of one model (several seeds), ranked by `metric`; its train
+    images/s from `speed` (its entry of `measure_step_times`), else the runs' own medians."""
+    in_runs = _stats([r.get("images_per_sec_in_run", r.get("images_per_sec"))
+                      for r in results])["mean"]
     first = results[0]
     seg = [r.get("segmentation") or {} for r in results]
     decoder = {"decoder": first["decoder"], "decoder_params": first["decoder_params"],
@@ -224,7 +241,9 @@ def aggregate(results: list[dict], representatives, metric: str = "accuracy") ->
             "representatives": representatives,
             "seeds": [r["seed"] for r in results], "params": first["params"],
             "gflops_per_image": first["gflops_per_image"],
-            "images_per_sec": _stats([r["images_per_sec"] for r in results])["mean"],
+            "images_per_sec": in_runs if speed is None else speed["per_sec"],
+            "images_per_sec_in_runs": in_runs,
+            "step_seconds": None if speed is None else speed["step_wall_seconds"],
             f"final_{metric}": _stats([r[f"final_{metric}"] for r in results]),
             f"best_{metric}": _stats([r[f"best_{metric}"] for r in results]),
             "jaccard": _stats([s.get("cls_attention") for s in seg]),
@@ -291,6 +310,10 @@ def markdown(payload: dict) -> str:
     segmentation = payload.get("task") == "segmentation"
     if payload["table"]:
         lines += [table(payload["table"], _columns(False, metric, segmentation)), ""]
+    speed = payload.get("speed") or {}
+    if speed.get("steps"):
+        lines += [f"Train images/s: {speed['method']}, {speed['rounds']} interleaved rounds "
+                  "before training.", ""]
     base = payload.get("baselines") or {}
     if base:
         lines += ["Image-blind masks, same Jaccard: centre box "
@@ -358,6 +381,9 @@ def parse_args(argv: list[str]):
                         "(default: the config's segmentation.decoder)")
     p.add_argument("--mass", type=float, default=0.6,
                    help="attention_jaccard's attention mass")
+    p.add_argument("--speed-rounds", type=int, default=5,
+                   help="interleaved rounds timing every row's train step side by side before "
+                        "training (0: the runs' own images/s)")
     args, overrides = parse(p, argv, out="runs/compare", copied="NAME.json, NAME.md and NAME.png")
     args.models = parse_list(args.models) or []
     args.seeds_for = parse_list(args.seeds_for)
@@ -368,6 +394,8 @@ def parse_args(argv: list[str]):
         p.error(f"--sweep-cells: expected comma-separated integers, got {args.sweep_cells!r}")
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.speed_rounds < 0:
+        p.error(f"--speed-rounds must be >= 0, got {args.speed_rounds}")
     if any(k < 1 for k in args.sweep_cells or ()):
         p.error(f"--sweep-cells must be positive integers, got {args.sweep_cells}")
     if not 0 < args.mass <= 1:  # NaN fails too
@@ -413,6 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.join(args.out, name)
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
+    speeds: dict[str, dict] = {}
+    if args.speed_rounds:
+        first = {}  # each row's lowest seed
+        for spec in sorted(configs, key=lambda s: s.seed):
+            first.setdefault(spec.row, configs[spec])
+        print(f"{name}: timing the train steps of {len(first)} rows side by side", flush=True)
+        speeds = kept_step_times(os.path.join(out, "step_times.json"), first,
+                                 rounds=args.speed_rounds)
     results: dict[RunSpec, dict] = {}
     for i, spec in enumerate(dict.fromkeys([*table_runs, *sweep_runs])):
         print(f"[{i + 1}/{len(configs)}] {name}: {spec.name}", flush=True)
@@ -432,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         for spec in specs:
             groups.setdefault(key(spec), []).append(spec)
         return [aggregate([results[s] for s in group],
-                          representatives(config_lib.model_config(configs[group[0]])), metric)
+                          representatives(config_lib.model_config(configs[group[0]])), metric,
+                          speeds.get(group[0].row))
                 for group in groups.values()]
 
     segmentation = next((r["segmentation"] for r in results.values() if "segmentation" in r), {})
@@ -450,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         "table": rows(table_runs, lambda s: (s.model, s.decoder)),
         "sweep": rows(sweep_runs, lambda s: s.cells),
         "baselines": {k: segmentation[k] for k in ("center", "everything") if k in segmentation},
+        "speed": ({"method": "train steps timed side by side in one process",
+                   "rounds": args.speed_rounds, "steps": speeds} if speeds else
+                  {"method": "the median of each run's own images/s"}),
         "runs": [results[s] for s in dict.fromkeys([*table_runs, *sweep_runs])],
     }
     write_json(os.path.join(out, f"{name}.json"), payload)

@@ -40,18 +40,15 @@ import shutil
 import sys
 import time
 
-import jax
-import numpy as np
-
 from cbsa_jax.models.lm import LM_PRESETS
-from cbsa_jax.reporting import count_params, fmt, machine_info, parse_list, table, write_json
-from experiments._runs import Interrupted, parse, train_once
-from train import cli, loop
+from cbsa_jax.reporting import fmt, machine_info, parse_list, table, write_json
+from experiments._runs import Interrupted, kept_step_times, parse, train_once
+from train import cli
 from train import config as config_lib
 from train import data as data_lib
 from train.datasets import stdlib
 
-__all__ = ["main", "dataset_for", "run_config", "measure_step_times", "steps_for", "markdown"]
+__all__ = ["main", "dataset_for", "run_config", "steps_for", "markdown"]
 
 NAME = "lm_compare"
 DEFAULT_CONFIG = os.path.join(os.path.dirname(config_lib.DEFAULT_CONFIG), "lm_stdlib.py")
@@ -84,39 +81,6 @@ def run_config(base, *, model: str, context: int, tokens_per_step: int, eval_byt
     config.log_every_steps = max(1, min(config.log_every_steps, steps // 10 or 1))
     config.progress = False
     return config_lib.validate(config)
-
-
-def measure_step_times(configs: dict[str, object], *, rounds: int) -> dict[str, dict]:
-    """Per model: the median process CPU seconds and wall seconds of its train step, the steps
-    of all models interleaved (`rounds` rounds after one warm-up step each), and its parameter
-    count. `configs`: model -> its run config (the batch comes from the dataset's shapes, with
-    random bytes)."""
-    steps, batches, leaves, params = {}, {}, {}, {}
-    for model, config in configs.items():
-        spec = data_lib.open_input(config).spec
-        exp = loop.experiment(config, num_classes=spec.num_classes, channels=spec.channels,
-                              image_size=spec.image_size, steps_per_epoch=spec.steps_per_epoch)
-        state = jax.jit(exp.task.init, out_shardings=exp.state_sharding)(jax.random.key(0))
-        params[model] = count_params(exp.model(state))
-        tokens = np.random.default_rng(0).integers(
-            0, spec.num_classes, (config.batch_size, *spec.image_size)).astype(np.int32)
-        batches[model] = {"tokens": jax.device_put(tokens, exp.batch_sharding)}
-        steps[model] = exp.train_step()
-        leaves[model] = steps[model].flatten(state)
-        leaves[model], metrics = steps[model](leaves[model], batches[model])  # compile, warm up
-        jax.block_until_ready(metrics)
-    cpu: dict[str, list[float]] = {m: [] for m in configs}
-    wall: dict[str, list[float]] = {m: [] for m in configs}
-    for _ in range(rounds):
-        for model in configs:
-            c0, w0 = time.process_time(), time.perf_counter()
-            leaves[model], metrics = steps[model](leaves[model], batches[model])
-            jax.block_until_ready((leaves[model], metrics))
-            cpu[model].append(time.process_time() - c0)
-            wall[model].append(time.perf_counter() - w0)
-    return {m: {"step_cpu_seconds": float(np.median(cpu[m])),
-                "step_wall_seconds": float(np.median(wall[m])), "parameters": params[m],
-                "cpu_seconds": cpu[m], "wall_seconds": wall[m]} for m in configs}
 
 
 def steps_for(budget_cpu_s: float, step_cpu_s: float) -> int:
@@ -211,19 +175,6 @@ def parse_args(argv: list[str]):
     return args, overrides
 
 
-def _timings(out: str, configs: dict, rounds: int) -> dict:
-    """The step times of one context, measured once and kept in `out/step_times.json`."""
-    path = os.path.join(out, "step_times.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = json.load(f)
-        if set(kept) == set(configs):
-            return kept
-    timing = measure_step_times(configs, rounds=rounds)
-    write_json(path, timing)
-    return timing
-
-
 def _plan(args, overrides: dict, shape: dict):
     """(the base recipe, {context: {model: its run config for the step timing}}), or
     `ConfigError` naming the flag."""
@@ -254,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         out = os.path.join(args.out, f"ctx{ctx}")
         os.makedirs(out, exist_ok=True)
         print(f"context {ctx}: timing the train steps of {', '.join(args.models)}", flush=True)
-        timing = step_times[str(ctx)] = _timings(out, probes[ctx], args.rounds)
+        timing = step_times[str(ctx)] = kept_step_times(
+            os.path.join(out, "step_times.json"), probes[ctx], rounds=args.rounds)
         per_epoch = _steps_per_epoch(probes[ctx][args.models[0]])
         for model in args.models:
             steps = steps_for(args.budget_cpu_s, timing[model]["step_cpu_seconds"])

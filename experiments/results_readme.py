@@ -241,7 +241,7 @@ def _compare_table(id: str, source: str) -> Table:
         caption="Mean ± std over seeds where there are several. Last-fifth range: the largest "
                 "range of a seed's test accuracy over the last fifth of its steps (a plateau: "
                 "below 0.5 point). Image-blind masks score {center:.3f} (central box) and "
-                "{everything:.3f} (every pixel) on the same Jaccard.",
+                "{everything:.3f} (every pixel) on the same Jaccard. {speed_method}",
     )
 
 
@@ -254,17 +254,28 @@ def _versus(a: float, b: float, margin: float = LEVEL) -> str:
     return "above" if a > b + margin else "below" if a < b - margin else "level with"
 
 
-def _plateau(rows: Sequence[Mapping[str, Any]]) -> str:
+def _plateau(rows: Sequence[Mapping[str, Any]], metric: str = "test accuracy") -> str:
     """Whether every run of the table reached its plateau, in a clause."""
     ranges = [r.get("plateau_range") for r in rows]
     if any(x is None for x in ranges):
         return "the plateau was not measured: the file predates the measure"
     moved = 100 * max(ranges)
     if all(r["plateau_holds"] for r in rows):
-        return (f"every run's test accuracy moved by at most {moved:.1f} points over the last "
+        return (f"every run's {metric} moved by at most {moved:.1f} points over the last "
                 "fifth of its steps")
-    return (f"not every run reached its plateau: a test accuracy moved by {moved:.1f} points "
+    return (f"not every run reached its plateau: a {metric} moved by {moved:.1f} points "
             "over the last fifth")
+
+
+def _speed_method(data: Mapping[str, Any]) -> str:
+    """How an experiments.compare file measured its train images/s, in a sentence."""
+    speed = data.get("speed") or {}
+    if speed.get("steps"):
+        return (f"Train images/s: every row's train step timed side by side in one process "
+                f"before training ({speed['rounds']} interleaved rounds), so that the "
+                "machine's other work hits every row alike.")
+    return ("Train images/s: the median of each run's own training windows, averaged over "
+            "seeds; whatever else the machine did during a run counts.")
 
 
 def _seeds(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -297,6 +308,7 @@ def _compare_facts(data: Mapping[str, Any]) -> dict[str, Any]:
         "vit_ratio_params": vit["params"] / cbt["params"],
         "recipe": data["recipe_summary"],
         "plateau": _plateau(data["table"]),
+        "speed_method": _speed_method(data),
         "seeds": _seeds(data["table"]),
         "vs_crate": _versus(acc["cbt_nano"], acc["crate_nano"]),
         "vs_tost": _versus(acc["cbt_nano"], acc["tost_nano"]),
@@ -876,7 +888,7 @@ SEG_TABLE = Table(
     ),
     caption="Mean ± std over seeds where there are several. GFLOPs: XLA's count of the batch-1 "
             "forward, encoder and decoder. Last-fifth range: the largest range of a seed's test "
-            "mIoU over the last fifth of its steps (a plateau: below 0.5 point).",
+            "mIoU over the last fifth of its steps (a plateau: below 0.5 point). {speed_method}",
 )
 
 SEG_REFERENCE = Table(
@@ -903,8 +915,6 @@ def _seg_facts(res: Results) -> dict[str, Any]:
     rows = _by(data["table"], "decoder")
     miou = {k: r["final_miou"]["mean"] for k, r in rows.items()}
     best = max(miou, key=miou.get)
-    seeds = sorted({len(r["seeds"]) for r in rows.values()})
-    ranges = [r["plateau_range"] for r in rows.values()]
     ref = res[_SEG_V1]["reference_decoders_512px"][0]
     cbt, soft = rows["cbt"], rows["softmax"]
     spread = max(miou.values()) - min(miou.values())
@@ -923,11 +933,9 @@ def _seg_facts(res: Results) -> dict[str, Any]:
                    " points above CBT's.")
     return {
         "recipe": data["recipe_summary"], "image": ref["image"], "classes": ref["classes"],
-        "seeds": "one seed" if seeds == [1] else f"{'/'.join(map(str, seeds))} seeds",
-        "plateau": ("every run's test mIoU moved by at most {:.1f} points over the last fifth "
-                    "of its steps" if all(r["plateau_holds"] for r in rows.values()) else
-                    "not every run reached its plateau: a test mIoU moved by {:.1f} points over "
-                    "the last fifth").format(100 * max(ranges)),
+        "seeds": _seeds(data["table"]),
+        "plateau": _plateau(data["table"], "test mIoU"),
+        "speed_method": _speed_method(data),
         "cbt": mean_std(cbt["final_miou"]), "softmax": mean_std(soft["final_miou"]),
         "linear": mean_std(rows["linear"]["final_miou"]),
         "param_ratio": soft["decoder_params"] / cbt["decoder_params"],

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cbsa_jax.models import create
+from experiments import _runs as experiments_runs
 from experiments import compare
 from experiments._runs import RESULT
 from tests import _runs
@@ -76,8 +77,22 @@ def test_compare_writes_the_table_of_every_model(compared):
     for run in payload["runs"]:  # its eval curve and plateau measure come from metrics.jsonl
         assert run["curve"][-1] == [run["final_step"], run["final_accuracy"]]
         assert set(run["plateau"]) == {"from_step", "evaluations", "range", "holds"}
+    # Train images/s: each row's step timed side by side before training, kept beside the runs.
+    speed = payload["speed"]
+    assert set(speed["steps"]) == {"cbt_nano", "vit_nano"} and speed["rounds"] == 5
+    for row in rows.values():
+        step = speed["steps"][row["model"]]
+        assert len(step["wall_seconds"]) == 5 and step["batch_size"] == payload["recipe"][
+            "batch_size"]
+        assert row["images_per_sec"] == pytest.approx(step["batch_size"]
+                                                      / np.median(step["wall_seconds"]))
+        assert row["step_seconds"] == step["step_wall_seconds"]
+        assert row["images_per_sec_in_runs"] > 0
+    with open(os.path.join(out, "shapes", "step_times.json")) as f:
+        assert json.load(f)["steps"] == speed["steps"]
     text = open(os.path.join(out, "shapes", "shapes.md")).read()
     assert "cbt_nano" in text and "vit_nano" in text and "centre box" in text
+    assert "timed side by side" in text
     with Image.open(os.path.join(out, "shapes", "shapes.png")) as image:
         assert image.size[0] > 600 and image.size[1] > 300
 
@@ -142,6 +157,7 @@ def test_rerun_skips_finished_runs_and_stops_on_an_interrupted_one(compared, mon
     with open(os.path.join(results, "shapes.json")) as f:
         again = json.load(f)
     assert again["table"] == payload["table"] and again["sweep"] == payload["sweep"]
+    assert again["speed"] == payload["speed"]  # timed once, read back
     assert sorted(os.listdir(results)) == ["shapes.json", "shapes.md", "shapes.png"]
 
     def interrupted(config, workdir, **kwargs):
@@ -149,6 +165,7 @@ def test_rerun_skips_finished_runs_and_stops_on_an_interrupted_one(compared, mon
 
     monkeypatch.setattr(loop, "run", interrupted)
     more = [a if a != "cbt_nano,vit_nano" else "cbt_nano,vit_nano,tost_nano" for a in argv]
+    more += ["--speed-rounds", "0"]
     assert compare.main(more) == 3
     assert "rerun to resume" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "shapes", "tost_nano", "seed0", "result.json"))
@@ -173,6 +190,7 @@ BAD = [
     (["--config", "{shapes}", "--mass", "0"], "--mass must be in (0, 1], got 0.0"),
     (["--config", "{shapes}", "--mass", "nan"], "--mass must be in (0, 1], got nan"),
     (["--config", "{shapes}", "--mass", "1.5"], "--mass must be in (0, 1], got 1.5"),
+    (["--config", "{shapes}", "--speed-rounds", "-1"], "--speed-rounds must be >= 0, got -1"),
     (["--config", "{shapes}", "--models", ""], "nothing to do: give --models and/or"),
     (["--config", "{shapes}", "--config.batch_size=0"], "config.batch_size must be an integer"),
 ]
@@ -221,7 +239,7 @@ def test_compare_killed_mid_run_resumes_that_run_exactly(shapes_dir, tmp_path):
     and ends with the metrics of the run that never stopped."""
     out = tmp_path / "out"
     argv = ["--config", os.path.join(CONFIGS, "shapes.py"), "--models", "cbt_nano", "--out",
-            str(out), *_tiny(shapes_dir), "--config.num_train_steps=6",
+            str(out), "--speed-rounds", "0", *_tiny(shapes_dir), "--config.num_train_steps=6",
             "--config.checkpoint_every_steps=1", "--config.eval_every_steps=3"]
     run = out / "shapes" / "cbt_nano" / "seed0"
     proc = _runs.start([sys.executable, "-m", "experiments.compare", *argv], tmp_path / "log",
@@ -266,7 +284,7 @@ def test_compare_ranks_segmenters_by_miou(tmp_path):
     the table names the decoder and its parameters."""
     out = tmp_path / "out"
     argv = ["--config", os.path.join(CONFIGS, "shapes64_seg.py"), "--models", "cbt_nano",
-            "--decoders", "linear", "--out", str(out),
+            "--decoders", "linear", "--out", str(out), "--speed-rounds", "0",
             *tiny_flags(data_dir=str(tmp_path / "data"), dataset="shapes64/small",
                         image_size=32, num_train_steps=2, batch_size=10, eval_batch_size=50,
                         eval_every_steps=1)]
@@ -286,6 +304,7 @@ def test_compare_ranks_segmenters_by_miou(tmp_path):
     assert row["pixel_accuracy"]["mean"] == evals[-1]["pixel_accuracy"]
     assert "accuracy" not in run["final_eval"] and "segmentation" not in run
     assert payload["baselines"] == {}
+    assert row["images_per_sec"] == row["images_per_sec_in_runs"] == run["images_per_sec_in_run"]
     text = (out / "shapes64_seg" / "shapes64_seg.md").read_text()
     assert "final mIoU" in text and "decoder params" in text and "Jaccard" not in text
 
@@ -298,3 +317,24 @@ def test_the_plateau_is_the_last_fifths_accuracy_range():
     moving = compare.plateau(evals[:-1] + [(500, 0.97)], total_steps=500)
     assert moving["range"] == pytest.approx(0.02) and not moving["holds"]
     assert not compare.plateau([(500, 0.9)], total_steps=500)["holds"]  # one point is no range
+
+
+def test_step_times_are_kept_and_timed_again_together_for_a_new_row(tmp_path, monkeypatch):
+    calls = []
+
+    def measure(configs, *, rounds):
+        calls.append(sorted(configs))
+        return {key: {"step_wall_seconds": 0.5, "per_sec": 2.0} for key in configs}
+
+    monkeypatch.setattr(experiments_runs, "measure_step_times", measure)
+    path = str(tmp_path / "step_times.json")
+    first = experiments_runs.kept_step_times(path, {"a": None, "b": None}, rounds=3)
+    assert set(first) == {"a", "b"} and calls == [["a", "b"]]
+    assert experiments_runs.kept_step_times(path, {"a": None}, rounds=3) == first  # read back
+    experiments_runs.kept_step_times(path, {"a": None, "c": None}, rounds=3)
+    assert calls[-1] == ["a", "c"]  # a new row: every row timed again, side by side
+    with open(path, "w") as f:  # the files lm_compare wrote before: the steps alone
+        json.dump({"a": {"step_cpu_seconds": 1.0}}, f)
+    assert experiments_runs.kept_step_times(path, {"a": None}, rounds=3) == {
+        "a": {"step_cpu_seconds": 1.0}}
+    assert len(calls) == 2

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import gc
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "classification_step",
     "compiler_options",
     "configure_host_allocator",
+    "release_host_memory",
     "YNN_WITHOUT_CONVOLUTION",
 ]
 
@@ -358,6 +360,7 @@ def classification_step(model: nnx.Module, tx: optax.GradientTransformation, *,
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _ALLOCATOR: dict[str, Any] | None = None
+_LIBC: ctypes.CDLL | None = None  # glibc, once configure_host_allocator has set it
 
 
 def configure_host_allocator() -> dict[str, Any]:
@@ -376,12 +379,17 @@ def configure_host_allocator() -> dict[str, Any]:
     process and reports what it did (`{"applied": bool, ..., "threads": the process's threads
     when it was applied}`). Set `CBSA_JAX_ALLOCATOR=default` to leave malloc as it is.
 
+    Nothing is handed back by itself, so a process that runs one program after another (one
+    model's training, then the next's) calls `release_host_memory` between them: without it the
+    heap holds every earlier program's largest buffers too (an `experiments.lm_compare` process
+    reached 22 GB and was killed for memory).
+
     Call it as early as the program can, before other libraries start threads: glibc fixes the
     arena limit when a second thread first allocates, and threads started before that (some
     libraries start them at import) keep arenas of their own, where large blocks are still
     mapped afresh. `import train` applies it before its modules import anything else.
     """
-    global _ALLOCATOR
+    global _ALLOCATOR, _LIBC
     if _ALLOCATOR is not None:
         return _ALLOCATOR
     if os.environ.get("CBSA_JAX_ALLOCATOR", "") == "default":
@@ -403,4 +411,17 @@ def configure_host_allocator() -> dict[str, Any]:
     _ALLOCATOR = {"applied": all(results.values()), "glibc": version().decode(),
                   **{name: value for name, (_, value) in settings.items()},
                   "threads": len(os.listdir("/proc/self/task"))}
+    _LIBC = libc if _ALLOCATOR["applied"] else None
     return _ALLOCATOR
+
+
+def release_host_memory() -> bool:
+    """Hand the heap's free memory back to the system, as `configure_host_allocator` stops glibc
+    from doing at every free: the free top of the heap and every free page inside it
+    (`malloc_trim(0)`, after a garbage collection so that dropped arrays are freed first). For
+    the gap between two programs of one process; a program's next step faults in again what it
+    uses. Returns whether memory was released (False where the setting is not applied)."""
+    if _LIBC is None:
+        return False
+    gc.collect()
+    return bool(_LIBC.malloc_trim(0))

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from cbsa_jax.reporting import count_params, machine_info, write_json
+from cbsa_jax.training import release_host_memory
 from train import cli, loop
 from train import config as config_lib
 from train import data as data_lib
@@ -32,17 +33,21 @@ class Interrupted(RuntimeError):
 def train_once(config, workdir: str, measure: Callable[[dict], dict]) -> dict:
     """`workdir/result.json` if the run finished before; else train (or resume) `config` there
     with `train.loop.run`, `measure(summary)` the finished run, add `wall_seconds` (this
-    sitting's share) and keep the result. Raises `Interrupted` if the run stopped early."""
+    sitting's share) and keep the result; the heap's free memory goes back to the system after
+    the run and after its measurement (`release_host_memory`). Raises `Interrupted` if the
+    run stopped early."""
     path = os.path.join(workdir, RESULT)
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
     started = time.perf_counter()
     summary = loop.run(config, workdir)
+    release_host_memory()  # this run's buffers, before the next program of the process
     if summary["stopped_by"] != "finished" or summary["step"] < summary["total_steps"]:
         raise Interrupted(f"{workdir}: stopped at step {summary['step']} of "
                           f"{summary['total_steps']} ({summary['stopped_by']}); rerun to resume")
     result = measure(summary)
+    release_host_memory()
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
@@ -116,5 +121,6 @@ def kept_step_times(path: str, configs: Mapping[str, object], *, rounds: int) ->
         if set(configs) <= set(steps):
             return steps
     steps = measure_step_times(configs, rounds=rounds)
+    release_host_memory()  # every timed model's state and buffers
     write_json(path, {"rounds": rounds, "machine": machine_info(), "steps": steps})
     return steps

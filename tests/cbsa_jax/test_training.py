@@ -161,6 +161,39 @@ def test_the_allocator_setting_keeps_a_block_larger_than_a_gigabyte():
     assert int(out[-1]) < (5 << 28) / 4096 / 20, out
 
 
+_RELEASE = textwrap.dedent("""
+    import ctypes, ctypes.util
+    from cbsa_jax import training
+    print(training.release_host_memory())  # before the setting: nothing to do
+    applied = training.configure_host_allocator()
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    def resident():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    size = 1 << 30
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    kept = resident()
+    released = training.release_host_memory()
+    print(applied["applied"], released, kept - resident())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_release_host_memory_hands_the_kept_heap_back():
+    """What the setting keeps between steps goes back to the system on request (between two
+    programs of one process), and nothing happens where the setting is not applied."""
+    env = {**os.environ, "PYTHONPATH": REPO, "CBSA_JAX_ALLOCATOR": "train"}
+    env.pop("GLIBC_TUNABLES", None)
+    out = subprocess.run([sys.executable, "-c", _RELEASE], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout.split()
+    assert out[0] == "False" and out[1:3] == ["True", "True"], out
+    assert int(out[3]) > (1 << 30) * 0.9, out  # the freed gigabyte is no longer resident
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_the_allocator_setting_stops_the_per_call_page_faults():
     """With glibc's defaults a call that needs large temporaries maps them afresh and faults them

@@ -352,8 +352,7 @@ _SWEEP = Table(
     columns=(
         Column("m", lambda r: r["representatives"]),
         Column("cells", lambda r: "{} x {}".format(*r["cells"])),
-        Column("GFLOPs / image", lambda r: r["gflops_per_image"], dash("{:.3f}")),
-        Column("train images/s", lambda r: r["images_per_sec"], dash("{:,.0f}")),
+        _GFLOPS, _SPEED,
         Column("test accuracy", lambda r: r["final_accuracy"], accuracy),
         Column("Jaccard, cls attention", lambda r: r["jaccard"], mean_std),
         Column("Jaccard, best head", lambda r: r["jaccard_best_head"], mean_std),

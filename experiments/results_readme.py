@@ -421,9 +421,8 @@ _OFFICIAL_DEFAULTS = {
 # benchmarks' own step (an earlier session's EPYC): three runs with steady-state rounds, then the
 # earlier ones.
 OFFICIAL_RUNS = ("official_no_trim_2.json", "official_no_trim.json", "official_train_step.json",
-                 "official_run4.json",
-                 "official_hugepages.json", "official_hugepages_2.json", "official.json",
-                 "official_run2.json", "official_targets_2036.json")
+                 "official_run4.json", "official_hugepages.json", "official_hugepages_2.json",
+                 "official.json", "official_run2.json", "official_targets_2036.json")
 #: The step python -m train compiles, before the heap was left untrimmed (1 GiB threshold).
 _TRIMMED = "official_train_step.json"
 

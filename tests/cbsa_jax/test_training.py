@@ -120,22 +120,33 @@ _FAULTS = textwrap.dedent("""
 """)
 
 
-def _faults(allocator: str) -> tuple[str, int]:
+def _run_script(script: str, allocator: str = "train") -> list[str]:
+    """The words `script` prints, run in a fresh process (the allocator is set once per process)
+    with `CBSA_JAX_ALLOCATOR=allocator` and glibc's tunables unset."""
     env = {**os.environ, "PYTHONPATH": REPO, "CBSA_JAX_ALLOCATOR": allocator,
            "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     env.pop("GLIBC_TUNABLES", None)
-    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
-                         text=True, timeout=300, check=True).stdout.split()
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300, check=True).stdout.split()
+
+
+def _faults(allocator: str) -> tuple[str, int]:
+    out = _run_script(_FAULTS, allocator)
     return out[-2], int(out[-1])
 
 
-_LARGE_BLOCK = textwrap.dedent("""
-    import ctypes, ctypes.util, resource
-    from cbsa_jax import training
-    applied = training.configure_host_allocator()
+# glibc's malloc and free, called directly: blocks of a chosen size, no Python allocator between
+_LIBC = """
+    import ctypes, ctypes.util
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
+"""
+
+_LARGE_BLOCK = textwrap.dedent(_LIBC + """
+    import resource
+    from cbsa_jax import training
+    applied = training.configure_host_allocator()
     size = 5 << 28  # 1.25 GiB: above any threshold below it, e.g. the 1 GiB this once used
     def use():
         block = libc.malloc(size)
@@ -153,22 +164,15 @@ def test_the_allocator_setting_keeps_a_block_larger_than_a_gigabyte():
     """A train step's temporaries can exceed a gigabyte (2.4 GB: CBT-T at batch 64); freed, they
     stay in the heap and the next step faults nothing in. With glibc's trimming they are handed
     back and faulted in again page by page (1.25 GiB: 327,680 faults)."""
-    env = {**os.environ, "PYTHONPATH": REPO, "CBSA_JAX_ALLOCATOR": "train"}
-    env.pop("GLIBC_TUNABLES", None)
-    out = subprocess.run([sys.executable, "-c", _LARGE_BLOCK], env=env, capture_output=True,
-                         text=True, timeout=300, check=True).stdout.split()
+    out = _run_script(_LARGE_BLOCK)
     assert out[-2] == "True"
     assert int(out[-1]) < (5 << 28) / 4096 / 20, out
 
 
-_RELEASE = textwrap.dedent("""
-    import ctypes, ctypes.util
+_RELEASE = textwrap.dedent(_LIBC + """
     from cbsa_jax import training
     print(training.release_host_memory())  # before the setting: nothing to do
     applied = training.configure_host_allocator()
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
     def resident():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096
@@ -186,10 +190,7 @@ _RELEASE = textwrap.dedent("""
 def test_release_host_memory_hands_the_kept_heap_back():
     """What the setting keeps between steps goes back to the system on request (between two
     programs of one process), and nothing happens where the setting is not applied."""
-    env = {**os.environ, "PYTHONPATH": REPO, "CBSA_JAX_ALLOCATOR": "train"}
-    env.pop("GLIBC_TUNABLES", None)
-    out = subprocess.run([sys.executable, "-c", _RELEASE], env=env, capture_output=True,
-                         text=True, timeout=300, check=True).stdout.split()
+    out = _run_script(_RELEASE)
     assert out[0] == "False" and out[1:3] == ["True", "True"], out
     assert int(out[3]) > (1 << 30) * 0.9, out  # the freed gigabyte is no longer resident
 

@@ -13,8 +13,7 @@ warmup, cosine decay, random translations of up to 2 pixels, label smoothing 0.1
 half a point over the last fifth). Sized for CBT to reach its plateau on a 2-core CPU within
 18 minutes of `python -m train --config configs/mnist.py`: one such run is recorded in
 docs/results/mnist_recipe.json. What the recipe gives each model is measured by
-`python -m experiments.compare` (docs/results/mnist.json holds an earlier, 10-epoch comparison;
-the tables: docs/results/README.md).
+`python -m experiments.compare` (docs/results/mnist.json; the tables: docs/results/README.md).
 """
 
 from train.config import base_config

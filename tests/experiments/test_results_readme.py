@@ -78,3 +78,17 @@ def test_every_other_file_beside_the_json_is_linked_and_exists():
     others = {p.name for p in rr.RESULTS.iterdir()
               if p.suffix != ".json" and p.name != "README.md"}
     assert beside == others
+
+
+def test_the_recipe_text_follows_the_epochs_in_the_files():
+    """The shipped recipe's length and whether the comparison used it come from the JSON files,
+    not from the text: a comparison run for longer than the shipped recipe says so."""
+    results = rr.load(rr.RESULTS)
+    recipe, compare = results["mnist_recipe.json"], results["mnist.json"]
+    label = next(h.what for h in rr.HEADLINES if callable(h.what))
+    assert f"({recipe['epochs']} epochs, one seed)" in label(results)
+    longer = {**compare, "recipe": {**compare["recipe"], "num_epochs": recipe["epochs"] + 30}}
+    same = {**compare, "recipe": {**compare["recipe"], "num_epochs": recipe["epochs"]}}
+    facts = {name: rr._recipe_facts({**results, "mnist.json": data})["compare_budget"]
+             for name, data in (("longer", longer), ("same", same))}
+    assert facts == {"longer": "this recipe for longer", "same": "this recipe"}

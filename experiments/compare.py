@@ -22,7 +22,7 @@ itself:
   during the run counts);
 - final and best value of the task's ranking metric on the eval split (the eval lines of
   `metrics.jsonl`): test accuracy for classification, mIoU for segmentation (with the final pixel
-  accuracy), and whether it reached its plateau;
+  accuracy), and whether it reached its plateau (a row: its seeds' mean curve);
 - for classification, emergent segmentation (`train.tools.attention_jaccard.evaluate`: Jaccard of
   the cls attention of the last layer against the dataset's `mask`, with the image-blind centre
   box and everything).
@@ -167,6 +167,27 @@ def plateau(evals: list[tuple[int, float]], total_steps: int) -> dict:
             "range": spread, "holds": spread is not None and spread < PLATEAU_RANGE}
 
 
+def mean_curve(curves: list[list]) -> list[tuple[int, float]]:
+    """The seeds' mean of a metric at the steps every curve evaluated (`[(step, value), ...]`
+    each), in step order."""
+    common = set.intersection(*({step for step, _ in curve} for curve in curves))
+    return [(step, float(np.mean([dict(map(tuple, curve))[step] for curve in curves])))
+            for step in sorted(common)]
+
+
+def row_plateau(results: list[dict]) -> dict:
+    """The plateau of a row (one model, several seeds): `plateau` of the seeds' mean curve, the
+    number the table reports (`plateau_range`, `plateau_holds`), and the largest range of a
+    single seed's curve beside it (`plateau_worst_seed`)."""
+    seeds = [r.get("plateau", {}).get("range") for r in results]
+    worst = max((x for x in seeds if x is not None), default=None)
+    if any("curve" not in r for r in results):
+        return {"plateau_range": None, "plateau_holds": False, "plateau_worst_seed": worst}
+    mean = plateau(mean_curve([r["curve"] for r in results]), results[0]["steps"])
+    return {"plateau_range": mean["range"], "plateau_holds": mean["holds"],
+            "plateau_worst_seed": worst}
+
+
 def _from_metrics(path: str, eval_split: str, total_steps: int, metric: str) -> dict:
     """Final and best `metric`, its curve and plateau, and the final eval line's other numbers
     (`final_eval`), from a run's metrics.jsonl."""
@@ -249,10 +270,7 @@ def aggregate(results: list[dict], representatives, metric: str = "accuracy",
             "jaccard": _stats([s.get("cls_attention") for s in seg]),
             "jaccard_best_head": _stats([s.get("cls_attention_best_head") for s in seg]),
             "jaccard_assignment": _stats([s.get("assignment") for s in seg]),
-            "plateau_range": max((r["plateau"]["range"] for r in results
-                                  if r.get("plateau", {}).get("range") is not None),
-                                 default=None),
-            "plateau_holds": all(r.get("plateau", {}).get("holds", False) for r in results),
+            **row_plateau(results),
             "wall_seconds": sum(r.get("wall_seconds", 0.0) for r in results)}
 
 
@@ -264,11 +282,14 @@ def _pm(stats: dict, spec: str = ".3f") -> str:
 
 
 def _plateau_cell(row: dict) -> str:
-    """The largest range of test accuracy over the last fifth of a seed's steps, and whether every
-    seed has reached its plateau (range below `PLATEAU_RANGE`)."""
+    """The range of the seeds' mean test accuracy over the last fifth of the steps, whether it
+    is a plateau (below `PLATEAU_RANGE`), and the largest range of a single seed."""
     if row.get("plateau_range") is None:
         return "-"
-    return f"{100 * row['plateau_range']:.1f} pt {'(plateau)' if row['plateau_holds'] else ''}"
+    text = f"{100 * row['plateau_range']:.1f} pt{' (plateau)' if row['plateau_holds'] else ''}"
+    if len(row["seeds"]) > 1 and row.get("plateau_worst_seed") is not None:
+        text += f"; worst seed {100 * row['plateau_worst_seed']:.1f}"
+    return text
 
 
 METRIC_NAMES = {"accuracy": "accuracy", "miou": "mIoU"}

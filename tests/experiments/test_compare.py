@@ -77,6 +77,12 @@ def test_compare_writes_the_table_of_every_model(compared):
     for run in payload["runs"]:  # its eval curve and plateau measure come from metrics.jsonl
         assert run["curve"][-1] == [run["final_step"], run["final_accuracy"]]
         assert set(run["plateau"]) == {"from_step", "evaluations", "range", "holds"}
+    ranges = [r["plateau"]["range"] for r in payload["runs"] if r["model"] == "cbt_nano"]
+    known = [x for x in ranges if x is not None]  # None: a single evaluation is no range
+    assert cbt["plateau_worst_seed"] == (max(known) if known else None)
+    mean = compare.plateau(compare.mean_curve([r["curve"] for r in payload["runs"]
+                                               if r["model"] == "cbt_nano"]), 2)
+    assert (cbt["plateau_range"], cbt["plateau_holds"]) == (mean["range"], mean["holds"])
     # Train images/s: each row's step timed side by side before training, kept beside the runs.
     speed = payload["speed"]
     assert set(speed["steps"]) == {"cbt_nano", "vit_nano"} and speed["rounds"] == 5
@@ -317,6 +323,26 @@ def test_the_plateau_is_the_last_fifths_accuracy_range():
     moving = compare.plateau(evals[:-1] + [(500, 0.97)], total_steps=500)
     assert moving["range"] == pytest.approx(0.02) and not moving["holds"]
     assert not compare.plateau([(500, 0.9)], total_steps=500)["holds"]  # one point is no range
+
+
+def test_a_rows_plateau_is_its_seeds_mean_curve_with_the_worst_seed_beside_it():
+    def run(*accuracies):
+        curve = [[100 * (i + 1), a] for i, a in enumerate(accuracies)]
+        return {"curve": curve, "steps": 500, "plateau": compare.plateau(curve, 500)}
+
+    # each seed moves by 0.6 point over the last fifth, in opposite directions: the mean is flat
+    seeds = [run(0.5, 0.8, 0.9, 0.950, 0.956), run(0.5, 0.8, 0.9, 0.956, 0.950)]
+    assert not any(s["plateau"]["holds"] for s in seeds)
+    found = compare.row_plateau(seeds)
+    assert found["plateau_range"] == pytest.approx(0.0) and found["plateau_holds"]
+    assert found["plateau_worst_seed"] == pytest.approx(0.006)
+    # both climbing: the mean moves too
+    climbing = compare.row_plateau([run(0.5, 0.8, 0.9, 0.95, 0.96), run(0.5, 0.8, 0.9, 0.94, 0.96)])
+    assert climbing["plateau_range"] == pytest.approx(0.015) and not climbing["plateau_holds"]
+    # only the steps every seed evaluated are averaged
+    assert compare.mean_curve([[[1, 0.2], [2, 0.4]], [[2, 0.6], [3, 0.9]]]) == [(2, 0.5)]
+    # a run without a curve (a file made before the measure) is no plateau
+    assert not compare.row_plateau([{"plateau": {"range": 0.001}}])["plateau_holds"]
 
 
 def test_step_times_are_kept_and_timed_again_together_for_a_new_row(tmp_path, monkeypatch):

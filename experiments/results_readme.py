@@ -1020,6 +1020,12 @@ MNIST_RECIPE_TABLE = Table(
 )
 
 
+def _budget(compared: int, shipped: int) -> str:
+    """How the comparison's epochs stand to the shipped recipe's, in words."""
+    return ("this recipe" if compared == shipped
+            else f"this recipe over {compared} epochs instead of {shipped}")
+
+
 def _recipe_facts(res: Results) -> dict[str, Any]:
     data = res["mnist_recipe.json"]
     curve = data["curve"]
@@ -1031,9 +1037,8 @@ def _recipe_facts(res: Results) -> dict[str, Any]:
             "first95": "never" if first_95 is None else f"at epoch {first_95['epoch']:g}",
             "range": 100 * (max(last_fifth) - min(last_fifth)),
             "compare_recipe": res["mnist.json"]["recipe_summary"],
-            "compare_budget": ("this recipe"
-                               if res["mnist.json"]["recipe"]["num_epochs"] == data["epochs"]
-                               else "this recipe for longer"),
+            "compare_budget": _budget(res["mnist.json"]["recipe"]["num_epochs"],
+                                      data["epochs"]),
             "compare_seeds": _seeds(res["mnist.json"]["table"])}
 
 

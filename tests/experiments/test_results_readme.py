@@ -91,4 +91,5 @@ def test_the_recipe_text_follows_the_epochs_in_the_files():
     same = {**compare, "recipe": {**compare["recipe"], "num_epochs": recipe["epochs"]}}
     facts = {name: rr._recipe_facts({**results, "mnist.json": data})["compare_budget"]
              for name, data in (("longer", longer), ("same", same))}
-    assert facts == {"longer": "this recipe for longer", "same": "this recipe"}
+    longer_text = f"this recipe over {recipe['epochs'] + 30} epochs instead of {recipe['epochs']}"
+    assert facts == {"longer": longer_text, "same": "this recipe"}

@@ -215,13 +215,12 @@ def _last_fifth(row: Mapping[str, Any]) -> str:
     `plateau_range` is the largest seed's), files before the measure neither."""
     if row.get("plateau_range") is None:
         return "-"
-    moving = "" if row["plateau_holds"] else " (moving)"
-    if "plateau_worst_seed" not in row and len(row["seeds"]) > 1:
-        return f"worst seed {100 * row['plateau_range']:.1f} pt{moving}"
-    text = f"{100 * row['plateau_range']:.1f} pt{moving}"
-    if "plateau_worst_seed" in row and len(row["seeds"]) > 1:
-        text += f"; worst seed {100 * row['plateau_worst_seed']:.1f} pt"
-    return text
+    text = f"{100 * row['plateau_range']:.1f} pt" + ("" if row["plateau_holds"] else " (moving)")
+    if len(row["seeds"]) == 1:
+        return text
+    if "plateau_worst_seed" not in row:
+        return f"worst seed {text}"
+    return f"{text}; worst seed {100 * row['plateau_worst_seed']:.1f} pt"
 
 
 #: The columns every experiments.compare table shares.

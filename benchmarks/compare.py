@@ -7,7 +7,9 @@ both alike.
 
 Each case is timed as in `benchmarks.attention` (per-head inputs [1, 6, N, 64], m = 64 grid
 pooling, fwdbwd = value and gradient of sum(out); `ista` runs the ISTA step on [8, N, 384]
-tokens with N any g^2 + 1); the table gives both medians, their ratio
+tokens with N any g^2 + 1; `layernorm` is `nnx.LayerNorm` against `cbsa_jax.nn.LayerNorm` on
+[1, N, 384] tokens, one sequence as a batch-1 step has it, fwdbwd the gradient of
+sum(out * tokens) for the tokens, the scale and the bias); the table gives both medians, their ratio
 (before / after: > 1 is a speed-up), both XLA peak-memory estimates, and the largest relative
 difference of the outputs (and gradients).
 """
@@ -32,12 +34,31 @@ from benchmarks.attention import grid_for_tokens
 from cbsa_jax import attention as att
 from cbsa_jax import training, unroll
 from cbsa_jax.models import create
+from cbsa_jax.nn import layers
 from cbsa_jax.representatives import GridPooling
 
-CASES = ("cbsa", "cbsa_exact", "ista")
+CASES = ("cbsa", "cbsa_exact", "ista", "layernorm")
+
+
+def _layer_norms():
+    """`nnx.LayerNorm` (before) and `cbsa_jax.nn.LayerNorm` (after) over 384 features, with the
+    same scale and bias, as functions of `(x, scale, bias)`."""
+    kw = dict(epsilon=1e-5, rngs=nnx.Rngs(0))
+    modules = nnx.LayerNorm(384, **kw), layers.LayerNorm(384, **kw)
+
+    def call(module):
+        graphdef, _ = nnx.split(module)
+        return lambda x, scale, bias: nnx.merge(graphdef, nnx.State(
+            {"scale": nnx.Param(scale), "bias": nnx.Param(bias)}))(x)
+
+    return tuple(call(m) for m in modules)
 
 
 def _functions(case: str, g: int, heads: int):
+    if case == "layernorm":  # a CBT-S block's LayerNorm on one sequence [1, N, 384]
+        rng = np.random.default_rng(1)
+        scale, bias = (jnp.asarray(rng.normal(loc, 0.2, 384), jnp.float32) for loc in (1, 0))
+        return tuple((lambda x, f=f: f(x, scale, bias)) for f in _layer_norms())
     if case == "ista":  # the CBT-S block's ISTA step on [8 images, N tokens, 384]
         m = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (384, 384)) * (6 / 384) ** 0.5,
                         jnp.float32)
@@ -55,14 +76,25 @@ def _functions(case: str, g: int, heads: int):
     raise ValueError(f"unknown case {case!r}; cases are {', '.join(CASES)}")
 
 
+def _layer_norm_gradients(f):
+    """`x -> (sum(f(x, s, b) * x), gradients for x, s and b)` at a fixed scale and bias (a loss
+    that is not the plain sum, whose gradient for x is zero)."""
+    rng = np.random.default_rng(2)
+    scale, bias = (jnp.asarray(rng.normal(loc, 0.2, 384), jnp.float32) for loc in (1, 0))
+    grad = jax.value_and_grad(lambda x, s, b: jnp.sum(f(x, s, b) * x), argnums=(0, 1, 2))
+    return lambda x: grad(x, scale, bias)
+
+
 def compare(case: str, n: int, mode: str, *, heads: int = 6, dim_head: int = 64,
             rounds: int = 7, dtype=jnp.float32, target_s: float = 0.5) -> dict:
-    g = grid_for_tokens(n) if case != "ista" else 0
+    g = grid_for_tokens(n) if case not in ("ista", "layernorm") else 0
     before, after = _functions(case, g, heads)
-    if mode == "fwdbwd":
+    if mode == "fwdbwd" and case == "layernorm":  # the tokens', the scale's and the bias's
+        before, after = (_layer_norm_gradients(f) for f in _layer_norms())
+    elif mode == "fwdbwd":
         before, after = (jax.value_and_grad(lambda w, f=f: jnp.sum(f(w).astype(jnp.float32)))
                          for f in (before, after))
-    shape = (8, n, 384) if case == "ista" else (1, heads, n, dim_head)
+    shape = {"ista": (8, n, 384), "layernorm": (1, n, 384)}.get(case, (1, heads, n, dim_head))
     w = jnp.asarray(np.random.default_rng(0).standard_normal(shape), dtype)
     compiled = [jax.jit(f).lower(w).compile() for f in (before, after)]
     outs = [c(w) for c in compiled]

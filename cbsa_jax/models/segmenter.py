@@ -234,10 +234,10 @@ class MaskTransformerDecoder(nnx.Module):
             (None, "classes", "embed"), param_dtype)
         self.blocks = nnx.List([_DecoderBlock(dim, attn(), **kw) for _ in range(depth)])
         self.norm = layers.layer_norm(dim, **kw)
-        self.mask_norm = nnx.LayerNorm(num_classes, epsilon=layers.LN_EPS, dtype=dtype,
-                                       param_dtype=param_dtype, rngs=rngs,
-                                       scale_metadata={"logical_axes": ("classes",)},
-                                       bias_metadata={"logical_axes": ("classes",)})
+        self.mask_norm = layers.LayerNorm(num_classes, epsilon=layers.LN_EPS, dtype=dtype,
+                                          param_dtype=param_dtype, rngs=rngs,
+                                          scale_metadata={"logical_axes": ("classes",)},
+                                          bias_metadata={"logical_axes": ("classes",)})
 
     def _reference_order(self, x):
         """`[classes, patches]` -> the reference's `[patches, classes]`."""

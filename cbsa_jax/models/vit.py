@@ -143,10 +143,11 @@ class LinearPatchEmbed(nnx.Module):
                  norm_out: bool = True, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         patch_dim = channels * patch_size * patch_size
         self.patch_size, self.dtype = patch_size, dtype
-        self.norm_in = nnx.LayerNorm(patch_dim, epsilon=layers.LN_EPS, dtype=dtype,
-                                     param_dtype=param_dtype, rngs=rngs,
-                                     scale_metadata={"logical_axes": ("patch",)},
-                                     bias_metadata={"logical_axes": ("patch",)}) if norm else None
+        self.norm_in = layers.LayerNorm(patch_dim, epsilon=layers.LN_EPS, dtype=dtype,
+                                        param_dtype=param_dtype, rngs=rngs,
+                                        scale_metadata={"logical_axes": ("patch",)},
+                                        bias_metadata={"logical_axes": ("patch",)},
+                                        ) if norm else None
         self.kernel = layers.param(rngs, layers.DEFAULT_INIT, (patch_dim, dim), ("patch", "embed"),
                                    param_dtype)
         self.bias = layers.param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)

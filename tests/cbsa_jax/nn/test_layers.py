@@ -276,3 +276,109 @@ def test_batch_norm_statistics_outside_the_cpu_are_autodiffs_with_the_same_value
     step = jax.jit(jax.grad(lambda *a: loss(cnn.layers.batch_norm_statistics, *a)))
     assert "stablehlo" in export.export(step, platforms=["cuda"])(x, s, b).mlir_module()
     np.testing.assert_allclose(step(x, s, b), want[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 33, 24), (3, 7, 24)])
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+def test_layer_norm_is_nnx_layer_norm_with_matrix_product_derivatives(rng, shape, dtype):
+    """The same outputs and gradients (parameters and input) as nnx.LayerNorm, with and without
+    a leading unit axis; forward mode and second derivatives work (a custom JVP, not a VJP)."""
+    kw = dict(epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
+    ours, ref = cnn.layers.LayerNorm(24, **kw), nnx.LayerNorm(24, **kw)
+    for ln in (ours, ref):
+        ln.scale[...] = jnp.asarray(np.linspace(0.5, 1.5, 24), jnp.float32)
+        ln.bias[...] = jnp.asarray(np.linspace(-0.3, 0.3, 24), jnp.float32)
+    x = jnp.asarray(rng.normal(0.5, 2.0, shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    tol = 1e-5 if dtype is None else 2e-2
+
+    def run(ln):
+        graphdef, params = nnx.split(ln)
+
+        def loss(params, x):
+            y = nnx.merge(graphdef, params)(x)
+            return jnp.sum(jnp.sin(y.astype(jnp.float32)) * w), y
+
+        return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+
+    ((_, y), grads), ((_, y_ref), grads_ref) = run(ours), run(ref)
+    assert y.dtype == y_ref.dtype
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32),
+                               rtol=tol, atol=tol)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        scale = float(jnp.max(jnp.abs(want)))
+        assert scale > 0
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   rtol=0, atol=tol * scale)
+
+    s, b = ours.scale[...], ours.bias[...]
+    plain = lambda x, s, b: cnn.layers._layer_norm(x, s, b, 1e-5)[0]  # noqa: E731
+    dots = lambda x, s, b: cnn.layers.layer_norm_dots(x, s, b, 1e-5)  # noqa: E731
+    tangents = (w, jnp.asarray(rng.normal(size=24), jnp.float32),
+                jnp.asarray(rng.normal(size=24), jnp.float32))
+    (_, t_got), (_, t_want) = jax.jvp(dots, (x, s, b), tangents), jax.jvp(plain, (x, s, b),
+                                                                            tangents)
+    np.testing.assert_allclose(t_got, t_want, rtol=1e-4, atol=1e-5)
+    hvp = lambda f: jax.jvp(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, s, b)) * w)), (x,), (w,))[1]  # noqa: E731
+    np.testing.assert_allclose(hvp(dots), hvp(plain), rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_backward_reduces_only_through_matrix_products(rng):
+    """Differentiated, the statistics and every reduction of the backward are matrix products
+    (`dot_general`): no `reduce_sum` for XLA:CPU to fuse into another reduction."""
+    x = jnp.asarray(rng.normal(size=(1, 9, 8)), jnp.float32)
+    s, b = jnp.ones(8), jnp.zeros(8)
+
+    def forward_and_backward(x, s, b, g):
+        y, pullback = jax.vjp(lambda *a: cnn.layers.layer_norm_dots(*a, 1e-5), x, s, b)
+        return y, pullback(g)
+
+    def eqns(jaxpr):
+        """Every equation of `jaxpr` and of the jaxprs nested in its equations."""
+        for e in jaxpr.eqns:
+            yield e
+            for value in e.params.values():
+                for sub in value if isinstance(value, tuple | list) else (value,):
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        yield from eqns(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        yield from eqns(sub)
+
+    def reductions(jaxpr):
+        """(primitive, operand shape, axes) of every reduction over an axis longer than 1 (a
+        sum over a unit axis, which transposes of broadcasts leave, is a reshape)."""
+        return [(e.primitive.name, e.invars[0].aval.shape, e.params["axes"]) for e in eqns(jaxpr)
+                if e.primitive.name.startswith("reduce_")
+                and any(e.invars[0].aval.shape[a] > 1 for a in e.params["axes"])]
+
+    closed = jax.make_jaxpr(forward_and_backward)(x, s, b, x)
+    assert reductions(closed.jaxpr) == []
+    assert sum(e.primitive.name == "dot_general" for e in eqns(closed.jaxpr)) >= 4
+    # undifferentiated, the statistics are the plain reductions over the features
+    plain = jax.make_jaxpr(cnn.layers.layer_norm_dots, static_argnums=3)(x, s, b, 1e-5)
+    assert reductions(plain.jaxpr) == [("reduce_sum", (1, 9, 8), (2,))] * 2
+
+
+def test_layer_norm_outside_the_cpu_is_autodiff_of_the_same_formula(rng):
+    """Other platforms take autodiff of the plain formula (`platform_dependent`): the same values
+    and gradients, and a GPU program lowers."""
+    from jax import export
+
+    x = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+    s = jnp.asarray(rng.normal(size=8), jnp.float32)
+    b = jnp.asarray(rng.normal(size=8), jnp.float32)
+    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+    def loss(fn, x, s, b):
+        return jnp.sum(jnp.sin(fn(x, s, b)) * w)
+
+    want = jax.grad(lambda *a: loss(lambda *a: cnn.layers.layer_norm_dots(*a, 1e-5), *a),
+                    argnums=(0, 1, 2))(x, s, b)
+    got = jax.grad(lambda *a: loss(lambda *a: cnn.layers._layer_norm(*a, 1e-5)[0], *a),
+                   argnums=(0, 1, 2))(x, s, b)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+    step = jax.jit(jax.grad(lambda *a: loss(
+        lambda *a: cnn.layers.layer_norm_apply(*a, 1e-5), *a)))
+    assert "stablehlo" in export.export(step, platforms=["cuda"])(x, s, b).mlir_module()
+    np.testing.assert_allclose(step(x, s, b), want[0], rtol=1e-5, atol=1e-6)

@@ -38,6 +38,8 @@ from cbsa_jax.nn import layers
 from cbsa_jax.representatives import GridPooling
 
 CASES = ("cbsa", "cbsa_exact", "ista", "layernorm")
+_LN_SCALE, _LN_BIAS = (np.random.default_rng(1).normal(loc, 0.2, 384).astype(np.float32)
+                       for loc in (1.0, 0.0))
 
 
 def _layer_norms():
@@ -56,8 +58,7 @@ def _layer_norms():
 
 def _functions(case: str, g: int, heads: int):
     if case == "layernorm":  # a CBT-S block's LayerNorm on one sequence [1, N, 384]
-        rng = np.random.default_rng(1)
-        scale, bias = (jnp.asarray(rng.normal(loc, 0.2, 384), jnp.float32) for loc in (1, 0))
+        scale, bias = _LN_SCALE, _LN_BIAS
         return tuple((lambda x, f=f: f(x, scale, bias)) for f in _layer_norms())
     if case == "ista":  # the CBT-S block's ISTA step on [8 images, N tokens, 384]
         m = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (384, 384)) * (6 / 384) ** 0.5,
@@ -77,12 +78,10 @@ def _functions(case: str, g: int, heads: int):
 
 
 def _layer_norm_gradients(f):
-    """`x -> (sum(f(x, s, b) * x), gradients for x, s and b)` at a fixed scale and bias (a loss
-    that is not the plain sum, whose gradient for x is zero)."""
-    rng = np.random.default_rng(2)
-    scale, bias = (jnp.asarray(rng.normal(loc, 0.2, 384), jnp.float32) for loc in (1, 0))
+    """`x -> (sum(f(x, s, b) * x), gradients for x, s and b)` at the case's scale and bias (a
+    loss that is not the plain sum, whose gradient for x is zero)."""
     grad = jax.value_and_grad(lambda x, s, b: jnp.sum(f(x, s, b) * x), argnums=(0, 1, 2))
-    return lambda x: grad(x, scale, bias)
+    return lambda x: grad(x, _LN_SCALE, _LN_BIAS)
 
 
 def compare(case: str, n: int, mode: str, *, heads: int = 6, dim_head: int = 64,

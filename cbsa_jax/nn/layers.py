@@ -149,13 +149,13 @@ def layer_norm_apply(x, scale, bias, eps):
 class LayerNorm(nnx.LayerNorm):
     """`nnx.LayerNorm` (the same variables) whose normalisation over the last axis with a scale
     and a bias goes through `layer_norm_apply` (on the CPU, `layer_norm_dots`), in float32 or
-    wider. Other configurations (a mask, an `axis_name`, other axes, no scale or bias) are
-    `nnx.LayerNorm`'s own code."""
+    wider. Other configurations (a mask, an `axis_name`, other axes, no scale or bias,
+    `use_fast_variance=False`) are `nnx.LayerNorm`'s own code."""
 
     def __call__(self, x, *, mask=None):
         if (mask is not None or self.axis_name is not None or self.scale is None
-                or self.bias is None or self.reduction_axes not in (-1, (-1,))
-                or self.feature_axes not in (-1, (-1,))):
+                or self.bias is None or not self.use_fast_variance
+                or self.reduction_axes not in (-1, (-1,)) or self.feature_axes not in (-1, (-1,))):
             return super().__call__(x, mask=mask)
         x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]),
                                             dtype=self.dtype)

@@ -321,6 +321,10 @@ def test_layer_norm_is_nnx_layer_norm_with_matrix_product_derivatives(rng, shape
     np.testing.assert_allclose(t_got, t_want, rtol=1e-4, atol=1e-5)
     hvp = lambda f: jax.jvp(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, s, b)) * w)), (x,), (w,))[1]  # noqa: E731
     np.testing.assert_allclose(hvp(dots), hvp(plain), rtol=1e-4, atol=1e-4)
+    # configurations the fast path does not cover are nnx.LayerNorm's own code, value for value
+    two_pass = dict(kw, use_fast_variance=False)
+    np.testing.assert_array_equal(cnn.layers.LayerNorm(24, **two_pass)(x),
+                                  nnx.LayerNorm(24, **two_pass)(x))
 
 
 def test_layer_norm_backward_reduces_only_through_matrix_products(rng):

@@ -299,7 +299,7 @@ def test_layer_norm_is_nnx_layer_norm_with_matrix_product_derivatives(rng, shape
             y = nnx.merge(graphdef, params)(x)
             return jnp.sum(jnp.sin(y.astype(jnp.float32)) * w), y
 
-        return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
 
     ((_, y), grads), ((_, y_ref), grads_ref) = run(ours), run(ref)
     assert y.dtype == y_ref.dtype
@@ -316,10 +316,10 @@ def test_layer_norm_is_nnx_layer_norm_with_matrix_product_derivatives(rng, shape
     dots = lambda x, s, b: cnn.layers.layer_norm_dots(x, s, b, 1e-5)  # noqa: E731
     tangents = (w, jnp.asarray(rng.normal(size=24), jnp.float32),
                 jnp.asarray(rng.normal(size=24), jnp.float32))
-    (_, t_got), (_, t_want) = jax.jvp(dots, (x, s, b), tangents), jax.jvp(plain, (x, s, b),
-                                                                            tangents)
-    np.testing.assert_allclose(t_got, t_want, rtol=1e-4, atol=1e-5)
-    hvp = lambda f: jax.jvp(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, s, b)) * w)), (x,), (w,))[1]  # noqa: E731
+    jvp = jax.jit(lambda f: jax.jvp(f, (x, s, b), tangents)[1], static_argnums=0)
+    np.testing.assert_allclose(jvp(dots), jvp(plain), rtol=1e-4, atol=1e-5)
+    hvp = jax.jit(lambda f: jax.jvp(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, s, b)) * w)), (x,),
+                                    (w,))[1], static_argnums=0)
     np.testing.assert_allclose(hvp(dots), hvp(plain), rtol=1e-4, atol=1e-4)
     # configurations the fast path does not cover are nnx.LayerNorm's own code, value for value
     two_pass = dict(kw, use_fast_variance=False)
@@ -376,10 +376,10 @@ def test_layer_norm_outside_the_cpu_is_autodiff_of_the_same_formula(rng):
     def loss(fn, x, s, b):
         return jnp.sum(jnp.sin(fn(x, s, b)) * w)
 
-    want = jax.grad(lambda *a: loss(lambda *a: cnn.layers.layer_norm_dots(*a, 1e-5), *a),
-                    argnums=(0, 1, 2))(x, s, b)
-    got = jax.grad(lambda *a: loss(lambda *a: cnn.layers._layer_norm(*a, 1e-5)[0], *a),
-                   argnums=(0, 1, 2))(x, s, b)
+    want = jax.jit(jax.grad(lambda *a: loss(lambda *a: cnn.layers.layer_norm_dots(*a, 1e-5), *a),
+                            argnums=(0, 1, 2)))(x, s, b)
+    got = jax.jit(jax.grad(lambda *a: loss(lambda *a: cnn.layers._layer_norm(*a, 1e-5)[0], *a),
+                           argnums=(0, 1, 2)))(x, s, b)
     for g, r in zip(got, want, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
     step = jax.jit(jax.grad(lambda *a: loss(

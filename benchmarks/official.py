@@ -4,6 +4,8 @@
                                   [--sizes 65,257,1025,4097] [--presets cbt_tiny,cbt_small]
                                   [--train-batches 8,64] [--infer-batches 1,64] [--rounds 5]
                                   [--hugepages]
+    python -m benchmarks.official --repo PATH --parts block
+                                  [--blocks cbt_tiny:8:197,cbt_small:1:1025]
 
 `PATH` is a checkout of https://github.com/QishuaiWen/CBSA (or its `CBSA_image_classification`
 folder): its `models.py` (the CBT `VisionTransformer`, conv stem, `CBSA`, `ISTA`) is imported
@@ -46,6 +48,11 @@ Cases (`--parts`):
   optax.adamw, which also computes the gradient norm, guards against a non-finite step and
   returns its metrics, as every training step does).
 - `infer`: the eval-mode forward (`--infer-batches`); torch under `torch.inference_mode()`.
+- `block` (not in the default `--parts`): one transformer block split into its parts, forward and
+  backward (gradients of `sum(out * r)` for a fixed random `r`, in the input and every
+  parameter), for each `preset:batch:N` of `--blocks`: the whole block (`x + attn(LN x)`, then
+  `ISTA(LN .)`), the attention with its LayerNorm, the CBSA layer alone (as `layer`), the ISTA
+  step with its LayerNorm, and the LayerNorm alone: where in a block ours gains or loses.
 
 On a GPU (JAX's backend is "gpu"; torch must see a CUDA device too) both models run on it, and
 `--dtype bfloat16` gives ours bfloat16 compute and the official model `torch.autocast(bfloat16)`,
@@ -78,7 +85,9 @@ from cbsa_jax import training
 from cbsa_jax.convert import cbt_from_torch
 from cbsa_jax.models import PRESETS
 
-PARTS = ("layer", "train", "infer")
+PARTS = ("layer", "train", "infer", "block")
+DEFAULT_PARTS = ("layer", "train", "infer")
+BLOCK_PARTS = ("block", "attention", "cbsa", "ista", "norm")
 # how this library's executables are compiled: as the training program compiles its steps
 # (cbsa_jax.training.compiler_options) or with XLA's defaults
 OPTIONS = {"train": training.compiler_options, "xla-default": dict}
@@ -299,6 +308,78 @@ def layer_case(official, side: Torch, n: int, *, preset: str = "cbt_small", roun
     return _row("layer", what, times, diff, N=n)
 
 
+def _block_parts(block_t, block_j, grid):
+    """part -> (official callable, its torch modules, our module, our call) of one block."""
+    attn_t, ista_t = block_t
+    return {
+        "block": (lambda x: ista_t(attn_t(x) + x), [attn_t, ista_t], block_j,
+                  lambda m, x: m(x, grid=grid)),
+        "attention": (attn_t, [attn_t], nnx.List([block_j.norm1, block_j.attn]),
+                      lambda m, x: m[1](m[0](x), grid=grid)),
+        "cbsa": (attn_t.fn, [attn_t.fn], block_j.attn, lambda m, x: m(x, grid=grid)),
+        "ista": (ista_t, [ista_t], nnx.List([block_j.norm2, block_j.ffn]),
+                 lambda m, x: m[1](m[0](x))),
+        "norm": (attn_t.norm, [attn_t.norm], block_j.norm1, lambda m, x: m(x)),
+    }
+
+
+def block_case(official, side: Torch, preset: str, batch: int, n: int, part: str, *,
+               rounds: int, target_s: float, tolerance: float, options: dict | None = None,
+               dtype=None, seed: int = 0) -> dict:
+    """A part of the first transformer block of `preset` (`BLOCK_PARTS`), fwd+bwd at `batch`
+    sequences of n = g^2 + 1 tokens."""
+    g = math.isqrt(n - 1)
+    if g * g + 1 != n:
+        raise ValueError(f"block sizes must be g^2 + 1 (a g x g grid and a cls token), got {n}")
+    cfg = PRESETS[preset]
+    what = f"{preset} block: {part}, fwd+bwd, batch {batch}"
+    base = {"preset": preset, "batch": batch, "N": n, "part": part}
+    size = g * cfg.patch_size
+    net = official_cbt(official, side.torch, preset, image_size=size, num_classes=10, depth=1,
+                       seed=seed)
+    model = ours_from(net, preset, image_size=size, num_classes=10, depth=1, dtype=dtype)
+    call_t, modules_t, module_j, call_j = _block_parts(net.transformer.layers[0],
+                                                      model.blocks[0], (g, g))[part]
+    for m in modules_t:
+        side.module(m)
+    rng = np.random.default_rng(seed)
+    x_np, r_np = (rng.standard_normal((batch, n, cfg.dim)).astype(np.float32) for _ in range(2))
+    x_t, r_t = side.tensor(x_np, grad=True), side.tensor(r_np)
+    t_params = [x_t] + [q for m in modules_t for q in m.parameters()]
+
+    def torch_call():
+        for q in t_params:
+            q.grad = None
+        with side.autocast():
+            out = (call_t(x_t).float() * r_t).sum()
+        out.backward()
+        return side.sync([q.grad for q in t_params])
+
+    graphdef, params = nnx.split(module_j)
+    params, params_def = jax.tree.flatten(params)  # flat arrays, as cbsa_jax.training passes
+
+    def loss(params, x, r):
+        out = call_j(nnx.merge(graphdef, jax.tree.unflatten(params_def, params)), x)
+        return jnp.sum(out.astype(jnp.float32) * r)
+
+    x_j, r_j = jnp.asarray(x_np), jnp.asarray(r_np)
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x_j, r_j).compile(
+        compiler_options=options)
+
+    def ours_call():
+        return jax.block_until_ready(compiled(params, x_j, r_j))
+
+    grads_t = torch_call()
+    _, (_, gx_j) = ours_call()
+    diff = max_rel_diff([np.asarray(gx_j, np.float32)], [side.numpy(grads_t[0])])
+    if not diff <= tolerance:
+        return _skipped("block", what, f"gradients disagree ({diff:.1e} > {tolerance:.0e})",
+                        diff, **base)
+    times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        target_s=target_s)
+    return _row("block", what, times, diff, **base)
+
+
 def _images(batch: int, size: int, num_classes: int, seed: int):
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((batch, 3, size, size)).astype(np.float32)  # NCHW
@@ -423,6 +504,24 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _block_spec(p: argparse.ArgumentParser, spec: str) -> tuple[str, int, int]:
+    """`preset:batch:N` -> (preset, batch, N), or a parser error naming --blocks."""
+    fields = spec.split(":")
+    presets = [k for k in sorted(PRESETS) if k.startswith("cbt_") and "exact" not in k]
+    try:
+        preset, batch, n = fields[0], int(fields[1]), int(fields[2])
+        if len(fields) != 3:
+            raise ValueError
+    except (IndexError, ValueError):
+        p.error(f"--blocks: expected preset:batch:N (e.g. cbt_tiny:8:197), got {spec!r}")
+    if preset not in presets:
+        p.error(f"--blocks: unknown preset {preset!r} in {spec!r} (one of {', '.join(presets)})")
+    if batch < 1 or n < 2 or math.isqrt(n - 1) ** 2 + 1 != n:
+        p.error(f"--blocks: batch must be >= 1 and N = g^2 + 1 (a g x g grid and a cls token), "
+                f"got {spec!r}")
+    return preset, batch, n
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.official", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -430,7 +529,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="checkout of github.com/QishuaiWen/CBSA (or its "
                         "CBSA_image_classification folder)")
     p.add_argument("--json", help="write the rows and the machine to this JSON file")
-    p.add_argument("--parts", default=",".join(PARTS))
+    p.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                   help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--blocks", default="cbt_tiny:8:197,cbt_small:1:257,cbt_small:1:1025",
+                   help="the `block` part's cases, preset:batch:N (N = g^2 + 1 tokens)")
+    p.add_argument("--block-parts", default=",".join(BLOCK_PARTS),
+                   help=f"comma-separated subset of {','.join(BLOCK_PARTS)}")
     p.add_argument("--sizes", default="65,257,1025,4097", help="CBSA layer token counts g^2 + 1")
     p.add_argument("--layer-preset", default="cbt_small",
                    help="the preset whose CBSA layer is timed (cbt_small: D=384, H=6)")
@@ -470,6 +574,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     h.check_choices(p, [*args.presets, args.layer_preset],
                     [k for k in sorted(PRESETS) if k.startswith("cbt_") and "exact" not in k],
                     "preset")
+    args.block_parts = h.parse_list(args.block_parts)
+    h.check_choices(p, args.block_parts, BLOCK_PARTS, "block part")
+    args.blocks = [_block_spec(p, spec) for spec in h.parse_list(args.blocks)]
     args.sizes = h.parse_list(args.sizes, int)
     args.train_batches = h.parse_list(args.train_batches, int)
     args.infer_batches = h.parse_list(args.infer_batches, int)
@@ -525,6 +632,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "infer" in args.parts:
         jobs += [lambda p=p, b=b: infer_case(official, side, p, b, **model_kw)
                  for b in args.infer_batches for p in args.presets]
+    if "block" in args.parts:
+        jobs += [lambda b=b, part=part: block_case(official, side, *b, part, **common)
+                 for b in args.blocks for part in args.block_parts]
     t_start = time.perf_counter()
     for job in jobs:
         row = job()

@@ -465,6 +465,8 @@ def _case(row: Mapping[str, Any]) -> str:
     preset = {"cbt_tiny": "CBT-T", "cbt_small": "CBT-S"}.get(row.get("preset"), row.get("preset"))
     if row["case"] == "layer":
         return f"CBSA layer fwd+bwd, N = {row['N']:,}"
+    if row["case"] == "block":  # `--parts block`: one part of a transformer block
+        return f"{preset} block, {row['part']} fwd+bwd, batch {row['batch']}, N = {row['N']:,}"
     what = "train step" if row["case"] == "train" else "inference"
     return f"{preset} {what}, batch {row['batch']}"
 

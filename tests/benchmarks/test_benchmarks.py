@@ -294,6 +294,16 @@ def test_official_benchmark_interleaves_and_checks_its_arguments(tmp_path):
     args = official.parse_args(["--repo", str(tmp_path)])
     assert args.sizes == [65, 257, 1025, 4097] and args.parts == ["layer", "train", "infer"]
     assert args.train_batches == [8, 64] and args.infer_batches == [1, 64]
+    args = official.parse_args(["--repo", str(tmp_path), "--parts", "block", "--blocks",
+                                "cbt_tiny:8:197,cbt_small:1:65", "--block-parts", "norm,ista"])
+    assert args.blocks == [("cbt_tiny", 8, 197), ("cbt_small", 1, 65)]
+    assert args.block_parts == ["norm", "ista"]
+    for bad in ("cbt_tiny:8", "cbt_tiny:eight:197", "crate_tiny:8:197", "cbt_tiny:8:196",
+                "cbt_tiny:0:197", "cbt_tiny:8:197:1"):
+        with pytest.raises(SystemExit):
+            official.parse_args(["--repo", str(tmp_path), "--blocks", bad])
+    with pytest.raises(SystemExit):
+        official.parse_args(["--repo", str(tmp_path), "--block-parts", "mlp"])
 
 
 def test_official_benchmark_records_each_calls_own_cpu_time(monkeypatch):
@@ -326,11 +336,13 @@ def test_official_benchmark_smoke(tmp_path, capsys):
     out = tmp_path / "official.json"
     official.main(["--repo", repo, "--json", str(out), "--sizes", "65", "--presets",
                    "cbt_tiny", "--train-batches", "2", "--infer-batches", "1", "--image-size",
-                   "128", "--num-classes", "10", "--rounds", "1", "--target-s", "0.001"])
+                   "128", "--num-classes", "10", "--rounds", "1", "--target-s", "0.001",
+                   "--parts", "layer,train,infer,block", "--blocks", "cbt_tiny:2:65"])
     data = _load(out)
     assert data["machine"]["torch_threads"] == official.usable_cores() >= 1
-    assert [(r["case"], r["status"]) for r in data["rows"]] == [
-        ("layer", "ok"), ("train", "ok"), ("infer", "ok")]
+    assert [(r["case"], r.get("part"), r["status"]) for r in data["rows"]] == [
+        ("layer", None, "ok"), ("train", None, "ok"), ("infer", None, "ok"),
+        *(("block", part, "ok") for part in official.BLOCK_PARTS)]
     for row in data["rows"]:
         assert row["max_rel_diff"] < 1e-4  # the converted model computes the official function
         assert row["official_ms"] > 0 and row["ours_ms"] > 0 and row["ratio"] > 0

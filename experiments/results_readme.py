@@ -437,9 +437,10 @@ _OFFICIAL_DEFAULTS = {
 # Newest first: the step `python -m train` compiles (on a Zen 4 EPYC with AVX-512), then the
 # benchmarks' own step (an earlier session's EPYC): three runs with steady-state rounds, then the
 # earlier ones.
-OFFICIAL_RUNS = ("official_no_trim_2.json", "official_no_trim.json", "official_train_step.json",
-                 "official_run4.json", "official_hugepages.json", "official_hugepages_2.json",
-                 "official.json", "official_run2.json", "official_targets_2036.json")
+OFFICIAL_RUNS = ("official_ln_blocks.json", "official_no_trim_2.json", "official_no_trim.json",
+                 "official_train_step.json", "official_run4.json", "official_hugepages.json",
+                 "official_hugepages_2.json", "official.json", "official_run2.json",
+                 "official_targets_2036.json")
 #: The step python -m train compiles, before the heap was left untrimmed (1 GiB threshold).
 _TRIMMED = "official_train_step.json"
 
@@ -583,7 +584,11 @@ OFFICIAL = Experiment(
           "their outputs agree (largest relative difference over all runs: {max_diff:.1e}) and "
           "times both in one process, in interleaved rounds, medians after a warm-up, two "
           "threads a side. Cases: the CBSA layer of CBT-S (D = 384, 6 heads, with its "
-          "projections), the CBT-T / CBT-S train step (AdamW) and the eval forward. "
+          "projections), the CBT-T / CBT-S train step (AdamW) and the eval forward; `{now}` "
+          "also splits one transformer block into its parts (`--parts block`: the block, the "
+          "attention with its LayerNorm, the CBSA layer alone, ISTA with its LayerNorm, the "
+          "LayerNorm alone; forward and backward of `sum(out * r)` for a fixed random `r`), "
+          "rows the older runs do not have. "
           "`{now}` and `official_train_step` time the step that `python -m train` compiles, "
           "with the malloc settings the training program applies itself and no environment "
           "variable, on an {now_processor} with {now_isa}: in `{now}` the heap is never "

@@ -93,3 +93,14 @@ def test_the_recipe_text_follows_the_epochs_in_the_files():
              for name, data in (("longer", longer), ("same", same))}
     longer_text = f"this recipe over {recipe['epochs'] + 30} epochs instead of {recipe['epochs']}"
     assert facts == {"longer": longer_text, "same": "this recipe"}
+
+
+def test_every_official_row_has_its_own_case_name():
+    """A block part is named as such, never taken for the inference of its preset and batch."""
+    rows = [{"case": "layer", "N": 65}, {"case": "train", "preset": "cbt_tiny", "batch": 8},
+            {"case": "infer", "preset": "cbt_tiny", "batch": 8},
+            *({"case": "block", "preset": "cbt_tiny", "batch": 8, "N": 197, "part": part}
+              for part in ("block", "norm"))]
+    names = [rr._case(r) for r in rows]
+    assert len(set(names)) == len(names)
+    assert names[-1] == "CBT-T block, norm fwd+bwd, batch 8, N = 197"

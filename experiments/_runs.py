@@ -24,31 +24,47 @@ __all__ = ["RESULT", "Interrupted", "train_once", "parse", "measure_step_times",
            "kept_step_times"]
 
 RESULT = "result.json"
+#: `{"wall_seconds": [...]}`: a run's sittings that stopped early (in `train_once`'s workdir)
+SITTINGS = "sittings.json"
 
 
 class Interrupted(RuntimeError):
     """A run that stopped before its last step (SIGTERM); its checkpoint resumes it."""
 
 
+def _sittings(workdir: str) -> list[float]:
+    """The wall seconds of the run's earlier sittings that a SIGTERM ended (`SITTINGS`)."""
+    path = os.path.join(workdir, SITTINGS)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [float(s) for s in json.load(f)["wall_seconds"]]
+
+
 def train_once(config, workdir: str, measure: Callable[[dict], dict]) -> dict:
     """`workdir/result.json` if the run finished before; else train (or resume) `config` there
-    with `train.loop.run`, `measure(summary)` the finished run, add `wall_seconds` (this
-    sitting's share) and keep the result; the heap's free memory goes back to the system after
-    the run and after its measurement (`release_host_memory`). Raises `Interrupted` if the
-    run stopped early."""
+    with `train.loop.run`, `measure(summary)` the finished run, add `wall_seconds` (the wall
+    clock of every sitting it took: a sitting that stops early appends its own to
+    `workdir/sittings.json`, and `sittings` counts them) and keep the result; the heap's free
+    memory goes back to the system after the run and after its measurement
+    (`release_host_memory`). Raises `Interrupted` if the run stopped early."""
     path = os.path.join(workdir, RESULT)
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
+    earlier = _sittings(workdir)
     started = time.perf_counter()
     summary = loop.run(config, workdir)
     release_host_memory()  # this run's buffers, before the next program of the process
     if summary["stopped_by"] != "finished" or summary["step"] < summary["total_steps"]:
+        write_json(os.path.join(workdir, SITTINGS),
+                   {"wall_seconds": [*earlier, round(time.perf_counter() - started, 1)]})
         raise Interrupted(f"{workdir}: stopped at step {summary['step']} of "
                           f"{summary['total_steps']} ({summary['stopped_by']}); rerun to resume")
     result = measure(summary)
     release_host_memory()
-    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    result["wall_seconds"] = round(sum(earlier) + time.perf_counter() - started, 1)
+    result["sittings"] = len(earlier) + 1
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(path + ".tmp", path)

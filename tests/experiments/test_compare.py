@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -364,3 +365,29 @@ def test_step_times_are_kept_and_timed_again_together_for_a_new_row(tmp_path, mo
     assert experiments_runs.kept_step_times(path, {"a": None}, rounds=3) == {
         "a": {"step_cpu_seconds": 1.0}}
     assert len(calls) == 2
+
+
+def test_a_resumed_run_reports_the_wall_clock_of_every_sitting(monkeypatch, tmp_path):
+    """A sitting that a SIGTERM ends records its wall clock; the finished run's `wall_seconds`
+    is the sum over its sittings, and `sittings` counts them."""
+    calls = []
+
+    def fake_run(config, workdir):
+        calls.append(workdir)
+        time.sleep(0.05)
+        done = len(calls) == 3
+        return {"stopped_by": "finished" if done else "SIGTERM", "step": 10 if done else 4,
+                "total_steps": 10}
+
+    monkeypatch.setattr(experiments_runs.loop, "run", fake_run)
+    workdir = str(tmp_path)
+    for _ in range(2):
+        with pytest.raises(experiments_runs.Interrupted, match="stopped at step 4 of 10"):
+            experiments_runs.train_once(None, workdir, dict)
+    with open(tmp_path / experiments_runs.SITTINGS) as f:
+        first_two = json.load(f)["wall_seconds"]
+    assert len(first_two) == 2 and all(s >= 0.05 for s in first_two)
+    result = experiments_runs.train_once(None, workdir, lambda summary: {"step": summary["step"]})
+    assert result["sittings"] == 3 and result["step"] == 10
+    assert result["wall_seconds"] >= sum(first_two) + 0.05
+    assert experiments_runs.train_once(None, workdir, dict) == result and len(calls) == 3

@@ -87,10 +87,11 @@ def _layer_norm_gradients(f):
 def compare(case: str, n: int, mode: str, *, heads: int = 6, dim_head: int = 64,
             rounds: int = 7, dtype=jnp.float32, target_s: float = 0.5) -> dict:
     g = grid_for_tokens(n) if case not in ("ista", "layernorm") else 0
-    before, after = _functions(case, g, heads)
     if mode == "fwdbwd" and case == "layernorm":  # the tokens', the scale's and the bias's
         before, after = (_layer_norm_gradients(f) for f in _layer_norms())
-    elif mode == "fwdbwd":
+    else:
+        before, after = _functions(case, g, heads)
+    if mode == "fwdbwd" and case != "layernorm":
         before, after = (jax.value_and_grad(lambda w, f=f: jnp.sum(f(w).astype(jnp.float32)))
                          for f in (before, after))
     shape = {"ista": (8, n, 384), "layernorm": (1, n, 384)}.get(case, (1, heads, n, dim_head))

@@ -52,6 +52,7 @@ def train_once(config, workdir: str, measure: Callable[[dict], dict]) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
+    os.makedirs(workdir, exist_ok=True)  # `loop.run` makes it too, but may stop before
     earlier = _sittings(workdir)
     started = time.perf_counter()
     summary = loop.run(config, workdir)

@@ -72,6 +72,7 @@ from cbsa_jax.reporting import (
     write_json,
 )
 from experiments._runs import Interrupted, kept_step_times, parse, train_once
+from experiments.results_readme import last_fifth_cell
 from train import cli, loop
 from train import config as config_lib
 from train import data as data_lib
@@ -281,17 +282,6 @@ def _pm(stats: dict, spec: str = ".3f") -> str:
     return f"{text} +- {format(stats['std'], spec)}" if stats["n"] > 1 else text
 
 
-def _plateau_cell(row: dict) -> str:
-    """The range of the seeds' mean test accuracy over the last fifth of the steps, whether it
-    is a plateau (below `PLATEAU_RANGE`), and the largest range of a single seed."""
-    if row.get("plateau_range") is None:
-        return "-"
-    text = f"{100 * row['plateau_range']:.1f} pt{' (plateau)' if row['plateau_holds'] else ''}"
-    if len(row["seeds"]) > 1 and row.get("plateau_worst_seed") is not None:
-        text += f"; worst seed {100 * row['plateau_worst_seed']:.1f}"
-    return text
-
-
 METRIC_NAMES = {"accuracy": "accuracy", "miou": "mIoU"}
 
 
@@ -313,7 +303,7 @@ def _columns(sweep: bool, metric: str = "accuracy", segmentation: bool = False):
             (f"final {shown}", ">", lambda r: _pm(r[f"final_{metric}"])),
             (f"best {shown}", ">", lambda r: _pm(r[f"best_{metric}"])),
             *task,
-            ("last-fifth range", ">", lambda r: _plateau_cell(r)),
+            ("last-fifth range", ">", last_fifth_cell),
             ("seeds", ">", lambda r: str(len(r["seeds"])))]
     if sweep:
         cols = [reps, ("cells", ">", lambda r: "x".join(map(str, r["cells"]))),

@@ -209,7 +209,7 @@ _MODEL_NAMES = {"cbt_nano": "CBT", "crate_nano": "CRATE (MSSA)", "tost_nano": "T
                 "vit_nano": "softmax ViT"}
 
 
-def _last_fifth(row: Mapping[str, Any]) -> str:
+def last_fifth_cell(row: Mapping[str, Any]) -> str:
     """The plateau measure of `experiments.compare`: the range of the seeds' mean curve, and the
     largest single seed's. Older files hold only the latter (`plateau_worst_seed` absent: their
     `plateau_range` is the largest seed's), files before the measure neither."""
@@ -227,7 +227,7 @@ def _last_fifth(row: Mapping[str, Any]) -> str:
 _PARAMS = Column("params", lambda r: r["params"], dash("{:,}"))
 _GFLOPS = Column("GFLOPs / image", lambda r: r["gflops_per_image"], dash("{:.3f}"))
 _SPEED = Column("train images/s", lambda r: r["images_per_sec"], dash("{:,.0f}"))
-_PLATEAU = Column("last-fifth range", _last_fifth)
+_PLATEAU = Column("last-fifth range", last_fifth_cell)
 _SEEDS = Column("seeds", lambda r: len(r["seeds"]))
 
 

@@ -209,18 +209,24 @@ _MODEL_NAMES = {"cbt_nano": "CBT", "crate_nano": "CRATE (MSSA)", "tost_nano": "T
                 "vit_nano": "softmax ViT"}
 
 
+def _points(fraction: float) -> str:
+    """An accuracy change in points, to 0.01: the plateau tolerance is 0.5 point, and one test
+    image of a 1,000-image set moves a mean of three seeds by 0.03."""
+    return f"{100 * fraction:.2f}"
+
+
 def last_fifth_cell(row: Mapping[str, Any]) -> str:
     """The plateau measure of `experiments.compare`: the range of the seeds' mean curve, and the
     largest single seed's. Older files hold only the latter (`plateau_worst_seed` absent: their
     `plateau_range` is the largest seed's), files before the measure neither."""
     if row.get("plateau_range") is None:
         return "-"
-    text = f"{100 * row['plateau_range']:.1f} pt" + ("" if row["plateau_holds"] else " (moving)")
+    text = f"{_points(row['plateau_range'])} pt" + ("" if row["plateau_holds"] else " (moving)")
     if len(row["seeds"]) == 1:
         return text
     if "plateau_worst_seed" not in row:
         return f"worst seed {text}"
-    return f"{text}; worst seed {100 * row['plateau_worst_seed']:.1f} pt"
+    return f"{text}; worst seed {_points(row['plateau_worst_seed'])} pt"
 
 
 #: The columns every experiments.compare table shares.
@@ -262,26 +268,34 @@ def _versus(a: float, b: float, margin: float = LEVEL) -> str:
     return "above" if a > b + margin else "below" if a < b - margin else "level with"
 
 
+def _row_name(row: Mapping[str, Any]) -> str:
+    """A compare table's row in prose: its decoder (segmentation tables) or its model."""
+    if "decoder" in row:
+        return f"the {row['decoder']} decoder"
+    return _MODEL_NAMES.get(row["model"], row["model"])
+
+
 def _plateau(rows: Sequence[Mapping[str, Any]], metric: str = "test accuracy") -> str:
     """Whether every run of the table reached its plateau, in a clause."""
     ranges = [r.get("plateau_range") for r in rows]
     if any(x is None for x in ranges):
         return "the plateau was not measured: the file predates the measure"
-    moved = 100 * max(ranges)
+    moved = _points(max(ranges))
     if not all("plateau_worst_seed" in r for r in rows):  # older files: the largest seed's
         if all(r["plateau_holds"] for r in rows):
-            return (f"every run's {metric} moved by at most {moved:.1f} points over the last "
+            return (f"every run's {metric} moved by at most {moved} points over the last "
                     "fifth of its steps")
-        return (f"not every run reached its plateau: a {metric} moved by {moved:.1f} points "
+        return (f"not every run reached its plateau: a {metric} moved by {moved} points "
                 "over the last fifth")
-    worst = 100 * max(r["plateau_worst_seed"] for r in rows)
-    seeds = (f"; a single seed's by up to {worst:.1f}"
+    worst = _points(max(r["plateau_worst_seed"] for r in rows))
+    seeds = (f"; a single seed's by up to {worst}"
              if any(len(r["seeds"]) > 1 for r in rows) else "")
     if all(r["plateau_holds"] for r in rows):
-        return (f"every row's mean {metric} moved by at most {moved:.1f} points over the last "
+        return (f"every row's mean {metric} moved by at most {moved} points over the last "
                 f"fifth of the steps{seeds}")
-    return (f"not every row reached its plateau: a mean {metric} moved by {moved:.1f} points "
-            f"over the last fifth{seeds}")
+    moving = ", ".join(_row_name(r) for r in rows if not r["plateau_holds"])
+    return (f"not every row reached its plateau: the mean {metric} of {moving} moved by up to "
+            f"{moved} points over the last fifth{seeds}")
 
 
 def _speed_method(data: Mapping[str, Any]) -> str:
@@ -1134,6 +1148,16 @@ def _one_seed(res: Results, name: str) -> str:
     return " (one seed each)" if all(len(r["seeds"]) == 1 for r in res[name]["table"]) else ""
 
 
+def _epochs(res: Results, name: str) -> str:
+    """A comparison's budget and whether every row reached its plateau, in a few words."""
+    data = res[name]
+    moving = [_row_name(r) for r in data["table"] if not r.get("plateau_holds")]
+    plateau = ("every model at its plateau" if not moving else
+               f"{', '.join(moving)} still moving" if len(moving) < len(data["table"]) else
+               "no model at its plateau")
+    return f"{data['recipe']['num_epochs']} epochs, {plateau}"
+
+
 def _ips(res: Results, name: str, model: str) -> str:
     return f"{_by(res[name]['table'], 'model')[model]['images_per_sec']:,.0f}"
 
@@ -1163,7 +1187,7 @@ def _seg(res: Results, decoder: str) -> str:
 
 
 HEADLINES = (
-    Headline("MNIST-5k, 197 tokens: test accuracy",
+    Headline(lambda r: f"MNIST-5k, 197 tokens, {_epochs(r, 'mnist.json')}: test accuracy",
              lambda r: _acc(r, "mnist.json", "cbt_nano"),
              lambda r: f"softmax ViT {_acc(r, 'mnist.json', 'vit_nano')}, CRATE "
                        f"{_acc(r, 'mnist.json', 'crate_nano')}, ToST "
@@ -1181,7 +1205,8 @@ HEADLINES = (
                        f"{_ips(r, 'mnist.json', 'crate_nano')}, ToST "
                        f"{_ips(r, 'mnist.json', 'tost_nano')}",
              ("mnist.json",)),
-    Headline("shapes64, 65 tokens: test accuracy (chance 20%)",
+    Headline(lambda r: f"shapes64, 65 tokens, {_epochs(r, 'shapes64.json')}: test accuracy "
+                       "(chance 20%)",
              lambda r: _acc(r, "shapes64.json", "cbt_nano") + _one_seed(r, "shapes64.json"),
              lambda r: f"ViT {_acc(r, 'shapes64.json', 'vit_nano')}, CRATE "
                        f"{_acc(r, 'shapes64.json', 'crate_nano')}, ToST "

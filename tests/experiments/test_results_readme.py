@@ -85,14 +85,39 @@ def test_the_recipe_text_follows_the_epochs_in_the_files():
     not from the text: a comparison run for longer than the shipped recipe says so."""
     results = rr.load(rr.RESULTS)
     recipe, compare = results["mnist_recipe.json"], results["mnist.json"]
-    label = next(h.what for h in rr.HEADLINES if callable(h.what))
-    assert f"({recipe['epochs']} epochs, one seed)" in label(results)
+    labels = [h.what(results) for h in rr.HEADLINES if callable(h.what)]
+    assert any(f"as shipped ({recipe['epochs']} epochs, one seed)" in t for t in labels), labels
     longer = {**compare, "recipe": {**compare["recipe"], "num_epochs": recipe["epochs"] + 30}}
     same = {**compare, "recipe": {**compare["recipe"], "num_epochs": recipe["epochs"]}}
     facts = {name: rr._recipe_facts({**results, "mnist.json": data})["compare_budget"]
              for name, data in (("longer", longer), ("same", same))}
     longer_text = f"this recipe over {recipe['epochs'] + 30} epochs instead of {recipe['epochs']}"
     assert facts == {"longer": longer_text, "same": "this recipe"}
+
+
+def test_the_plateau_wording_names_the_rows_still_moving():
+    """The headline and the section text say which rows missed the plateau (to 0.01 point, so
+    that a range just above the 0.5-point tolerance does not read as 0.5)."""
+    results = rr.load(rr.RESULTS)
+    data = results["mnist.json"]
+
+    def with_ranges(*ranges):
+        rows = [{**r, "plateau_range": x, "plateau_holds": x < 0.005}
+                for r, x in zip(data["table"], ranges, strict=True)]
+        return {**results, "mnist.json": {**data, "table": rows}}
+
+    epochs = data["recipe"]["num_epochs"]
+    assert rr._epochs(with_ranges(0.001, 0.002, 0.003, 0.004), "mnist.json") == (
+        f"{epochs} epochs, every model at its plateau")
+    moving = with_ranges(0.001, 0.0053, 0.003, 0.004)
+    assert rr._epochs(moving, "mnist.json") == f"{epochs} epochs, CRATE (MSSA) still moving"
+    assert rr._epochs(with_ranges(0.01, 0.02, 0.03, 0.04), "mnist.json") == (
+        f"{epochs} epochs, no model at its plateau")
+    text = rr._plateau(moving["mnist.json"]["table"])
+    assert text.startswith("not every row reached its plateau: the mean test accuracy of "
+                           "CRATE (MSSA) moved by up to 0.53 points"), text
+    assert [h for h in rr.HEADLINES if not isinstance(h.what, str)
+            and "CRATE (MSSA) still moving" in h.what(moving)]
 
 
 def test_every_official_row_has_its_own_case_name():

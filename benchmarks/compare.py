@@ -91,9 +91,9 @@ def compare(case: str, n: int, mode: str, *, heads: int = 6, dim_head: int = 64,
         before, after = (_layer_norm_gradients(f) for f in _layer_norms())
     else:
         before, after = _functions(case, g, heads)
-    if mode == "fwdbwd" and case != "layernorm":
-        before, after = (jax.value_and_grad(lambda w, f=f: jnp.sum(f(w).astype(jnp.float32)))
-                         for f in (before, after))
+        if mode == "fwdbwd":
+            before, after = (jax.value_and_grad(lambda w, f=f: jnp.sum(f(w).astype(jnp.float32)))
+                             for f in (before, after))
     shape = {"ista": (8, n, 384), "layernorm": (1, n, 384)}.get(case, (1, heads, n, dim_head))
     w = jnp.asarray(np.random.default_rng(0).standard_normal(shape), dtype)
     compiled = [jax.jit(f).lower(w).compile() for f in (before, after)]

@@ -275,6 +275,11 @@ def _row_name(row: Mapping[str, Any]) -> str:
     return _MODEL_NAMES.get(row["model"], row["model"])
 
 
+def _moving(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The rows of a compare table that did not reach their plateau, named in prose."""
+    return [_row_name(r) for r in rows if not r.get("plateau_holds")]
+
+
 def _plateau(rows: Sequence[Mapping[str, Any]], metric: str = "test accuracy") -> str:
     """Whether every run of the table reached its plateau, in a clause."""
     ranges = [r.get("plateau_range") for r in rows]
@@ -293,7 +298,7 @@ def _plateau(rows: Sequence[Mapping[str, Any]], metric: str = "test accuracy") -
     if all(r["plateau_holds"] for r in rows):
         return (f"every row's mean {metric} moved by at most {moved} points over the last "
                 f"fifth of the steps{seeds}")
-    moving = ", ".join(_row_name(r) for r in rows if not r["plateau_holds"])
+    moving = ", ".join(_moving(rows))
     return (f"not every row reached its plateau: the mean {metric} of {moving} moved by up to "
             f"{moved} points over the last fifth{seeds}")
 
@@ -1148,10 +1153,10 @@ def _one_seed(res: Results, name: str) -> str:
     return " (one seed each)" if all(len(r["seeds"]) == 1 for r in res[name]["table"]) else ""
 
 
-def _epochs(res: Results, name: str) -> str:
+def _epochs_and_plateau(res: Results, name: str) -> str:
     """A comparison's budget and whether every row reached its plateau, in a few words."""
     data = res[name]
-    moving = [_row_name(r) for r in data["table"] if not r.get("plateau_holds")]
+    moving = _moving(data["table"])
     plateau = ("every model at its plateau" if not moving else
                f"{', '.join(moving)} still moving" if len(moving) < len(data["table"]) else
                "no model at its plateau")
@@ -1187,7 +1192,8 @@ def _seg(res: Results, decoder: str) -> str:
 
 
 HEADLINES = (
-    Headline(lambda r: f"MNIST-5k, 197 tokens, {_epochs(r, 'mnist.json')}: test accuracy",
+    Headline(lambda r: f"MNIST-5k, 197 tokens, {_epochs_and_plateau(r, 'mnist.json')}: "
+                       "test accuracy",
              lambda r: _acc(r, "mnist.json", "cbt_nano"),
              lambda r: f"softmax ViT {_acc(r, 'mnist.json', 'vit_nano')}, CRATE "
                        f"{_acc(r, 'mnist.json', 'crate_nano')}, ToST "
@@ -1205,8 +1211,8 @@ HEADLINES = (
                        f"{_ips(r, 'mnist.json', 'crate_nano')}, ToST "
                        f"{_ips(r, 'mnist.json', 'tost_nano')}",
              ("mnist.json",)),
-    Headline(lambda r: f"shapes64, 65 tokens, {_epochs(r, 'shapes64.json')}: test accuracy "
-                       "(chance 20%)",
+    Headline(lambda r: f"shapes64, 65 tokens, {_epochs_and_plateau(r, 'shapes64.json')}: "
+                       "test accuracy (chance 20%)",
              lambda r: _acc(r, "shapes64.json", "cbt_nano") + _one_seed(r, "shapes64.json"),
              lambda r: f"ViT {_acc(r, 'shapes64.json', 'vit_nano')}, CRATE "
                        f"{_acc(r, 'shapes64.json', 'crate_nano')}, ToST "

@@ -107,11 +107,12 @@ def test_the_plateau_wording_names_the_rows_still_moving():
         return {**results, "mnist.json": {**data, "table": rows}}
 
     epochs = data["recipe"]["num_epochs"]
-    assert rr._epochs(with_ranges(0.001, 0.002, 0.003, 0.004), "mnist.json") == (
+    assert rr._epochs_and_plateau(with_ranges(0.001, 0.002, 0.003, 0.004), "mnist.json") == (
         f"{epochs} epochs, every model at its plateau")
     moving = with_ranges(0.001, 0.0053, 0.003, 0.004)
-    assert rr._epochs(moving, "mnist.json") == f"{epochs} epochs, CRATE (MSSA) still moving"
-    assert rr._epochs(with_ranges(0.01, 0.02, 0.03, 0.04), "mnist.json") == (
+    assert rr._epochs_and_plateau(moving, "mnist.json") == (
+        f"{epochs} epochs, CRATE (MSSA) still moving")
+    assert rr._epochs_and_plateau(with_ranges(0.01, 0.02, 0.03, 0.04), "mnist.json") == (
         f"{epochs} epochs, no model at its plateau")
     text = rr._plateau(moving["mnist.json"]["table"])
     assert text.startswith("not every row reached its plateau: the mean test accuracy of "

@@ -9,7 +9,7 @@
   ``train`` 10,000 / ``test`` 2,000.
 * ``shapes64`` (:mod:`train.datasets.shapes64`): 64x64 scenes of 1 to 3 shapes of distinct
   classes, label = the largest visible one, with the per-pixel class map ``segmentation`` and
-  the foreground ``mask``; ``train`` 8,000 / ``test`` 1,000.
+  the foreground ``mask``; ``train`` 12,000 / ``test`` 1,000.
 * ``stdlib_bytes`` (:mod:`train.datasets.stdlib`): byte windows of this Python's own
   standard-library sources, for language models.
 

@@ -1,8 +1,9 @@
 """``shapes64``: 64 x 64 scenes of 1 to 3 shapes of distinct classes, generated in numpy.
 
-The shapes, colours and textured backgrounds of :mod:`train.datasets.shapes`: a main object and
-up to two smaller distractors drawn over it (and over each other), so that the labelled class is
-the one a glance at the scene finds, and the other objects are clutter to ignore. Features:
+The shapes, colours and textured backgrounds of :mod:`train.datasets.shapes`: a main object,
+placed off the image centre, and up to two smaller distractors drawn over it (and over each
+other), so that the labelled class is the one a glance at the scene finds, the other objects are
+clutter to ignore, and a central box does not find the foreground. Features:
 ``image`` uint8 ``(64, 64, 3)``; ``label`` the class with the most visible pixels;
 ``segmentation`` uint8 ``(64, 64, 1)``, a per-pixel class map (0 = background, 1..5 = class + 1);
 ``mask`` uint8 ``(64, 64, 1)``, its foreground; ``index``.
@@ -28,6 +29,7 @@ __all__ = [
     "CONFIGS",
     "IMAGE_SIZE",
     "DISTRACTOR_SIZE_FRACTION",
+    "MAIN_MIN_OFFSET",
     "MAIN_SIZE_FRACTION",
     "MAX_OBJECTS",
     "MIN_CENTRE_SEPARATION",
@@ -51,9 +53,13 @@ MAX_OBJECTS = 3
 # one) is drawn from the larger range, the others (distractors, drawn over it) from the smaller,
 # so that the class with the most visible pixels is a property of the scene a model can see
 # rather than a close call between two shapes of similar area.
-MAIN_SIZE_FRACTION = (0.4, 0.55)
-DISTRACTOR_SIZE_FRACTION = (0.15, 0.25)
+MAIN_SIZE_FRACTION = (0.3, 0.45)
+DISTRACTOR_SIZE_FRACTION = (0.12, 0.2)
 MIN_CENTRE_SEPARATION = 0.75  # centre distance, in sums of the two circumradii
+# The main object's centre lies off the image centre: along one axis (either, at random) its
+# offset is at least this fraction of the largest offset that keeps the object inside, so that an
+# image-blind central box is a weak segmentation of the foreground.
+MAIN_MIN_OFFSET = 0.7
 
 _CENTRE_TRIES = 16  # random centres drawn per object, the first far enough from the others wins
 _OBJECT_UNIFORM = 2 + 2 * _CENTRE_TRIES + 3 * shapes._COLOUR_CANDIDATES
@@ -105,6 +111,22 @@ def _place(
     return candidates[np.arange(len(radius)), choice]
 
 
+def _off_centre(radius: np.ndarray, u: np.ndarray, image_size: int) -> np.ndarray:
+    """``(B, 2)`` centres in the outer band of where an object of circumradius ``radius`` fits.
+
+    ``u``: ``(B, 4)`` uniforms: which axis is off centre, its side, how far along the band
+    (:data:`MAIN_MIN_OFFSET` to 1 of the largest offset ``image_size / 2 - radius``), and the
+    other axis's offset (uniform over where the object fits).
+    """
+    reach = image_size / 2 - radius  # the largest offset from the image centre that fits
+    band = MAIN_MIN_OFFSET + (1.0 - MAIN_MIN_OFFSET) * u[:, 2]
+    far = np.where(u[:, 1] < 0.5, -band, band)
+    free = 2.0 * u[:, 3] - 1.0
+    along_x = u[:, 0] < 0.5
+    offset = np.stack([np.where(along_x, far, free), np.where(along_x, free, far)], axis=1)
+    return image_size / 2 + reach[:, None] * offset
+
+
 def generate_batch(
     split: str, indices: Sequence[int], image_size: int = IMAGE_SIZE
 ) -> dict[str, np.ndarray]:
@@ -112,9 +134,11 @@ def generate_batch(
 
     Each example: the textured background of ``shapes``, then 1 to :data:`MAX_OBJECTS`
     objects of distinct classes drawn in order (later ones occlude earlier ones): the main one
-    sized in :data:`MAIN_SIZE_FRACTION`, the distractors in :data:`DISTRACTOR_SIZE_FRACTION`,
-    each with its own position, rotation and colour (far from the background and from the
-    earlier objects' colours). Every example depends only on its own ``(split, index)``.
+    sized in :data:`MAIN_SIZE_FRACTION` and placed off centre (:func:`_off_centre`), the
+    distractors sized in :data:`DISTRACTOR_SIZE_FRACTION` and placed apart from the objects
+    before them (:func:`_place`), each with its own rotation and colour (far from the background
+    and from the earlier objects' colours). Every example depends only on its own
+    ``(split, index)``.
 
     Returns:
         ``{"image": uint8 (B, S, S, 3), "label": int64 (B,) the class with the most visible
@@ -144,7 +168,10 @@ def generate_batch(
         fraction = low + (high - low) * u[:, 0]
         radius = fraction * image_size / 2 * _RADIUS_PER_AREA_RADIUS[label]
         tries = u[:, 2 : 2 + 2 * _CENTRE_TRIES].reshape(num, _CENTRE_TRIES, 2)
-        centre = _place(radius, tries, image_size, centres, radii, placed)
+        if k == 0:
+            centre = _off_centre(radius, tries[:, :2].reshape(num, 4), image_size)
+        else:
+            centre = _place(radius, tries, image_size, centres, radii, placed)
         p = base._replace(
             label=label,
             radius=radius,

@@ -19,7 +19,9 @@ class Shapes64(Shapes):
 
     Each ``64 x 64`` RGB image (``uint8``) shows 1 to 3 objects of distinct classes among
     :data:`train.datasets.shapes.CLASS_NAMES`: a main object with the area of a disc of diameter
-    40%-55% of the side, and up to two distractors of 15%-25% drawn over it (centres apart by
+    30%-45% of the side, placed off the image centre (along one axis at least
+    :data:`train.datasets.shapes64.MAIN_MIN_OFFSET` of the largest offset at which it fits), and
+    up to two distractors of 12%-20% drawn over it (centres apart by
     at least :data:`train.datasets.shapes64.MIN_CENTRE_SEPARATION` of the summed circumradii;
     later objects occluding earlier ones) on the textured background of ``shapes``. Features
     ``image``, ``label`` (the class of the object with the most visible pixels),
@@ -32,12 +34,15 @@ class Shapes64(Shapes):
     :func:`train.datasets.shapes64.generate_batch`.
     """
 
-    VERSION = tfds.core.Version("2.0.0")
+    VERSION = tfds.core.Version("3.0.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "2.0.0": "A main object (40%-55% of the side) and smaller distractors (15%-25%) instead "
                  "of three objects of one size range, so that the label is visible rather than a "
                  "close call; 12,000 training scenes instead of 8,000.",
+        "3.0.0": "The main object (30%-45% of the side) placed off the image centre and the "
+                 "distractors 12%-20%, so that an image-blind central box is a weak segmentation "
+                 "of the foreground (mean Jaccard 0.36 on 2.0.0's test split, 0.21 on 3.0.0's).",
     }
     code_path: ClassVar[epath.Path] = epath.Path(__file__)
     BUILDER_CONFIGS = [

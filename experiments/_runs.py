@@ -20,8 +20,8 @@ from train import cli, loop
 from train import config as config_lib
 from train import data as data_lib
 
-__all__ = ["RESULT", "Interrupted", "train_once", "parse", "measure_step_times",
-           "kept_step_times"]
+__all__ = ["RESULT", "Interrupted", "train_once", "parse", "earlier_results",
+           "restore_result", "measure_step_times", "kept_step_times"]
 
 RESULT = "result.json"
 #: `{"wall_seconds": [...]}`: a run's sittings that stopped early (in `train_once`'s workdir)
@@ -70,6 +70,54 @@ def train_once(config, workdir: str, measure: Callable[[dict], dict]) -> dict:
         json.dump(result, f, indent=1)
     os.replace(path + ".tmp", path)
     return result
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def earlier_results(paths: Sequence[str], recipe: Mapping) -> dict[str, tuple[dict, str]]:
+    """The finished runs that earlier comparisons' JSON files (`paths`: each with `recipe` and
+    `runs`, a finished comparison's or a partial one's) record, by run name (the last two parts
+    of the run's workdir: `ROW/seedS`), each with the file it came from (a later file wins); the
+    files must have been made with `recipe` (the comparison's shared config, as JSON), else
+    `ConfigError` names the fields that differ."""
+    found: dict[str, tuple[dict, str]] = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                payload = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise config_lib.ConfigError(f"--runs-from: cannot read {path} ({e})") from e
+        if not isinstance(payload, dict) or not isinstance(payload.get("runs"), list) \
+                or "recipe" not in payload:
+            raise config_lib.ConfigError(f"--runs-from: {path} is not a comparison's JSON "
+                                         "(expected its 'recipe' and 'runs')")
+        theirs, ours = _flat(payload["recipe"]), _flat(recipe)
+        differ = sorted(k for k in theirs.keys() | ours.keys()
+                        if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))
+        if differ:
+            raise config_lib.ConfigError(
+                f"--runs-from: {path} was made with another recipe (fields {', '.join(differ)}: "
+                f"{[theirs.get(k, '<absent>') for k in differ]} there, "
+                f"{[ours.get(k, '<absent>') for k in differ]} here)")
+        for run in payload["runs"]:
+            found["/".join(run["workdir"].replace(os.sep, "/").split("/")[-2:])] = (run, path)
+    return found
+
+
+def restore_result(workdir: str, result: Mapping, source: str) -> None:
+    """Keep `result` (an earlier comparison's run, from the file `source`) as `workdir`'s
+    finished run, which `train_once` then reads back instead of training."""
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, RESULT),
+               {**result, "workdir": workdir, "restored_from": source})
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str], *, out: str, copied: str

@@ -41,7 +41,14 @@ Everything lands in `DIR/NAME/` (NAME: the config file's name): one workdir per 
 parameters; the sweep beside it),
 copied to `--results DIR` too when given (e.g. `docs/results`, where README tables come from).
 Rerunning resumes: finished runs (their `result.json`) are read back, an interrupted one continues
-from its last checkpoint (SIGTERM saves one and stops the comparison; rerun to go on).
+from its last checkpoint (SIGTERM saves one and stops the comparison; rerun to go on). After each
+run the runs finished so far are recorded in `DIR/NAME/NAME.partial.json` (and
+`RESULTS/partial/NAME.json`), removed once the whole comparison is written. `--runs-from FILE,...`
+takes an earlier comparison's JSON, whole or partial, made with the same recipe (else it stops
+and names the fields that differ): its finished runs become this comparison's (`result.json` in
+their workdirs, marked `restored_from`) instead of being trained again. So a comparison goes on
+in another sitting or on another machine from the committed record alone, and a sweep or more
+seeds extend a committed table without training its runs again.
 """
 
 from __future__ import annotations
@@ -71,7 +78,15 @@ from cbsa_jax.reporting import (
     table,
     write_json,
 )
-from experiments._runs import Interrupted, kept_step_times, parse, train_once
+from experiments._runs import (
+    RESULT,
+    Interrupted,
+    earlier_results,
+    kept_step_times,
+    parse,
+    restore_result,
+    train_once,
+)
 from experiments.results_readme import last_fifth_cell
 from train import cli, loop
 from train import config as config_lib
@@ -392,6 +407,10 @@ def parse_args(argv: list[str]):
                         "(default: the config's segmentation.decoder)")
     p.add_argument("--mass", type=float, default=0.6,
                    help="attention_jaccard's attention mass")
+    p.add_argument("--runs-from", default=None,
+                   help="comma-separated JSON files of earlier comparisons with the same recipe "
+                        "(NAME.json or a partial one): their finished runs are kept as this "
+                        "comparison's instead of being trained again")
     p.add_argument("--speed-rounds", type=int, default=5,
                    help="interleaved rounds timing every row's train step side by side before "
                         "training (0: the runs' own images/s)")
@@ -399,6 +418,7 @@ def parse_args(argv: list[str]):
     args.models = parse_list(args.models) or []
     args.seeds_for = parse_list(args.seeds_for)
     args.decoders = parse_list(args.decoders)
+    args.runs_from = parse_list(args.runs_from) or []
     try:
         args.sweep_cells = parse_list(args.sweep_cells, int)
     except ValueError:
@@ -446,11 +466,21 @@ def main(argv: list[str] | None = None) -> int:
                                       args.sweep_model, base.model.cells or (),
                                       args.decoders or (decoder,), decoder)
         configs = {spec: run_config(base, spec) for spec in [*table_runs, *sweep_runs]}
+        recipe = json.loads(base.to_json())
+        earlier = earlier_results(args.runs_from, recipe)
     except config_lib.ConfigError as e:
         return cli.fail(e)
     name = os.path.splitext(os.path.basename(args.config))[0]
     out = os.path.join(args.out, name)
     os.makedirs(out, exist_ok=True)
+    for spec in configs:
+        workdir = os.path.join(out, spec.name)
+        if spec.name in earlier and not os.path.exists(os.path.join(workdir, RESULT)):
+            restore_result(workdir, *earlier[spec.name])
+            print(f"{name}: {spec.name} kept from {earlier[spec.name][1]}", flush=True)
+    partial = [os.path.join(out, f"{name}.partial.json")]
+    if args.results:
+        partial.append(os.path.join(args.results, "partial", f"{name}.json"))
     started = time.perf_counter()
     speeds: dict[str, dict] = {}
     if args.speed_rounds:
@@ -470,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         except cli.BAD_INPUT as e:  # e.g. another model's checkpoints in the run's workdir
             return cli.fail(f"{spec.name}: {e}")
+        for path in partial:  # the runs finished so far, for `--runs-from` in another sitting
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_json(path, {"benchmark": "experiments.compare", "partial": True, "name": name,
+                              "config": args.config, "recipe": recipe, "machine": machine_info(),
+                              "command": " ".join(["python -m experiments.compare", *argv]),
+                              "runs": list(results.values())})
 
     # results kept before the metric was recorded are classifiers'
     metric = next(iter(results.values())).get("metric", "accuracy")
@@ -492,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe_summary": (f"{base.num_train_steps} steps" if base.num_train_steps else
                            f"{base.num_epochs} epochs") + f", batch {base.batch_size}, "
                           f"{base.optimizer} lr {base.learning_rate}",
-        "recipe": json.loads(base.to_json()),
+        "recipe": recipe,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "runs_wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in results.values()), 1),
         "table": rows(table_runs, lambda s: (s.model, s.decoder)),
@@ -513,6 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         for ext in ("json", "md", "png"):
             shutil.copyfile(os.path.join(out, f"{name}.{ext}"),
                             os.path.join(args.results, f"{name}.{ext}"))
+    for path in partial:  # the whole comparison supersedes its partial record
+        if os.path.exists(path):
+            os.remove(path)
+    if args.results and not os.listdir(os.path.dirname(partial[-1]) or "."):
+        os.rmdir(os.path.dirname(partial[-1]))
     print(text, flush=True)
     return 0
 

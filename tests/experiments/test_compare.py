@@ -176,6 +176,71 @@ def test_rerun_skips_finished_runs_and_stops_on_an_interrupted_one(compared, mon
     assert compare.main(more) == 3
     assert "rerun to resume" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "shapes", "tost_nano", "seed0", "result.json"))
+    # The runs finished before the interrupted one are on record for another sitting.
+    with open(os.path.join(out, "shapes", "shapes.partial.json")) as f:
+        partial = json.load(f)
+    assert partial["partial"] and partial["recipe"] == payload["recipe"]
+    assert partial["runs"] == payload["runs"]
+
+
+def _elsewhere(argv: list[str], out: str) -> list[str]:
+    return [*argv[:argv.index("--out") + 1], out, *argv[argv.index("--out") + 2:]]
+
+
+def test_runs_from_an_earlier_record_are_kept_not_trained(compared, monkeypatch, tmp_path,
+                                                          capsys):
+    """`--runs-from` the comparison's JSON in a new --out (another machine, a later sitting):
+    every finished run is restored into its workdir and nothing is trained; a run the record
+    lacks is trained; a whole comparison removes its partial record."""
+    argv, out, payload = compared
+    record = os.path.join(out, "shapes", "shapes.json")
+    trained = []
+
+    def fake_run(config, workdir, **kwargs):
+        trained.append(workdir)
+        return {"stopped_by": "SIGTERM", "step": 0, "total_steps": 2}
+
+    monkeypatch.setattr(loop, "run", fake_run)
+    elsewhere = _elsewhere(argv, str(tmp_path / "elsewhere"))
+    results = str(tmp_path / "published")
+    assert compare.main([*elsewhere, "--runs-from", record, "--speed-rounds", "0",
+                         "--results", results]) == 0
+    assert trained == []
+    with open(os.path.join(results, "shapes.json")) as f:
+        again = json.load(f)
+    for ours, theirs in zip(again["runs"], payload["runs"], strict=True):
+        assert ours["restored_from"] == record
+        assert ours["workdir"].startswith(str(tmp_path / "elsewhere"))
+        assert {k: v for k, v in ours.items() if k not in ("workdir", "restored_from")} == \
+            {k: v for k, v in theirs.items() if k != "workdir"}
+    assert [r["final_accuracy"] for r in again["table"]] == \
+        [r["final_accuracy"] for r in payload["table"]]
+    assert sorted(os.listdir(results)) == ["shapes.json", "shapes.md", "shapes.png"]
+    assert "kept from" in capsys.readouterr().out
+    # A row the record lacks is trained (here: stopped at once), and the partial record written
+    # before it holds the restored runs.
+    more = [a if a != "cbt_nano,vit_nano" else "cbt_nano,vit_nano,tost_nano" for a in elsewhere]
+    fresh = str(tmp_path / "fresh")
+    assert compare.main([*_elsewhere(more, fresh), "--runs-from", record, "--speed-rounds",
+                         "0", "--results", results]) == 3
+    assert trained == [os.path.join(fresh, "shapes", "tost_nano", "seed0")]
+    with open(os.path.join(results, "partial", "shapes.json")) as f:
+        assert len(json.load(f)["runs"]) == len(payload["runs"])
+
+
+def test_runs_from_a_record_of_another_recipe_is_one_error(compared, tmp_path, capsys):
+    argv, out, _ = compared
+    record = os.path.join(out, "shapes", "shapes.json")
+    elsewhere = _elsewhere(argv, str(tmp_path / "elsewhere"))
+    assert compare.main([*elsewhere, "--runs-from", record, "--config.learning_rate=0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--runs-from" in err[0] and "fields learning_rate" in err[0], err
+    (tmp_path / "other.json").write_text('{"runs": []}')
+    for bad in (str(tmp_path / "other.json"), str(tmp_path / "missing.json")):
+        assert compare.main([*elsewhere, "--runs-from", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--runs-from: " in err[0] and bad in err[0], err
+    assert not os.path.exists(tmp_path / "elsewhere")
 
 
 BAD = [

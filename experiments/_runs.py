@@ -45,7 +45,8 @@ def train_once(config, workdir: str, measure: Callable[[dict], dict]) -> dict:
     """`workdir/result.json` if the run finished before; else train (or resume) `config` there
     with `train.loop.run`, `measure(summary)` the finished run, add `wall_seconds` (the wall
     clock of every sitting it took: a sitting that stops early appends its own to
-    `workdir/sittings.json`, and `sittings` counts them) and keep the result; the heap's free
+    `workdir/sittings.json`, and `sittings` counts them) and `machine` (where it finished) and
+    keep the result; the heap's free
     memory goes back to the system after the run and after its measurement
     (`release_host_memory`). Raises `Interrupted` if the run stopped early."""
     path = os.path.join(workdir, RESULT)
@@ -66,10 +67,12 @@ def train_once(config, workdir: str, measure: Callable[[dict], dict]) -> dict:
     release_host_memory()
     result["wall_seconds"] = round(sum(earlier) + time.perf_counter() - started, 1)
     result["sittings"] = len(earlier) + 1
+    result["machine"] = machine_info()  # where it finished: a comparison's runs may not share one
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(path + ".tmp", path)
-    return result
+    with open(path) as f:  # as a later comparison reads it back (JSON has no tuples)
+        return json.load(f)
 
 
 def _flat(tree: Mapping, prefix: str = "") -> dict:
@@ -107,7 +110,8 @@ def earlier_results(paths: Sequence[str], recipe: Mapping) -> dict[str, tuple[di
                 f"--runs-from: {path} was made with another recipe (fields {', '.join(differ)}: "
                 f"{[theirs.get(k, '<absent>') for k in differ]} there, "
                 f"{[ours.get(k, '<absent>') for k in differ]} here)")
-        for run in payload["runs"]:
+        for run in payload["runs"]:  # runs kept before they named their machine: the file's
+            run = {"machine": payload.get("machine"), **run}
             found["/".join(run["workdir"].replace(os.sep, "/").split("/")[-2:])] = (run, path)
     return found
 

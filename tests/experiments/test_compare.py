@@ -213,6 +213,7 @@ def test_runs_from_an_earlier_record_are_kept_not_trained(compared, monkeypatch,
         assert ours["workdir"].startswith(str(tmp_path / "elsewhere"))
         assert {k: v for k, v in ours.items() if k not in ("workdir", "restored_from")} == \
             {k: v for k, v in theirs.items() if k != "workdir"}
+        assert ours["machine"]["processor"]  # where the run finished
     assert [r["final_accuracy"] for r in again["table"]] == \
         [r["final_accuracy"] for r in payload["table"]]
     assert sorted(os.listdir(results)) == ["shapes.json", "shapes.md", "shapes.png"]
@@ -453,6 +454,6 @@ def test_a_resumed_run_reports_the_wall_clock_of_every_sitting(monkeypatch, tmp_
         first_two = json.load(f)["wall_seconds"]
     assert len(first_two) == 2 and all(s >= 0.05 for s in first_two)
     result = experiments_runs.train_once(None, workdir, lambda summary: {"step": summary["step"]})
-    assert result["sittings"] == 3 and result["step"] == 10
+    assert result["sittings"] == 3 and result["step"] == 10 and result["machine"]["processor"]
     assert result["wall_seconds"] >= sum(first_two) + 0.05
     assert experiments_runs.train_once(None, workdir, dict) == result and len(calls) == 3

@@ -53,6 +53,18 @@ __all__ = ["MemoryInput", "source", "split_slice", "even_shards", "resize_images
 _DATA_STREAM = 0x64617461  # "data"
 
 
+@functools.lru_cache(maxsize=4)
+def _whole_split(module: ModuleType, split: str, variant: str | None) -> dict[str, np.ndarray]:
+    """`module.split_arrays` of a whole split, kept for the process's later runs (a comparison
+    trains many in one process, and generating shapes64's training split takes about 25 CPU
+    seconds): every shipped set depends only on its name, split and variant. Read-only arrays, so
+    that no run can change another's data."""
+    arrays = module.split_arrays(*((split,) if variant is None else (split, variant)))
+    for array in arrays.values():
+        array.flags.writeable = False
+    return arrays
+
+
 def source(name: str) -> tuple[ModuleType, str | None]:
     """(numpy source module, its config or None) of a shipped data set's TFDS name, e.g.
     `"shapes64/small"` or `"digits:1.0.0"`; ConfigError naming `config.dataset` otherwise."""
@@ -182,9 +194,8 @@ class MemoryInput:
         if split not in self._host:
             whole, rows = split_slice(split, self.module.SPLITS)
             if whole not in self._host:
-                args = (whole,) if self.variant is None else (whole, self.variant)
                 try:
-                    self._host[whole] = self.module.split_arrays(*args)
+                    self._host[whole] = _whole_split(self.module, whole, self.variant)
                 except OSError as e:  # e.g. a standard library that cannot be read
                     raise DataError(f"config.dataset: cannot read {self.config.dataset!r}: "
                                     f"{type(e).__name__}: {str(e).splitlines()[0]}") from e

@@ -1,0 +1,91 @@
+"""`python -m experiments.on_device`: its jobs, their budget, and the records it brings back."""
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from experiments import _runs, on_device
+from train import cli
+
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "results")
+
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_jobs_run_in_order_and_the_budget_stops_the_rest(tmp_path):
+    ended, ticks = [], []
+    commands = {
+        "quick": _python("print('done')"),
+        "broken": _python("raise SystemExit(3)"),
+        "slow": _python("import signal, sys, time\n"
+                        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))\n"
+                        "print('started', flush=True)\ntime.sleep(60)"),
+        "never": _python("print('never')"),
+    }
+    began = time.monotonic()
+    report = on_device.run_jobs(commands, budget_s=4.0, parallel=1, logs=str(tmp_path),
+                                on_exit=ended.append, on_tick=lambda: ticks.append(1),
+                                tick_s=0.5, poll_s=0.05)
+    assert time.monotonic() - began < 30  # the sleeper was stopped at the budget
+    assert {k: v["status"] for k, v in report.items()} == {
+        "quick": "finished", "broken": "failed", "slow": "stopped", "never": "skipped"}
+    assert report["broken"]["returncode"] == 3 and report["never"]["returncode"] is None
+    assert sorted(ended) == ["broken", "quick", "slow"] and ticks
+    assert (tmp_path / "quick.log").read_text() == "done\n"
+    assert (tmp_path / "slow.log").read_text() == "started\n"
+    assert not (tmp_path / "never.log").exists()
+
+
+def _partial(workdir, job, recipe, runs):
+    folder = os.path.join(workdir, job.name, job.comparison)
+    os.makedirs(folder)
+    with open(os.path.join(folder, f"{job.comparison}.partial.json"), "w") as f:
+        json.dump({"recipe": recipe, "config": job.config, "runs": runs}, f)
+
+
+def test_a_comparisons_jobs_merge_into_one_record_that_runs_from_reads(tmp_path):
+    work, out = str(tmp_path / "work"), str(tmp_path / "out")
+    os.makedirs(out)
+    cbt, vit, seg = (next(j for j in on_device.JOBS if j.name == name)
+                     for name in ("shapes64_cbt_nano", "shapes64_vit_nano", "shapes64_seg_cbt"))
+    recipe = {"lr": 1.0, "model": {"name": "cbt_nano"}}
+    _partial(work, cbt, recipe, [{"workdir": f"{work}/a/shapes64/cbt_nano/seed{s}", "acc": s}
+                                 for s in range(2)])
+    _partial(work, vit, recipe, [{"workdir": f"{work}/b/shapes64/vit_nano/seed0", "acc": 9}])
+    assert on_device.merge(work, out, [cbt, vit, seg], "cmd") == {"shapes64": 3}
+    assert sorted(os.listdir(out)) == ["shapes64.json"]  # seg finished nothing
+    kept = _runs.earlier_results([os.path.join(out, "shapes64.json")], recipe)
+    assert sorted(kept) == ["cbt_nano/seed0", "cbt_nano/seed1", "vit_nano/seed0"]
+    run, path = kept["vit_nano/seed0"]
+    assert run["acc"] == 9 and run["machine"]["processor"] and path.endswith("shapes64.json")
+    os.rename(os.path.join(work, vit.name), os.path.join(work, "gone"))
+    _partial(work, vit, {**recipe, "lr": 2.0}, [])
+    with pytest.raises(ValueError, match="shapes64: its jobs ran different recipes"):
+        on_device.merge(work, out, [cbt, vit], "cmd")
+
+
+def test_the_mnist_sweep_jobs_run_the_committed_mnist_recipe():
+    """Their runs must join docs/results/mnist.json's (`--runs-from` checks the recipe)."""
+    job = next(j for j in on_device.JOBS if j.name == "mnist_cells2")
+    overrides = dict(a.removeprefix("--config.").split("=") for a in on_device.MNIST80)
+    config = cli.load_config(os.path.join(on_device.REPO, job.config), overrides)
+    kept = _runs.earlier_results([os.path.join(RESULTS, "mnist.json")],
+                                 json.loads(config.to_json()))
+    assert len(kept) == 12
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--only", "nope"], "--only: expected some of"),
+    (["--only", ""], "--only: expected some of"),
+    (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["--budget-s", "0"], "--budget-s must be > 0"),
+])
+def test_bad_arguments_name_the_argument(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        on_device.parse_args(["--out", str(tmp_path), *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -46,9 +46,8 @@ def train_once(config, workdir: str, measure: Callable[[dict], dict]) -> dict:
     with `train.loop.run`, `measure(summary)` the finished run, add `wall_seconds` (the wall
     clock of every sitting it took: a sitting that stops early appends its own to
     `workdir/sittings.json`, and `sittings` counts them) and `machine` (where it finished) and
-    keep the result; the heap's free
-    memory goes back to the system after the run and after its measurement
-    (`release_host_memory`). Raises `Interrupted` if the run stopped early."""
+    keep the result; the heap's free memory goes back to the system after the run and after its
+    measurement (`release_host_memory`). Raises `Interrupted` if the run stopped early."""
     path = os.path.join(workdir, RESULT)
     if os.path.exists(path):
         with open(path) as f:

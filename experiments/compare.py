@@ -552,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in partial:  # the whole comparison supersedes its partial record
         if os.path.exists(path):
             os.remove(path)
-    if args.results and not os.listdir(os.path.dirname(partial[-1]) or "."):
-        os.rmdir(os.path.dirname(partial[-1]))
+    folder = os.path.join(args.results, "partial") if args.results else None
+    if folder and os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
     print(text, flush=True)
     return 0
 

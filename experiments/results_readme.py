@@ -428,7 +428,8 @@ SHAPES64 = Experiment(
           "shape); 8 x 8 patches (64 patches + cls = 65 tokens), 16 representatives. One recipe "
           "for every model ({recipe}). There are 5 classes: chance is 20%. The generator now "
           "makes shapes64 3.0.0, whose main shape lies off centre, and the config trains for 60 "
-          "epochs; this table, measured on 2.0.0, is being rerun on it.",
+          "epochs; this table, measured on 2.0.0, is being rerun on it (the runs finished so "
+          "far: `partial/shapes64.json`).",
     tables=(_compare_table("shapes64", "shapes64.json"),),
     shows="At the end of the recipe ({plateau}; {seeds}), CBT ({cbt_acc}) ends {vs_crate} CRATE "
           "({crate_acc}), {vs_tost} ToST ({tost_acc}) and {vs_vit} the softmax ViT ({vit_acc}), "

@@ -326,12 +326,22 @@ def _columns(sweep: bool, metric: str = "accuracy", segmentation: bool = False):
     return cols
 
 
+def _where(run: dict) -> str:
+    """The machine a run finished on, as the table names it (its processor and device)."""
+    machine = run.get("machine") or {}
+    return f"{machine.get('processor', 'unrecorded')} ({machine.get('device', '?')})"
+
+
 def markdown(payload: dict) -> str:
     lines = [f"# {payload['name']}: {payload['dataset']}, recipe {payload['recipe_summary']}", "",
              f"Command: `{payload['command']}`; {payload['machine']['date']}, "
              f"{payload['machine']['cpu_count']} CPU cores; wall clock of the last sitting "
              f"{payload['wall_seconds'] / 60:.1f} min, of all runs "
              f"{payload['runs_wall_seconds'] / 60:.1f} min.", ""]
+    where = [_where(run) for run in payload.get("runs", ())]
+    if len(set(where)) > 1:  # gathered from several sittings' machines (--runs-from)
+        lines += ["Runs finished on: " + ", ".join(
+            f"{w} ({where.count(w)})" for w in dict.fromkeys(where)) + ".", ""]
     metric = payload.get("metric", "accuracy")
     segmentation = payload.get("task") == "segmentation"
     if payload["table"]:

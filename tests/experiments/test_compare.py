@@ -218,6 +218,9 @@ def test_runs_from_an_earlier_record_are_kept_not_trained(compared, monkeypatch,
         [r["final_accuracy"] for r in payload["table"]]
     assert sorted(os.listdir(results)) == ["shapes.json", "shapes.md", "shapes.png"]
     assert "kept from" in capsys.readouterr().out
+    assert "Runs finished on" not in compare.markdown(again)  # one machine
+    again["runs"][0]["machine"] = {"processor": "Intel Xeon", "device": "cpu"}
+    assert "Runs finished on: Intel Xeon (cpu) (1), " in compare.markdown(again)
     # A row the record lacks is trained (here: stopped at once), and the partial record written
     # before it holds the restored runs.
     more = [a if a != "cbt_nano,vit_nano" else "cbt_nano,vit_nano,tost_nano" for a in elsewhere]

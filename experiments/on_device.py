@@ -38,7 +38,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cbsa_jax.reporting import machine_info, parse_list, write_json
+from cbsa_jax.reporting import parse_list, write_json
 
 __all__ = ["Job", "JOBS", "main", "merge", "run_jobs"]
 
@@ -107,10 +107,10 @@ def merge(workdir: str, out: str, jobs: Sequence[Job], command: str) -> dict[str
         if len(recipes) > 1:
             raise ValueError(f"{comparison}: its jobs ran different recipes")
         runs = [run for r in records for run in r["runs"]]
-        write_json(os.path.join(out, f"{comparison}.json"),
+        write_json(os.path.join(out, f"{comparison}.json"),  # the jobs' machine: this process
                    {"benchmark": "experiments.compare", "partial": True, "name": comparison,
                     "config": records[0]["config"], "recipe": records[0]["recipe"],
-                    "machine": machine_info(), "command": command, "runs": runs})
+                    "machine": records[0].get("machine"), "command": command, "runs": runs})
         counts[comparison] = len(runs)
     return counts
 
@@ -191,6 +191,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the jobs; this process itself never touches JAX's devices, which on a GPU would
+    take most of its memory from the jobs (JAX preallocates 75% per process by default)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out, workdir = os.path.abspath(args.out), os.path.abspath(args.workdir)
@@ -211,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       on_exit=ended, env=env,  # a call cut short keeps what finished by then
                       on_tick=lambda: merge(workdir, out, args.selected, command))
     counts = merge(workdir, out, args.selected, command)
+    machine = None  # as the jobs saw it: this process never starts a JAX backend (see main)
+    for comparison in counts:
+        with open(os.path.join(out, f"{comparison}.json")) as f:
+            machine = machine or json.load(f)["machine"]
     for name in jobs:
         path = os.path.join(logs, f"{name}.log")
         if os.path.exists(path):
@@ -218,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report[name]["log_tail"] = f.read()[-LOG_TAIL:]
     write_json(os.path.join(out, "on_device.json"),
                {"benchmark": "experiments.on_device", "command": command,
-                "machine": machine_info(), "budget_s": args.budget_s, "parallel": args.jobs,
+                "machine": machine, "budget_s": args.budget_s, "parallel": args.jobs,
                 "wall_seconds": round(time.perf_counter() - started, 1), "runs": counts,
                 "jobs": {name: {**report[name], "argv": commands[name][1:]} for name in jobs}})
     print(json.dumps({"runs": counts, "jobs": {k: v["status"] for k, v in report.items()}}),

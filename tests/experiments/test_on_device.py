@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -45,7 +46,8 @@ def _partial(workdir, job, recipe, runs):
     folder = os.path.join(workdir, job.name, job.comparison)
     os.makedirs(folder)
     with open(os.path.join(folder, f"{job.comparison}.partial.json"), "w") as f:
-        json.dump({"recipe": recipe, "config": job.config, "runs": runs}, f)
+        json.dump({"recipe": recipe, "config": job.config, "runs": runs,
+                   "machine": {"processor": "the job's", "device": "NVIDIA H100"}}, f)
 
 
 def test_a_comparisons_jobs_merge_into_one_record_that_runs_from_reads(tmp_path):
@@ -62,7 +64,8 @@ def test_a_comparisons_jobs_merge_into_one_record_that_runs_from_reads(tmp_path)
     kept = _runs.earlier_results([os.path.join(out, "shapes64.json")], recipe)
     assert sorted(kept) == ["cbt_nano/seed0", "cbt_nano/seed1", "vit_nano/seed0"]
     run, path = kept["vit_nano/seed0"]
-    assert run["acc"] == 9 and run["machine"]["processor"] and path.endswith("shapes64.json")
+    assert run["acc"] == 9 and path.endswith("shapes64.json")
+    assert run["machine"] == {"processor": "the job's", "device": "NVIDIA H100"}
     os.rename(os.path.join(work, vit.name), os.path.join(work, "gone"))
     _partial(work, vit, {**recipe, "lr": 2.0}, [])
     with pytest.raises(ValueError, match="shapes64: its jobs ran different recipes"):
@@ -89,3 +92,22 @@ def test_bad_arguments_name_the_argument(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         on_device.parse_args(["--out", str(tmp_path), *args])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_main_reports_each_job_and_never_touches_the_devices(tmp_path):
+    """With `JAX_PLATFORMS` naming no platform, any use of JAX's devices in on_device's own
+    process would crash it (on a GPU that use would preallocate memory the jobs need); the job
+    stops at its config error, and on_device.json says so with the end of its log."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.on_device", "--out", str(out), "--workdir", str(work),
+         "--only", "mnist_cells2", "--compare-args=--config.batch_size=0"],
+        cwd=on_device.REPO, env={**os.environ, "JAX_PLATFORMS": "no_such_platform"},
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    report = json.loads((out / "on_device.json").read_text())
+    job = report["jobs"]["mnist_cells2"]
+    assert job["status"] == "failed" and job["returncode"] == 2
+    assert "config.batch_size must be" in job["log_tail"]
+    assert report["runs"] == {} and report["machine"] is None
+    assert sorted(os.listdir(out)) == ["on_device.json"]

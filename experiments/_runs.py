@@ -84,12 +84,14 @@ def _flat(tree: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def earlier_results(paths: Sequence[str], recipe: Mapping) -> dict[str, tuple[dict, str]]:
+def earlier_results(paths: Sequence[str], recipe: Mapping, dataset_version: str | None = None
+                    ) -> dict[str, tuple[dict, str]]:
     """The finished runs that earlier comparisons' JSON files (`paths`: each with `recipe` and
     `runs`, a finished comparison's or a partial one's) record, by run name (the last two parts
     of the run's workdir: `ROW/seedS`), each with the file it came from (a later file wins); the
-    files must have been made with `recipe` (the comparison's shared config, as JSON), else
-    `ConfigError` names the fields that differ."""
+    files must have been made with `recipe` (the comparison's shared config, as JSON) and, where
+    both are known, on the data set's `dataset_version`, else `ConfigError` names what
+    differs."""
     found: dict[str, tuple[dict, str]] = {}
     for path in paths:
         try:
@@ -101,6 +103,11 @@ def earlier_results(paths: Sequence[str], recipe: Mapping) -> dict[str, tuple[di
                 or "recipe" not in payload:
             raise config_lib.ConfigError(f"--runs-from: {path} is not a comparison's JSON "
                                          "(expected its 'recipe' and 'runs')")
+        made_on = payload.get("dataset_version")
+        if made_on and dataset_version and made_on != dataset_version:
+            raise config_lib.ConfigError(
+                f"--runs-from: {path} was made on version {made_on} of the data set, this "
+                f"comparison trains on {dataset_version}")
         theirs, ours = _flat(payload["recipe"]), _flat(recipe)
         differ = sorted(k for k in theirs.keys() | ours.keys()
                         if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))

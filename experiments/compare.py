@@ -36,7 +36,8 @@ is added). `--speed-rounds 0` skips it: the rows then show the runs' own medians
 
 Everything lands in `DIR/NAME/` (NAME: the config file's name): one workdir per run
 (`MODEL[_DECODER_decoder][_cellsKxK]/seedS`, holding `result.json` once finished), and
-`NAME.json` (every run, per-row mean +- std over seeds, the sweep, machine, command, wall clock),
+`NAME.json` (every run, per-row mean +- std over seeds, the sweep, the data set's version,
+machine, command, wall clock),
 `NAME.md` (the tables) and `NAME.png` (the ranking metric against forward FLOPs, marker area by
 parameters; the sweep beside it),
 copied to `--results DIR` too when given (e.g. `docs/results`, where README tables come from).
@@ -88,7 +89,7 @@ from experiments._runs import (
     train_once,
 )
 from experiments.results_readme import last_fifth_cell
-from train import cli, loop
+from train import cli, datasets, loop
 from train import config as config_lib
 from train import data as data_lib
 from train.metrics import read_jsonl
@@ -477,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                                       args.decoders or (decoder,), decoder)
         configs = {spec: run_config(base, spec) for spec in [*table_runs, *sweep_runs]}
         recipe = json.loads(base.to_json())
-        earlier = earlier_results(args.runs_from, recipe)
+        version = datasets.version(base.dataset)
+        earlier = earlier_results(args.runs_from, recipe, version)
     except config_lib.ConfigError as e:
         return cli.fail(e)
     name = os.path.splitext(os.path.basename(args.config))[0]
@@ -513,7 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in partial:  # the runs finished so far, for `--runs-from` in another sitting
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_json(path, {"benchmark": "experiments.compare", "partial": True, "name": name,
-                              "config": args.config, "recipe": recipe, "machine": machine_info(),
+                              "config": args.config, "dataset": base.dataset,
+                              "dataset_version": version, "recipe": recipe,
+                              "machine": machine_info(),
                               "command": " ".join(["python -m experiments.compare", *argv]),
                               "runs": list(results.values())})
 
@@ -533,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "experiments.compare", "name": name, "config": args.config,
         "task": base.task, "metric": metric, "dataset": base.dataset,
+        "dataset_version": version,
         "command": " ".join(["python -m experiments.compare", *argv]),
         "machine": machine_info(),
         "recipe_summary": (f"{base.num_train_steps} steps" if base.num_train_steps else

@@ -109,7 +109,9 @@ def merge(workdir: str, out: str, jobs: Sequence[Job], command: str) -> dict[str
         runs = [run for r in records for run in r["runs"]]
         write_json(os.path.join(out, f"{comparison}.json"),  # the jobs' machine: this process
                    {"benchmark": "experiments.compare", "partial": True, "name": comparison,
-                    "config": records[0]["config"], "recipe": records[0]["recipe"],
+                    "config": records[0]["config"], "dataset": records[0].get("dataset"),
+                    "dataset_version": records[0].get("dataset_version"),
+                    "recipe": records[0]["recipe"],
                     "machine": records[0].get("machine"), "command": command, "runs": runs})
         counts[comparison] = len(runs)
     return counts

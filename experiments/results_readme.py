@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from train.datasets import shapes64 as shapes64_data
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md")
@@ -378,8 +380,32 @@ def _mnist_facts(res: Results) -> dict[str, Any]:
     return facts
 
 
+def _shapes64_version(data: Mapping[str, Any]) -> str:
+    """The shapes64 a result was measured on (its `dataset_version`; files made before compare
+    recorded it: 2.0.0, what the generator made then)."""
+    return data.get("dataset_version") or "2.0.0"
+
+
+def _shapes64_notes(data: Mapping[str, Any], name: str) -> dict[str, str]:
+    """`version`, `placement` and `rerun` (a sentence where the generator has moved on since the
+    file was made, naming where the rerun's finished runs are kept) for a shapes64 section."""
+    version = _shapes64_version(data)
+    off_centre = int(version.split(".")[0]) >= 3
+    rerun = "" if version == shapes64_data.VERSION else (
+        f" The generator now makes shapes64 {shapes64_data.VERSION}; this table, measured on "
+        f"{version}, is being rerun on it (the runs finished so far: `partial/{name}`).")
+    return {"version": version, "placement": " placed off centre" if off_centre else "",
+            "rerun": rerun}
+
+
 def _shapes64_facts(res: Results) -> dict[str, Any]:
-    return _compare_facts(res["shapes64.json"])
+    data = res["shapes64.json"]
+    facts = {**_compare_facts(data), **_shapes64_notes(data, "shapes64.json")}
+    facts["center_note"] = (
+        "" if facts["placement"] else
+        ": the main shape fills much of the image and usually covers its centre, so the box is "
+        "a strong baseline on this data set")
+    return facts
 
 
 _SWEEP = Table(
@@ -422,14 +448,11 @@ MNIST = Experiment(
 
 SHAPES64 = Experiment(
     title="A main object among distractors at 65 tokens: shapes64",
-    setup="`configs/shapes64.py`: generated 64 x 64 scenes (shapes64 2.0.0: 12,000 train / "
-          "1,000 test) of a main shape and up to two smaller distractors of other classes on "
-          "textured backgrounds, labelled by the class with the most visible pixels (the main "
-          "shape); 8 x 8 patches (64 patches + cls = 65 tokens), 16 representatives. One recipe "
-          "for every model ({recipe}). There are 5 classes: chance is 20%. The generator now "
-          "makes shapes64 3.0.0, whose main shape lies off centre, and the config trains for 60 "
-          "epochs; this table, measured on 2.0.0, is being rerun on it (the runs finished so "
-          "far: `partial/shapes64.json`).",
+    setup="`configs/shapes64.py`: generated 64 x 64 scenes (shapes64 {version}: 12,000 train / "
+          "1,000 test) of a main shape{placement} and up to two smaller distractors of other "
+          "classes on textured backgrounds, labelled by the class with the most visible pixels "
+          "(the main shape); 8 x 8 patches (64 patches + cls = 65 tokens), 16 representatives. "
+          "One recipe for every model ({recipe}). There are 5 classes: chance is 20%.{rerun}",
     tables=(_compare_table("shapes64", "shapes64.json"),),
     shows="At the end of the recipe ({plateau}; {seeds}), CBT ({cbt_acc}) ends {vs_crate} CRATE "
           "({crate_acc}), {vs_tost} ToST ({tost_acc}) and {vs_vit} the softmax ViT ({vit_acc}), "
@@ -438,9 +461,8 @@ SHAPES64 = Experiment(
           "the ViT (train images/s).",
     loses="{vit_verdict}; the ViT has {vit_ratio_params:.1f}x CBT's parameters. The best "
           "cls-attention Jaccard against the foreground is {best_jaccard:.3f} (CBT "
-          "{cbt_jaccard:.3f}), {jaccard_vs_center} the image-blind central box ({center:.3f}): "
-          "the main shape fills much of the image and usually covers its centre, so the box is "
-          "a strong baseline on this data set.",
+          "{cbt_jaccard:.3f}), {jaccard_vs_center} the image-blind central box "
+          "({center:.3f}){center_note}.",
     facts=_shapes64_facts,
     beside=("shapes64.md", "shapes64.png"),
     wall_clock=_compare_wall_clock,
@@ -1003,6 +1025,7 @@ def _seg_facts(res: Results) -> dict[str, Any]:
         "param_ratio": soft["decoder_params"] / cbt["decoder_params"],
         "speed": cbt["images_per_sec"] / soft["images_per_sec"],
         "ref_ratio": ref["decoder_gmacs"] / ref["encoder_gmacs"], "verdict": verdict,
+        **_shapes64_notes(data, "shapes64_seg.json"),
     }
 
 
@@ -1010,13 +1033,12 @@ SHAPES64_SEG = Experiment(
     title="Semantic segmentation of shapes64: the CBT decoder against softmax and linear",
     setup="`configs/shapes64_seg.py`: the `cbt_nano` encoder of the shapes64 table (8 x 8 "
           "patches, 16 representatives) and a decoder trained together on the per-pixel class "
-          "maps of shapes64 2.0.0 (background + 5 classes; the generator now makes 3.0.0, and "
-          "this table is to be rerun on it); the mask transformers (CBT, softmax) have 2 "
-          "blocks over the 64 patch tokens and 6 class embeddings, the linear "
+          "maps of shapes64 {version} (background + 5 classes); the mask transformers (CBT, "
+          "softmax) have 2 blocks over the 64 patch tokens and 6 class embeddings, the linear "
           "decoder is one projection. One recipe for every decoder ({recipe}); only the decoder "
           "and the seed change. `shapes64_seg_v1.json` holds earlier 3-epoch runs on shapes64 "
           "1.0.0 at 4 x 4 patches (superseded, not shown) and the decoders' sizes at the "
-          "paper's geometry (second table).",
+          "paper's geometry (second table).{rerun}",
     tables=(SEG_TABLE, SEG_REFERENCE),
     shows="At the end of the recipe ({plateau}; {seeds}) the CBT decoder reaches a test mIoU of "
           "{cbt}, the softmax mask transformer {softmax} and the linear decoder {linear}. The "
@@ -1215,7 +1237,8 @@ HEADLINES = (
                        f"{_ips(r, 'mnist.json', 'crate_nano')}, ToST "
                        f"{_ips(r, 'mnist.json', 'tost_nano')}",
              ("mnist.json",)),
-    Headline(lambda r: f"shapes64 2.0.0, 65 tokens, {_epochs_and_plateau(r, 'shapes64.json')}: "
+    Headline(lambda r: f"shapes64 {_shapes64_version(r['shapes64.json'])}, 65 tokens, "
+                       f"{_epochs_and_plateau(r, 'shapes64.json')}: "
                        "test accuracy (chance 20%)",
              lambda r: _acc(r, "shapes64.json", "cbt_nano") + _one_seed(r, "shapes64.json"),
              lambda r: f"ViT {_acc(r, 'shapes64.json', 'vit_nano')}, CRATE "
@@ -1246,7 +1269,8 @@ HEADLINES = (
              lambda r: "softmax, fine-tuned as long: {after_finetune:.3f}".format_map(
                  r["adapt_mnist.json"]["finetune"]["softmax"]),
              ("adapt_mnist.json",)),
-    Headline("shapes64 2.0.0 segmentation decoders: test mIoU",
+    Headline(lambda r: f"shapes64 {_shapes64_version(r['shapes64_seg.json'])} segmentation "
+                       "decoders: test mIoU",
              lambda r: _seg(r, "cbt"),
              lambda r: f"softmax {_seg(r, 'softmax')}, linear {_seg(r, 'linear')}",
              ("shapes64_seg.json",)),

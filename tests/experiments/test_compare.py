@@ -73,6 +73,7 @@ def test_compare_writes_the_table_of_every_model(compared):
         assert row["best_accuracy"]["mean"] >= row["final_accuracy"]["mean"]
     base = payload["baselines"]
     assert 0 < base["center"] < 1 and 0 < base["everything"] < 1
+    assert payload["dataset"] == "shapes/small" and payload["dataset_version"] == "1.0.0"
     assert len(payload["runs"]) == 3  # cbt x 2 seeds, vit; the sweep point is cbt's seed 0
     assert {r["steps"] for r in payload["runs"]} == {2}
     for run in payload["runs"]:  # its eval curve and plateau measure come from metrics.jsonl
@@ -180,6 +181,7 @@ def test_rerun_skips_finished_runs_and_stops_on_an_interrupted_one(compared, mon
     with open(os.path.join(out, "shapes", "shapes.partial.json")) as f:
         partial = json.load(f)
     assert partial["partial"] and partial["recipe"] == payload["recipe"]
+    assert partial["dataset_version"] == payload["dataset_version"] == "1.0.0"
     assert partial["runs"] == payload["runs"]
 
 
@@ -239,6 +241,12 @@ def test_runs_from_a_record_of_another_recipe_is_one_error(compared, tmp_path, c
     assert compare.main([*elsewhere, "--runs-from", record, "--config.learning_rate=0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--runs-from" in err[0] and "fields learning_rate" in err[0], err
+    with open(record) as f:
+        older = {**json.load(f), "dataset_version": "0.9.0"}
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert compare.main([*elsewhere, "--runs-from", str(tmp_path / "older.json")]) == 2
+    err = capsys.readouterr().err
+    assert "was made on version 0.9.0 of the data set, this comparison trains on 1.0.0" in err
     (tmp_path / "other.json").write_text('{"runs": []}')
     for bad in (str(tmp_path / "other.json"), str(tmp_path / "missing.json")):
         assert compare.main([*elsewhere, "--runs-from", bad]) == 2

@@ -1,5 +1,6 @@
 """docs/results/README.md is generated from the JSON files beside it, and covers every one."""
 
+import json
 import shutil
 
 import pytest
@@ -76,8 +77,23 @@ def test_commands_use_todays_module_names():
 def test_every_other_file_beside_the_json_is_linked_and_exists():
     beside = {name for e in rr.EXPERIMENTS.values() for name in e.beside}
     others = {p.name for p in rr.RESULTS.iterdir()
-              if p.suffix != ".json" and p.name != "README.md"}
+              if p.is_file() and p.suffix != ".json" and p.name != "README.md"}
     assert beside == others
+    folders = {p.name for p in rr.RESULTS.iterdir() if p.is_dir()}
+    assert folders <= {"partial"}
+
+
+def test_partial_records_are_of_described_comparisons_in_progress():
+    """`partial/NAME.json`: the finished runs of a comparison being rerun (experiments.compare
+    writes it), for a section that exists; none is left once the whole comparison is in."""
+    for path in (rr.RESULTS / "partial").glob("*"):
+        assert path.suffix == ".json" and path.name in rr.covered_files(), path
+        record = json.loads(path.read_text())
+        assert record["partial"] is True and record["name"] == path.stem and record["runs"]
+        whole = json.loads((rr.RESULTS / path.name).read_text())
+        assert (record["recipe"], record.get("dataset_version")) != (
+            whole["recipe"], whole.get("dataset_version")), (
+            f"{path}: the whole comparison is in docs/results; remove its partial record")
 
 
 def test_the_recipe_text_follows_the_epochs_in_the_files():
@@ -119,6 +135,30 @@ def test_the_plateau_wording_names_the_rows_still_moving():
                            "CRATE (MSSA) moved by up to 0.53 points"), text
     assert [h for h in rr.HEADLINES if not isinstance(h.what, str)
             and "CRATE (MSSA) still moving" in h.what(moving)]
+
+
+def test_the_shapes64_sections_name_the_version_their_files_were_measured_on():
+    """A file from before compare recorded `dataset_version` is 2.0.0's (centred main shape, a
+    strong central box) and says a rerun on today's generator is under way; a file of today's
+    generator says neither."""
+    results = rr.load(rr.RESULTS)
+    current = rr.shapes64_data.VERSION
+    assert int(current.split(".")[0]) >= 3
+    for name, facts in (("shapes64.json", rr._shapes64_facts),
+                        ("shapes64_seg.json", rr._seg_facts)):
+        old = {**results[name]}
+        old.pop("dataset_version", None)
+        new = {**old, "dataset_version": current}
+        before, after = (facts({**results, name: data}) for data in (old, new))
+        assert before["version"] == "2.0.0" and after["version"] == current
+        assert f"rerun on it (the runs finished so far: `partial/{name}`)" in before["rerun"]
+        assert after["rerun"] == "" and after["placement"] == " placed off centre"
+        assert [h.what({**results, name: new}) for h in rr.HEADLINES
+                if callable(h.what) and name in h.sources][0].startswith(f"shapes64 {current}")
+    shapes = rr._shapes64_facts(results)
+    assert "covers its centre" in shapes["center_note"]
+    assert rr._shapes64_facts({**results, "shapes64.json": {
+        **results["shapes64.json"], "dataset_version": current}})["center_note"] == ""
 
 
 def test_every_official_row_has_its_own_case_name():

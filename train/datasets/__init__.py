@@ -15,8 +15,9 @@
 
 None needs network access. Each module here is plain numpy, with no TensorFlow involved:
 ``split_arrays(split[, config])`` returns a whole split as arrays; ``SPLITS`` names the splits,
-``CLASS_NAMES`` the classes of ``label`` (labelled sets) and ``CONFIGS`` the variants (the sets
-that have some: ``shapes/small``). The in-memory input (:mod:`train.data.memory`) reads them.
+``CLASS_NAMES`` the classes of ``label`` (labelled sets), ``CONFIGS`` the variants (the sets
+that have some: ``shapes/small``) and ``VERSION`` the version of what it makes (its TFDS
+builder's; :func:`version`). The in-memory input (:mod:`train.data.memory`) reads them.
 The TFDS builders that write the same examples for the tf.data pipeline are in
 :mod:`train.datasets.builders` (one per file), whose ``prepare(name, data_dir)`` generates a
 prepared copy.
@@ -28,9 +29,17 @@ from types import ModuleType
 
 from train.datasets import digits, mnist5k, shapes, shapes64, stdlib
 
-__all__ = ["LOCAL_BUILDERS", "SOURCES", "digits", "mnist5k", "shapes", "shapes64", "stdlib"]
+__all__ = ["LOCAL_BUILDERS", "SOURCES", "digits", "mnist5k", "shapes", "shapes64", "stdlib",
+           "version"]
 
 #: The TFDS name of each shipped data set -> its numpy source module.
 SOURCES: dict[str, ModuleType] = {"digits": digits, "mnist5k": mnist5k, "shapes": shapes,
                                   "shapes64": shapes64, "stdlib_bytes": stdlib}
 LOCAL_BUILDERS: tuple[str, ...] = tuple(SOURCES)
+
+
+def version(name: str) -> str | None:
+    """The version of the examples a shipped data set's TFDS name (``"shapes64/small"``,
+    ``"digits:1.0.0"``) makes, as its source module states it; None for any other name."""
+    module = SOURCES.get(name.split("/")[0].split(":")[0])
+    return None if module is None else module.VERSION

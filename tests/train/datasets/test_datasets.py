@@ -17,8 +17,9 @@ import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 from tensorflow_datasets.core.utils import gcs_utils
 
+from train.datasets import SOURCES, mnist5k, shapes, shapes64
 from train.datasets import builders as datasets
-from train.datasets import mnist5k, shapes, shapes64
+from train.datasets import version as datasets_version
 from train.datasets.builders.digits import Digits
 from train.datasets.builders.mnist5k import Mnist5k
 from train.datasets.builders.shapes import Shapes
@@ -383,6 +384,13 @@ def shapes64_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Arrays]
     with pytest.MonkeyPatch.context() as monkeypatch:  # prepared offline
         _refuse_network(monkeypatch)
         return _prepare_all("shapes64/small", tmp_path_factory.mktemp("tfds_shapes64"))
+
+
+def test_every_builder_has_its_sources_version() -> None:
+    for name in datasets.LOCAL_BUILDERS:
+        assert str(tfds.builder_cls(name).VERSION) == SOURCES[name].VERSION, name
+    assert datasets_version("shapes64/small") == "3.0.0" == datasets_version("shapes64:3.0.0")
+    assert datasets_version("cifar10") is None
 
 
 def test_shapes64_is_registered_with_its_configs() -> None:

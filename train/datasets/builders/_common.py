@@ -27,7 +27,7 @@ class SplitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     (a numpy source module of `train.datasets`), keyed by the `index` feature."""
 
     SOURCE: ClassVar[ModuleType]
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.0.0")  # each subclass: its SOURCE's
     RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
     # Each builder states its `code_path = epath.Path(__file__)`: TFDS 4.9.10 locates a builder's
     # source through `importlib_resources`, which it only declares for Python < 3.9.

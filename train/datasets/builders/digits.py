@@ -24,6 +24,7 @@ class Digits(SplitsBuilder):
     """
 
     SOURCE = digits
+    VERSION = tfds.core.Version(digits.VERSION)
     code_path: ClassVar[epath.Path] = epath.Path(__file__)  # see SplitsBuilder
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -24,6 +24,7 @@ class Mnist5k(SplitsBuilder):
     """
 
     SOURCE = mnist5k
+    VERSION = tfds.core.Version(mnist5k.VERSION)
     code_path: ClassVar[epath.Path] = epath.Path(__file__)  # see SplitsBuilder
 
     def _info(self) -> tfds.core.DatasetInfo:

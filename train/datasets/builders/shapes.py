@@ -48,7 +48,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     smoke tests); the first ``n`` examples of ``small`` equal those of ``default``.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(shapes.VERSION)
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     # TFDS 4.9.10 locates a builder's source through `importlib_resources`, which it
     # only declares as a dependency for Python < 3.9; state the path explicitly.

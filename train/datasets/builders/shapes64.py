@@ -34,7 +34,7 @@ class Shapes64(Shapes):
     :func:`train.datasets.shapes64.generate_batch`.
     """
 
-    VERSION = tfds.core.Version("3.0.0")
+    VERSION = tfds.core.Version(shapes64.VERSION)
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "2.0.0": "A main object (40%-55% of the side) and smaller distractors (15%-25%) instead "

@@ -37,7 +37,7 @@ class StdlibBytes(tfds.core.GeneratorBasedBuilder):
     hash.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(stdlib.VERSION)
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [  # made from the numpy source's table, so that the two cannot drift
         StdlibBytesConfig(name=name, **dataclasses.asdict(windows),

@@ -20,7 +20,7 @@ from train import cli, loop
 from train import config as config_lib
 from train import data as data_lib
 
-__all__ = ["RESULT", "Interrupted", "train_once", "parse", "earlier_results",
+__all__ = ["RESULT", "Interrupted", "train_once", "parse", "run_name", "earlier_results",
            "restore_result", "measure_step_times", "kept_step_times"]
 
 RESULT = "result.json"
@@ -84,14 +84,19 @@ def _flat(tree: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def earlier_results(paths: Sequence[str], recipe: Mapping, dataset_version: str | None = None
-                    ) -> dict[str, tuple[dict, str]]:
+def run_name(run: Mapping) -> str:
+    """A comparison's name for one of its runs: the last two parts of its workdir, `ROW/seedS`."""
+    return "/".join(str(run["workdir"]).replace(os.sep, "/").split("/")[-2:])
+
+
+def earlier_results(paths: Sequence[str], recipe: Mapping, dataset_version: str | None = None,
+                    mass: float | None = None) -> dict[str, tuple[dict, str]]:
     """The finished runs that earlier comparisons' JSON files (`paths`: each with `recipe` and
-    `runs`, a finished comparison's or a partial one's) record, by run name (the last two parts
-    of the run's workdir: `ROW/seedS`), each with the file it came from (a later file wins); the
-    files must have been made with `recipe` (the comparison's shared config, as JSON) and, where
-    both are known, on the data set's `dataset_version`, else `ConfigError` names what
-    differs."""
+    `runs`, a finished comparison's or a partial one's) record, by `run_name`, each with the
+    file it came from (a later file wins). The files must have been made with `recipe` (the
+    comparison's shared config, as JSON), on the data set's `dataset_version` (where it has one,
+    the file must state it) and, where the file records one, with the same attention `mass`;
+    else `ConfigError` names what differs."""
     found: dict[str, tuple[dict, str]] = {}
     for path in paths:
         try:
@@ -104,10 +109,14 @@ def earlier_results(paths: Sequence[str], recipe: Mapping, dataset_version: str 
             raise config_lib.ConfigError(f"--runs-from: {path} is not a comparison's JSON "
                                          "(expected its 'recipe' and 'runs')")
         made_on = payload.get("dataset_version")
-        if made_on and dataset_version and made_on != dataset_version:
+        if dataset_version and made_on != dataset_version:
             raise config_lib.ConfigError(
-                f"--runs-from: {path} was made on version {made_on} of the data set, this "
-                f"comparison trains on {dataset_version}")
+                f"--runs-from: {path} was made on "
+                f"{f'version {made_on}' if made_on else 'an unrecorded version'} of the data "
+                f"set, this comparison trains on {dataset_version}")
+        if mass is not None and payload.get("mass", mass) != mass:
+            raise config_lib.ConfigError(f"--runs-from: {path} measured the attention Jaccard at "
+                                         f"--mass {payload['mass']}, this comparison at {mass}")
         theirs, ours = _flat(payload["recipe"]), _flat(recipe)
         differ = sorted(k for k in theirs.keys() | ours.keys()
                         if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))
@@ -117,8 +126,10 @@ def earlier_results(paths: Sequence[str], recipe: Mapping, dataset_version: str 
                 f"{[theirs.get(k, '<absent>') for k in differ]} there, "
                 f"{[ours.get(k, '<absent>') for k in differ]} here)")
         for run in payload["runs"]:  # runs kept before they named their machine: the file's
-            run = {"machine": payload.get("machine"), **run}
-            found["/".join(run["workdir"].replace(os.sep, "/").split("/")[-2:])] = (run, path)
+            if not isinstance(run, dict) or "workdir" not in run:
+                raise config_lib.ConfigError(f"--runs-from: {path} holds a run without its "
+                                             "'workdir'")
+            found[run_name(run)] = ({"machine": payload.get("machine"), **run}, path)
     return found
 
 

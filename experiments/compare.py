@@ -43,11 +43,13 @@ parameters; the sweep beside it),
 copied to `--results DIR` too when given (e.g. `docs/results`, where README tables come from).
 Rerunning resumes: finished runs (their `result.json`) are read back, an interrupted one continues
 from its last checkpoint (SIGTERM saves one and stops the comparison; rerun to go on). After each
-run the runs finished so far are recorded in `DIR/NAME/NAME.partial.json` (and
-`RESULTS/partial/NAME.json`), removed once the whole comparison is written. `--runs-from FILE,...`
-takes an earlier comparison's JSON, whole or partial, made with the same recipe (else it stops
-and names the fields that differ): its finished runs become this comparison's (`result.json` in
-their workdirs, marked `restored_from`) instead of being trained again. So a comparison goes on
+run the runs finished so far (every planned run with its `result.json`, and the `--runs-from` runs
+outside the plan) are recorded in `DIR/NAME/NAME.partial.json` (and `RESULTS/partial/NAME.json`),
+removed once the whole comparison is written unless it holds runs outside it. `--runs-from
+FILE,...` takes an earlier comparison's JSON, whole or partial, made with the same recipe, data
+set version and `--mass` (else it stops and names what differs): its finished runs become this
+comparison's (`result.json` in their workdirs, marked `restored_from`) instead of being trained
+again. So a comparison goes on
 in another sitting or on another machine from the committed record alone, and a sweep or more
 seeds extend a committed table without training its runs again.
 """
@@ -86,6 +88,7 @@ from experiments._runs import (
     kept_step_times,
     parse,
     restore_result,
+    run_name,
     train_once,
 )
 from experiments.results_readme import last_fifth_cell
@@ -329,8 +332,7 @@ def _columns(sweep: bool, metric: str = "accuracy", segmentation: bool = False):
 
 def _where(run: dict) -> str:
     """The machine a run finished on, as the table names it (its processor and device)."""
-    machine = run.get("machine") or {}
-    return f"{machine.get('processor', 'unrecorded')} ({machine.get('device', '?')})"
+    return f"{run['machine'].get('processor')} ({run['machine'].get('device')})"
 
 
 def markdown(payload: dict) -> str:
@@ -339,10 +341,13 @@ def markdown(payload: dict) -> str:
              f"{payload['machine']['cpu_count']} CPU cores; wall clock of the last sitting "
              f"{payload['wall_seconds'] / 60:.1f} min, of all runs "
              f"{payload['runs_wall_seconds'] / 60:.1f} min.", ""]
-    where = [_where(run) for run in payload.get("runs", ())]
+    where = [_where(run) for run in payload.get("runs", ()) if run.get("machine")]
     if len(set(where)) > 1:  # gathered from several sittings' machines (--runs-from)
+        unrecorded = len(payload["runs"]) - len(where)
         lines += ["Runs finished on: " + ", ".join(
-            f"{w} ({where.count(w)})" for w in dict.fromkeys(where)) + ".", ""]
+            f"{w} ({where.count(w)})" for w in dict.fromkeys(where))
+            + (f"; {unrecorded} without a recorded machine" if unrecorded else "")
+            + ".", ""]
     metric = payload.get("metric", "accuracy")
     segmentation = payload.get("task") == "segmentation"
     if payload["table"]:
@@ -479,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = {spec: run_config(base, spec) for spec in [*table_runs, *sweep_runs]}
         recipe = json.loads(base.to_json())
         version = datasets.version(base.dataset)
-        earlier = earlier_results(args.runs_from, recipe, version)
+        earlier = earlier_results(args.runs_from, recipe, version, args.mass)
     except config_lib.ConfigError as e:
         return cli.fail(e)
     name = os.path.splitext(os.path.basename(args.config))[0]
@@ -493,6 +498,28 @@ def main(argv: list[str] | None = None) -> int:
     partial = [os.path.join(out, f"{name}.partial.json")]
     if args.results:
         partial.append(os.path.join(args.results, "partial", f"{name}.json"))
+    outside = [run for key, (run, _) in earlier.items()  # kept in the record, not trained here
+               if key not in {spec.name for spec in configs}]
+
+    def record_partial() -> None:
+        """The runs finished so far, for `--runs-from` in another sitting: every planned run
+        with its result (in plan order, those the loop has not reached too) and the
+        `--runs-from` runs outside the plan."""
+        runs = []
+        for spec in configs:
+            path = os.path.join(out, spec.name, RESULT)
+            if os.path.exists(path):
+                with open(path) as f:
+                    runs.append(json.load(f))
+        for path in partial:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_json(path, {"benchmark": "experiments.compare", "partial": True, "name": name,
+                              "config": args.config, "dataset": base.dataset,
+                              "dataset_version": version, "mass": args.mass, "recipe": recipe,
+                              "machine": machine_info(),
+                              "command": " ".join(["python -m experiments.compare", *argv]),
+                              "runs": runs + outside})
+
     started = time.perf_counter()
     speeds: dict[str, dict] = {}
     if args.speed_rounds:
@@ -512,14 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         except cli.BAD_INPUT as e:  # e.g. another model's checkpoints in the run's workdir
             return cli.fail(f"{spec.name}: {e}")
-        for path in partial:  # the runs finished so far, for `--runs-from` in another sitting
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_json(path, {"benchmark": "experiments.compare", "partial": True, "name": name,
-                              "config": args.config, "dataset": base.dataset,
-                              "dataset_version": version, "recipe": recipe,
-                              "machine": machine_info(),
-                              "command": " ".join(["python -m experiments.compare", *argv]),
-                              "runs": list(results.values())})
+        record_partial()
 
     # results kept before the metric was recorded are classifiers'
     metric = next(iter(results.values())).get("metric", "accuracy")
@@ -537,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "experiments.compare", "name": name, "config": args.config,
         "task": base.task, "metric": metric, "dataset": base.dataset,
-        "dataset_version": version,
+        "dataset_version": version, "mass": args.mass,
         "command": " ".join(["python -m experiments.compare", *argv]),
         "machine": machine_info(),
         "recipe_summary": (f"{base.num_train_steps} steps" if base.num_train_steps else
@@ -564,12 +584,16 @@ def main(argv: list[str] | None = None) -> int:
         for ext in ("json", "md", "png"):
             shutil.copyfile(os.path.join(out, f"{name}.{ext}"),
                             os.path.join(args.results, f"{name}.{ext}"))
-    for path in partial:  # the whole comparison supersedes its partial record
-        if os.path.exists(path):
-            os.remove(path)
-    folder = os.path.join(args.results, "partial") if args.results else None
-    if folder and os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
+    if outside:  # the record holds more than this comparison: keep it
+        print(f"{name}: kept {partial[-1]}: it holds runs outside this comparison "
+              f"({', '.join(run_name(r) for r in outside)})", flush=True)
+    else:  # the whole comparison supersedes its partial record
+        for path in partial:
+            if os.path.exists(path):
+                os.remove(path)
+        folder = os.path.join(args.results, "partial") if args.results else None
+        if folder and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
     print(text, flush=True)
     return 0
 

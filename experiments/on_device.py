@@ -119,48 +119,58 @@ def merge(workdir: str, out: str, jobs: Sequence[Job], command: str) -> dict[str
 
 def run_jobs(commands: dict[str, list[str]], *, budget_s: float, parallel: int, logs: str,
              on_exit=lambda name: None, on_tick=lambda: None, tick_s: float = 15.0,
-             env: dict | None = None, grace_s: float = 90.0, poll_s: float = 1.0
-             ) -> dict[str, dict]:
+             stop=lambda: False, env: dict | None = None, grace_s: float = 90.0,
+             poll_s: float = 1.0) -> dict[str, dict]:
     """Run `commands` (name -> argv, in the repository's root), `parallel` at a time in order,
-    each logging to `logs/NAME.log`; at `budget_s` the running ones get SIGTERM (after `grace_s`
-    more, SIGKILL) and those not started are skipped. `on_exit(name)` after each ends, `on_tick()`
-    every `tick_s` while some run. Returns per name its `status` (`finished`, `failed`,
+    each logging to `logs/NAME.log`; at `budget_s`, or once `stop()` is true, the running ones
+    get SIGTERM (after `grace_s` more, SIGKILL) and those not started are skipped. `on_exit(name)`
+    after each ends, `on_tick()` every `tick_s` while some run. Whatever ends this function (an
+    exception too), no job is left running. Returns per name its `status` (`finished`, `failed`,
     `stopped`, `skipped`), return code and wall seconds."""
     os.makedirs(logs, exist_ok=True)
     start = ticked = time.monotonic()
     pending = list(commands)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     report: dict[str, dict] = {}
-    stopping = False
-    while running or (pending and not stopping):
-        late = time.monotonic() - start >= budget_s
-        if late and not stopping:
-            stopping = True
-            for proc, _ in running.values():
-                proc.send_signal(signal.SIGTERM)
-        if late and time.monotonic() - start >= budget_s + grace_s:
-            for proc, _ in running.values():
+    stopping_since = None
+    try:
+        while running or (pending and stopping_since is None):
+            if stopping_since is None and (time.monotonic() - start >= budget_s or stop()):
+                stopping_since = time.monotonic()
+                for proc, _ in running.values():
+                    proc.send_signal(signal.SIGTERM)
+            stopping = stopping_since is not None
+            if stopping and time.monotonic() - stopping_since >= grace_s:
+                for proc, _ in running.values():
+                    proc.kill()
+            while pending and len(running) < parallel and not stopping:
+                name = pending.pop(0)
+                with open(os.path.join(logs, f"{name}.log"), "w") as log:
+                    proc = subprocess.Popen(commands[name], stdout=log,
+                                            stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                running[name] = (proc, time.monotonic())
+            for name, (proc, began) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                status = ("finished" if proc.returncode == 0 else
+                          "stopped" if stopping else "failed")
+                report[name] = {"status": status, "returncode": proc.returncode,
+                                "wall_seconds": round(time.monotonic() - began, 1)}
+                on_exit(name)
+            if running:
+                if time.monotonic() - ticked >= tick_s:
+                    ticked = time.monotonic()
+                    on_tick()
+                time.sleep(poll_s)
+    finally:  # an error here must not leave the jobs holding the device
+        for proc, _ in running.values():
+            proc.terminate()
+        for proc, _ in running.values():
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-        while pending and len(running) < parallel and not stopping:
-            name = pending.pop(0)
-            with open(os.path.join(logs, f"{name}.log"), "w") as log:
-                proc = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=REPO)
-            running[name] = (proc, time.monotonic())
-        for name, (proc, began) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            status = ("finished" if proc.returncode == 0 else
-                      "stopped" if stopping else "failed")
-            report[name] = {"status": status, "returncode": proc.returncode,
-                            "wall_seconds": round(time.monotonic() - began, 1)}
-            on_exit(name)
-        if running:
-            if time.monotonic() - ticked >= tick_s:
-                ticked = time.monotonic()
-                on_tick()
-            time.sleep(poll_s)
     for name in pending:
         report[name] = {"status": "skipped", "returncode": None, "wall_seconds": 0.0}
     return report
@@ -171,7 +181,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="where the records land (e.g. $OUT)")
     p.add_argument("--workdir", default=os.path.join("runs", "on_device"),
-                   help="the jobs' comparisons (runs, checkpoints, logs)")
+                   help="the jobs' comparisons (runs, checkpoints, logs): a new or empty folder")
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="seconds after which running jobs are stopped and no more start")
     p.add_argument("--jobs", type=int, default=4, help="jobs at a time")
@@ -189,6 +199,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if unknown or names == []:
         p.error(f"--only: expected some of {[j.name for j in JOBS]}, got {unknown or 'none'}")
     args.selected = [j for j in JOBS if names is None or j.name in names]
+    if os.path.isdir(args.workdir) and os.listdir(args.workdir):
+        p.error(f"--workdir: {args.workdir} is not empty (compare would read an earlier call's "
+                "runs back as this call's, whatever recipe made them); give a new folder")
     return args
 
 
@@ -207,13 +220,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
 
-    def ended(name):
-        counts = merge(workdir, out, args.selected, command)
-        print(f"{name} ended; runs so far: {counts}", flush=True)
+    def save(name=None):  # a call cut short keeps what finished by then
+        try:
+            counts = merge(workdir, out, args.selected, command)
+        except (OSError, ValueError) as e:  # the jobs go on; main's last merge says it again
+            print(f"error: merging the records: {e}", file=sys.stderr, flush=True)
+            return
+        if name:
+            print(f"{name} ended; runs so far: {counts}", flush=True)
 
+    stopped = []  # SIGTERM to this process: stop the jobs as at the budget, keep what finished
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
     report = run_jobs(commands, budget_s=args.budget_s, parallel=args.jobs, logs=logs,
-                      on_exit=ended, env=env,  # a call cut short keeps what finished by then
-                      on_tick=lambda: merge(workdir, out, args.selected, command))
+                      on_exit=save, on_tick=save, stop=lambda: bool(stopped), env=env)
     counts = merge(workdir, out, args.selected, command)
     machine = None  # as the jobs saw it: this process never starts a JAX backend (see main)
     for comparison in counts:
@@ -231,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "jobs": {name: {**report[name], "argv": commands[name][1:]} for name in jobs}})
     print(json.dumps({"runs": counts, "jobs": {k: v["status"] for k, v in report.items()}}),
           flush=True)
-    return 0 if all(v["status"] in ("finished", "stopped") for v in report.values()) else 1
+    return 1 if any(v["status"] == "failed" for v in report.values()) else 0
 
 
 if __name__ == "__main__":

@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from train.datasets import shapes64 as shapes64_data
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md")
@@ -381,26 +379,29 @@ def _mnist_facts(res: Results) -> dict[str, Any]:
 
 
 def _shapes64_version(data: Mapping[str, Any]) -> str:
-    """The shapes64 a result was measured on (its `dataset_version`; files made before compare
-    recorded it: 2.0.0, what the generator made then)."""
-    return data.get("dataset_version") or "2.0.0"
+    """The version of shapes64 a comparison was measured on (compare records it)."""
+    return data["dataset_version"]
 
 
-def _shapes64_notes(data: Mapping[str, Any], name: str) -> dict[str, str]:
-    """`version`, `placement` and `rerun` (a sentence where the generator has moved on since the
-    file was made, naming where the rerun's finished runs are kept) for a shapes64 section."""
-    version = _shapes64_version(data)
-    off_centre = int(version.split(".")[0]) >= 3
-    rerun = "" if version == shapes64_data.VERSION else (
-        f" The generator now makes shapes64 {shapes64_data.VERSION}; this table, measured on "
-        f"{version}, is being rerun on it (the runs finished so far: `partial/{name}`).")
-    return {"version": version, "placement": " placed off centre" if off_centre else "",
-            "rerun": rerun}
+def _shapes64_notes(res: Results, name: str) -> dict[str, str]:
+    """`version` and `placement` of the shapes64 a comparison's file was measured on, and
+    `rerun`: a sentence where a partial record of the same comparison (`partial/NAME`, the runs
+    of a rerun finished so far) lies beside it."""
+    version = _shapes64_version(res[name])
+    partial = res.get(f"{PARTIAL}/{name}")
+    rerun = ""
+    if partial is not None:
+        theirs = partial.get("dataset_version") or "?"
+        what = (f"A rerun on shapes64 {theirs} is under way" if theirs != version else
+                "More runs of this comparison are under way")
+        rerun = f" {what}: {len(partial['runs'])} runs finished so far (`{PARTIAL}/{name}`)."
+    return {"version": version, "rerun": rerun,
+            "placement": " placed off centre" if int(version.split(".")[0]) >= 3 else ""}
 
 
 def _shapes64_facts(res: Results) -> dict[str, Any]:
     data = res["shapes64.json"]
-    facts = {**_compare_facts(data), **_shapes64_notes(data, "shapes64.json")}
+    facts = {**_compare_facts(data), **_shapes64_notes(res, "shapes64.json")}
     facts["center_note"] = (
         "" if facts["placement"] else
         ": the main shape fills much of the image and usually covers its centre, so the box is "
@@ -1025,7 +1026,7 @@ def _seg_facts(res: Results) -> dict[str, Any]:
         "param_ratio": soft["decoder_params"] / cbt["decoder_params"],
         "speed": cbt["images_per_sec"] / soft["images_per_sec"],
         "ref_ratio": ref["decoder_gmacs"] / ref["encoder_gmacs"], "verdict": verdict,
-        **_shapes64_notes(data, "shapes64_seg.json"),
+        **_shapes64_notes(res, "shapes64_seg.json"),
     }
 
 
@@ -1299,8 +1300,14 @@ def covered_files() -> set[str]:
     return {name for key, e in EXPERIMENTS.items() for name in (key, *e.also)}
 
 
+#: The folder beside the results where experiments.compare keeps a comparison in progress.
+PARTIAL = "partial"
+
+
 def load(folder: Path) -> dict[str, Any]:
-    """Parse every JSON file of `folder`; an unknown or a missing file is an error."""
+    """Parse every JSON file of `folder` (an unknown or a missing file is an error), and every
+    partial record of `folder/partial` (the runs finished so far of a comparison being rerun, as
+    `partial/NAME.json`, NAME.json a described file)."""
     found = sorted(p.name for p in folder.glob("*.json"))
     known = covered_files()
     for name in found:
@@ -1312,8 +1319,13 @@ def load(folder: Path) -> dict[str, Any]:
     if missing:
         raise ResultsError(f"{folder}: {', '.join(missing)} described in "
                            f"experiments/results_readme.py but not found")
+    partial = sorted(f"{PARTIAL}/{p.name}" for p in (folder / PARTIAL).glob("*"))
+    for name in partial:
+        if not name.endswith(".json") or name.partition("/")[2] not in known:
+            raise ResultsError(f"{folder / name}: not the partial record of a described "
+                               f"comparison ({PARTIAL}/NAME.json)")
     results = {}
-    for name in found:
+    for name in [*found, *partial]:
         try:
             results[name] = json.loads((folder / name).read_text())
         except json.JSONDecodeError as e:

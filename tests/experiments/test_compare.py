@@ -185,6 +185,10 @@ def test_rerun_skips_finished_runs_and_stops_on_an_interrupted_one(compared, mon
     assert partial["runs"] == payload["runs"]
 
 
+def _runs_names(record: dict) -> list[str]:
+    return [experiments_runs.run_name(r) for r in record["runs"]]
+
+
 def _elsewhere(argv: list[str], out: str) -> list[str]:
     return [*argv[:argv.index("--out") + 1], out, *argv[argv.index("--out") + 2:]]
 
@@ -223,6 +227,8 @@ def test_runs_from_an_earlier_record_are_kept_not_trained(compared, monkeypatch,
     assert "Runs finished on" not in compare.markdown(again)  # one machine
     again["runs"][0]["machine"] = {"processor": "Intel Xeon", "device": "cpu"}
     assert "Runs finished on: Intel Xeon (cpu) (1), " in compare.markdown(again)
+    del again["runs"][1]["machine"]
+    assert "; 1 without a recorded machine." in compare.markdown(again)
     # A row the record lacks is trained (here: stopped at once), and the partial record written
     # before it holds the restored runs.
     more = [a if a != "cbt_nano,vit_nano" else "cbt_nano,vit_nano,tost_nano" for a in elsewhere]
@@ -232,6 +238,15 @@ def test_runs_from_an_earlier_record_are_kept_not_trained(compared, monkeypatch,
     assert trained == [os.path.join(fresh, "shapes", "tost_nano", "seed0")]
     with open(os.path.join(results, "partial", "shapes.json")) as f:
         assert len(json.load(f)["runs"]) == len(payload["runs"])
+    # A comparison of fewer runs than the record keeps the record, with the runs it lacks.
+    fewer = [a if a != "cbt_nano,vit_nano" else "cbt_nano" for a in elsewhere]
+    assert compare.main([*_elsewhere(fewer, str(tmp_path / "fewer")), "--runs-from", record,
+                         "--speed-rounds", "0", "--results", results]) == 0
+    assert "it holds runs outside this comparison (vit_nano/seed0)" in capsys.readouterr().out
+    with open(os.path.join(results, "partial", "shapes.json")) as f:
+        kept = json.load(f)
+    assert sorted(_runs_names(kept)) == sorted(_runs_names(payload))
+    assert kept["dataset_version"] == "1.0.0" and kept["mass"] == 0.6
 
 
 def test_runs_from_a_record_of_another_recipe_is_one_error(compared, tmp_path, capsys):
@@ -247,6 +262,14 @@ def test_runs_from_a_record_of_another_recipe_is_one_error(compared, tmp_path, c
     assert compare.main([*elsewhere, "--runs-from", str(tmp_path / "older.json")]) == 2
     err = capsys.readouterr().err
     assert "was made on version 0.9.0 of the data set, this comparison trains on 1.0.0" in err
+    del older["dataset_version"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert compare.main([*elsewhere, "--runs-from", str(tmp_path / "older.json")]) == 2
+    assert "made on an unrecorded version of the data set" in capsys.readouterr().err
+    (tmp_path / "older.json").write_text(json.dumps({**older, "dataset_version": "1.0.0",
+                                                     "mass": 0.5}))
+    assert compare.main([*elsewhere, "--runs-from", str(tmp_path / "older.json")]) == 2
+    assert "at --mass 0.5, this comparison at 0.6" in capsys.readouterr().err
     (tmp_path / "other.json").write_text('{"runs": []}')
     for bad in (str(tmp_path / "other.json"), str(tmp_path / "missing.json")):
         assert compare.main([*elsewhere, "--runs-from", bad]) == 2

@@ -36,10 +36,28 @@ def test_jobs_run_in_order_and_the_budget_stops_the_rest(tmp_path):
     assert {k: v["status"] for k, v in report.items()} == {
         "quick": "finished", "broken": "failed", "slow": "stopped", "never": "skipped"}
     assert report["broken"]["returncode"] == 3 and report["never"]["returncode"] is None
-    assert sorted(ended) == ["broken", "quick", "slow"] and ticks
+    assert ended == ["quick", "broken", "slow"] and ticks  # one at a time, in order
     assert (tmp_path / "quick.log").read_text() == "done\n"
     assert (tmp_path / "slow.log").read_text() == "started\n"
     assert not (tmp_path / "never.log").exists()
+
+
+def test_an_error_in_a_callback_leaves_no_job_running(tmp_path):
+    pid_file = tmp_path / "pid"
+    commands = {"quick": _python("pass"),
+                "slow": _python(f"import os, time\nopen({str(pid_file)!r}, 'w').write("
+                                "str(os.getpid()))\ntime.sleep(60)")}
+
+    def fail(name):
+        while not pid_file.exists():
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} ended")
+
+    with pytest.raises(RuntimeError, match="quick ended"):
+        on_device.run_jobs(commands, budget_s=60, parallel=2, logs=str(tmp_path / "logs"),
+                           on_exit=fail, poll_s=0.05, grace_s=5)
+    with pytest.raises(ProcessLookupError):  # terminated and reaped
+        os.kill(int(pid_file.read_text()), 0)
 
 
 def _partial(workdir, job, recipe, runs):
@@ -74,12 +92,13 @@ def test_a_comparisons_jobs_merge_into_one_record_that_runs_from_reads(tmp_path)
 
 def test_the_mnist_sweep_jobs_run_the_committed_mnist_recipe():
     """Their runs must join docs/results/mnist.json's (`--runs-from` checks the recipe)."""
-    job = next(j for j in on_device.JOBS if j.name == "mnist_cells2")
-    overrides = dict(a.removeprefix("--config.").split("=") for a in on_device.MNIST80)
-    config = cli.load_config(os.path.join(on_device.REPO, job.config), overrides)
-    kept = _runs.earlier_results([os.path.join(RESULTS, "mnist.json")],
-                                 json.loads(config.to_json()))
-    assert len(kept) == 12
+    for job in (j for j in on_device.JOBS if j.comparison == "mnist"):
+        overrides = dict(a.removeprefix("--config.").split("=", 1) for a in job.flags
+                         if a.startswith("--config."))
+        config = cli.load_config(os.path.join(on_device.REPO, job.config), overrides)
+        kept = _runs.earlier_results([os.path.join(RESULTS, "mnist.json")],
+                                     json.loads(config.to_json()), "1.0.0", 0.6)
+        assert len(kept) == 12, job.name
 
 
 @pytest.mark.parametrize("args,message", [
@@ -87,10 +106,15 @@ def test_the_mnist_sweep_jobs_run_the_committed_mnist_recipe():
     (["--only", ""], "--only: expected some of"),
     (["--jobs", "0"], "--jobs must be >= 1, got 0"),
     (["--budget-s", "0"], "--budget-s must be > 0"),
+    (["--workdir", "{used}"], "--workdir: {used} is not empty"),
 ])
 def test_bad_arguments_name_the_argument(args, message, tmp_path, capsys):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "earlier").mkdir()
+    args = [a.format(used=tmp_path / "used") for a in args]
+    message = message.format(used=tmp_path / "used")
     with pytest.raises(SystemExit) as e:
-        on_device.parse_args(["--out", str(tmp_path), *args])
+        on_device.parse_args(["--out", str(tmp_path), "--workdir", str(tmp_path / "new"), *args])
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -104,7 +128,7 @@ def test_main_reports_each_job_and_never_touches_the_devices(tmp_path):
          "--only", "mnist_cells2", "--compare-args=--config.batch_size=0"],
         cwd=on_device.REPO, env={**os.environ, "JAX_PLATFORMS": "no_such_platform"},
         capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     report = json.loads((out / "on_device.json").read_text())
     job = report["jobs"]["mnist_cells2"]
     assert job["status"] == "failed" and job["returncode"] == 2

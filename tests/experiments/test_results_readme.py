@@ -91,9 +91,11 @@ def test_partial_records_are_of_described_comparisons_in_progress():
         record = json.loads(path.read_text())
         assert record["partial"] is True and record["name"] == path.stem and record["runs"]
         whole = json.loads((rr.RESULTS / path.name).read_text())
+        names = {"/".join(r["workdir"].split("/")[-2:]) for r in whole["runs"]}
         assert (record["recipe"], record.get("dataset_version")) != (
-            whole["recipe"], whole.get("dataset_version")), (
-            f"{path}: the whole comparison is in docs/results; remove its partial record")
+            whole["recipe"], whole.get("dataset_version")) or not names.issuperset(
+            "/".join(r["workdir"].split("/")[-2:]) for r in record["runs"]), (
+            f"{path}: its runs are all in docs/results/{path.name}; remove the partial record")
 
 
 def test_the_recipe_text_follows_the_epochs_in_the_files():
@@ -138,27 +140,41 @@ def test_the_plateau_wording_names_the_rows_still_moving():
 
 
 def test_the_shapes64_sections_name_the_version_their_files_were_measured_on():
-    """A file from before compare recorded `dataset_version` is 2.0.0's (centred main shape, a
-    strong central box) and says a rerun on today's generator is under way; a file of today's
-    generator says neither."""
-    results = rr.load(rr.RESULTS)
-    current = rr.shapes64_data.VERSION
-    assert int(current.split(".")[0]) >= 3
+    """Each shapes64 section names the version its file records; a partial record beside it
+    (`partial/NAME.json`) adds how many runs of the rerun have finished; the central box is
+    explained as a strong baseline only for the centred main shapes before 3.0.0."""
+    results = {k: v for k, v in rr.load(rr.RESULTS).items() if not k.startswith("partial/")}
     for name, facts in (("shapes64.json", rr._shapes64_facts),
                         ("shapes64_seg.json", rr._seg_facts)):
-        old = {**results[name]}
-        old.pop("dataset_version", None)
-        new = {**old, "dataset_version": current}
-        before, after = (facts({**results, name: data}) for data in (old, new))
-        assert before["version"] == "2.0.0" and after["version"] == current
-        assert f"rerun on it (the runs finished so far: `partial/{name}`)" in before["rerun"]
-        assert after["rerun"] == "" and after["placement"] == " placed off centre"
+        old = {**results[name], "dataset_version": "2.0.0"}
+        new = {**old, "dataset_version": "3.0.0"}
+        partial = {"partial": True, "dataset_version": "3.0.0", "runs": [{}, {}]}
+        before = facts({**results, name: old})
+        rerun = facts({**results, name: old, f"partial/{name}": partial})
+        more = facts({**results, name: new, f"partial/{name}": partial})
+        after = facts({**results, name: new})
+        assert before["version"] == "2.0.0" and after["version"] == "3.0.0"
+        assert before["rerun"] == after["rerun"] == "" and before["placement"] == ""
+        assert rerun["rerun"] == (f" A rerun on shapes64 3.0.0 is under way: 2 runs finished so "
+                                  f"far (`partial/{name}`).")
+        assert more["rerun"].startswith(" More runs of this comparison are under way: 2 runs")
+        assert after["placement"] == " placed off centre"
         assert [h.what({**results, name: new}) for h in rr.HEADLINES
-                if callable(h.what) and name in h.sources][0].startswith(f"shapes64 {current}")
-    shapes = rr._shapes64_facts(results)
-    assert "covers its centre" in shapes["center_note"]
+                if callable(h.what) and name in h.sources][0].startswith("shapes64 3.0.0")
+    old = {**results["shapes64.json"], "dataset_version": "2.0.0"}
+    assert "covers its centre" in rr._shapes64_facts({**results, "shapes64.json": old})[
+        "center_note"]
     assert rr._shapes64_facts({**results, "shapes64.json": {
-        **results["shapes64.json"], "dataset_version": current}})["center_note"] == ""
+        **old, "dataset_version": "3.0.0"}})["center_note"] == ""
+
+
+def test_a_stray_file_in_the_partial_folder_fails_with_its_name(tmp_path, capsys):
+    folder = tmp_path / "results"
+    shutil.copytree(rr.RESULTS, folder)
+    (folder / "partial").mkdir(exist_ok=True)
+    (folder / "partial" / "unknown.json").write_text("{}")
+    assert rr.main(["--dir", str(folder), "--docs"]) == 2
+    assert "partial/unknown.json: not the partial record" in capsys.readouterr().err
 
 
 def test_every_official_row_has_its_own_case_name():

@@ -67,13 +67,19 @@ def _whole_split(module: ModuleType, split: str, variant: str | None) -> dict[st
 
 def source(name: str) -> tuple[ModuleType, str | None]:
     """(numpy source module, its config or None) of a shipped data set's TFDS name, e.g.
-    `"shapes64/small"` or `"digits:1.0.0"`; ConfigError naming `config.dataset` otherwise."""
+    `"shapes64/small"` or `"digits:1.0.0"` (a version pin must be the version the source makes:
+    it generates no other); ConfigError naming `config.dataset` otherwise."""
     base, _, variant = name.split(":")[0].partition("/")
+    pinned = name.partition(":")[2]
     if base not in datasets.SOURCES:
         raise ConfigError(f"config.dataset: unknown dataset {name!r} for config.input='memory', "
                           f"which holds the shipped data sets {datasets.LOCAL_BUILDERS} (any "
                           f"other TFDS name needs config.input='tfds')")
     module = datasets.SOURCES[base]
+    if pinned and pinned != module.VERSION:
+        raise ConfigError(f"config.dataset: {name!r} pins version {pinned}, but the memory input "
+                          f"generates {base} {module.VERSION} only (config.input='tfds' reads "
+                          f"a prepared copy of another version)")
     configs = getattr(module, "CONFIGS", {})
     if variant and variant not in configs:
         raise ConfigError(f"config.dataset: {base!r} has no config {variant!r} (configs: "

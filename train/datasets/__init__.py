@@ -39,7 +39,8 @@ LOCAL_BUILDERS: tuple[str, ...] = tuple(SOURCES)
 
 
 def version(name: str) -> str | None:
-    """The version of the examples a shipped data set's TFDS name (``"shapes64/small"``,
-    ``"digits:1.0.0"``) makes, as its source module states it; None for any other name."""
+    """The version of a shipped data set's examples that its TFDS name asks for: the name's pin
+    (``"digits:1.0.0"``), else what its source module makes (``"shapes64/small"``); None for any
+    other name."""
     module = SOURCES.get(name.split("/")[0].split(":")[0])
-    return None if module is None else module.VERSION
+    return None if module is None else name.partition(":")[2] or module.VERSION

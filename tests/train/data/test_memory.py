@@ -168,6 +168,7 @@ def test_resizes_follow_tensorflow(rng):
     ({"dataset": "cifar10"}, "config.dataset: unknown dataset 'cifar10'"),
     ({"dataset": "shapes/big"}, "config.dataset: 'shapes' has no config 'big'"),
     ({"dataset": "digits/small"}, "config.dataset: 'digits' has no config 'small'"),
+    ({"dataset": "digits:0.9.0"}, "config.dataset: 'digits:0.9.0' pins version 0.9.0, but"),
 ])
 def test_what_the_memory_input_cannot_do_is_a_config_error(overrides, field):
     with pytest.raises(ConfigError, match=f"^{field}"):
@@ -178,6 +179,13 @@ def test_what_the_memory_input_cannot_do_is_a_config_error(overrides, field):
 def test_a_split_it_cannot_read_names_the_field(split):
     with pytest.raises(DataError, match=rf"^config.eval_split: .* got {re.escape(repr(split))}"):
         _memory(eval_split=split)
+
+
+def test_a_whole_split_is_generated_once_per_process_and_read_only():
+    images = [_memory(**o).arrays("test")["image"] for o in ({}, {"seed": 1},
+                                                             {"dataset": "digits:1.0.0"})]
+    assert all(np.shares_memory(images[0], other) for other in images[1:])
+    assert not images[0].flags.writeable
 
 
 def test_a_row_slice_of_a_split_is_those_rows_and_evaluates_them_once():

@@ -2,7 +2,8 @@
 in one prepared call, within a time budget.
 
     python -m experiments.on_device --out DIR [--workdir runs/on_device] [--budget-s 420]
-                                    [--jobs 4] [--only JOB,...] [--compare-args ARGS]
+                                    [--jobs 4] [--only JOB,...] [--runs-from FILE,...]
+                                    [--compare-args ARGS]
 
 A lent GPU comes for minutes, bare and without TensorFlow, so everything it should train is
 planned here: the comparisons of `docs/results` (shapes64, shapes64_seg, the MNIST
@@ -21,8 +22,10 @@ machine (which returns a few files of `$OUT`, not a tree of checkpoints). Back o
 CPU, `python -m experiments.compare ... --runs-from DIR/NAME.json --results docs/results` with
 the same recipe keeps those runs, trains what is missing and times every row's step there (the
 jobs run with `--speed-rounds 0`: a table's speeds are timed side by side on one machine).
-Imports nothing that needs TensorFlow. `--compare-args` appends flags to every job (a smoke
-test on the CPU: tiny overrides such as `--config.num_train_steps=2`).
+`--runs-from` takes the records of runs already finished elsewhere (`docs/results/NAME.json`,
+`docs/results/partial/NAME.json`): each goes to the jobs of its comparison, which train only
+what it lacks. Imports nothing that needs TensorFlow. `--compare-args` appends flags to every
+job (a smoke test on the CPU: tiny overrides such as `--config.num_train_steps=2`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import time
 from collections.abc import Sequence
 
 from cbsa_jax.reporting import parse_list, write_json
+from experiments._runs import run_name
 
 __all__ = ["Job", "JOBS", "main", "merge", "run_jobs"]
 
@@ -78,9 +82,11 @@ LOG_TAIL = 3000  # characters of each job's log kept in on_device.json
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the jobs' working folder
 
 
-def _command(job: Job, workdir: str, extra: Sequence[str]) -> list[str]:
+def _command(job: Job, workdir: str, extra: Sequence[str], runs_from: Sequence[str] = ()
+             ) -> list[str]:
+    kept = ["--runs-from", ",".join(runs_from)] if runs_from else []
     return [sys.executable, "-m", "experiments.compare", "--config", job.config, *job.flags,
-            "--speed-rounds", "0", "--out", os.path.join(workdir, job.name), *extra]
+            "--speed-rounds", "0", "--out", os.path.join(workdir, job.name), *kept, *extra]
 
 
 def _record(workdir: str, job: Job) -> dict | None:
@@ -106,13 +112,19 @@ def merge(workdir: str, out: str, jobs: Sequence[Job], command: str) -> dict[str
         recipes = {json.dumps(r["recipe"], sort_keys=True) for r in records}
         if len(recipes) > 1:
             raise ValueError(f"{comparison}: its jobs ran different recipes")
-        runs = [run for r in records for run in r["runs"]]
+        runs: dict[str, dict] = {}  # each run once (every job keeps the --runs-from runs),
+        for record in records:  # a copy trained here before a restored one
+            for run in record["runs"]:
+                key = run_name(run)
+                if key not in runs or "restored_from" in runs[key]:
+                    runs[key] = run
         write_json(os.path.join(out, f"{comparison}.json"),  # the jobs' machine: this process
                    {"benchmark": "experiments.compare", "partial": True, "name": comparison,
                     "config": records[0]["config"], "dataset": records[0].get("dataset"),
                     "dataset_version": records[0].get("dataset_version"),
                     "recipe": records[0]["recipe"],
-                    "machine": records[0].get("machine"), "command": command, "runs": runs})
+                    "machine": records[0].get("machine"), "command": command,
+                    "runs": list(runs.values())})
         counts[comparison] = len(runs)
     return counts
 
@@ -187,6 +199,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=4, help="jobs at a time")
     p.add_argument("--only", default=None,
                    help=f"comma-separated jobs (default all: {', '.join(j.name for j in JOBS)})")
+    p.add_argument("--runs-from", default=None,
+                   help="comma-separated records of runs finished elsewhere (a comparison's "
+                        "NAME.json or partial record), each for the jobs of its comparison")
     p.add_argument("--compare-args", default="",
                    help="flags appended to every job's experiments.compare (one string)")
     args = p.parse_args(argv)
@@ -199,6 +214,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if unknown or names == []:
         p.error(f"--only: expected some of {[j.name for j in JOBS]}, got {unknown or 'none'}")
     args.selected = [j for j in JOBS if names is None or j.name in names]
+    args.kept = {}  # comparison -> its records, as absolute paths (the jobs run elsewhere)
+    for path in parse_list(args.runs_from) or ():
+        try:
+            with open(path) as f:
+                name = json.load(f)["name"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"--runs-from: {path} is not a comparison's record ({e})")
+        if name not in {j.comparison for j in args.selected}:
+            p.error(f"--runs-from: {path} is a record of {name!r}, which no selected job runs")
+        args.kept.setdefault(name, []).append(os.path.abspath(path))
     if os.path.isdir(args.workdir) and os.listdir(args.workdir):
         p.error(f"--workdir: {args.workdir} is not empty (compare would read an earlier call's "
                 "runs back as this call's, whatever recipe made them); give a new folder")
@@ -214,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     command = " ".join(["python -m experiments.on_device", *map(shlex.quote, argv)])
     jobs = {job.name: job for job in args.selected}
-    commands = {name: _command(job, workdir, shlex.split(args.compare_args))
+    commands = {name: _command(job, workdir, shlex.split(args.compare_args),
+                               args.kept.get(job.comparison, ()))
                 for name, job in jobs.items()}
     logs = os.path.join(workdir, "logs")
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}

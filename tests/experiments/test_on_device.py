@@ -84,10 +84,37 @@ def test_a_comparisons_jobs_merge_into_one_record_that_runs_from_reads(tmp_path)
     run, path = kept["vit_nano/seed0"]
     assert run["acc"] == 9 and path.endswith("shapes64.json")
     assert run["machine"] == {"processor": "the job's", "device": "NVIDIA H100"}
+    # Every job keeps the --runs-from runs: the merged record holds each run once, a copy
+    # trained here before a restored one.
+    kept_run = {"workdir": f"{work}/x/shapes64/tost_nano/seed0", "acc": 5, "restored_from": "f"}
+    trained = {"workdir": f"{work}/y/shapes64/tost_nano/seed0", "acc": 6}
+    for job, extra in ((cbt, [kept_run]), (vit, [trained, kept_run])):
+        with open(os.path.join(work, job.name, "shapes64", "shapes64.partial.json")) as f:
+            record = json.load(f)
+        record["runs"] += extra
+        with open(os.path.join(work, job.name, "shapes64", "shapes64.partial.json"), "w") as f:
+            json.dump(record, f)
+    assert on_device.merge(work, out, [cbt, vit], "cmd") == {"shapes64": 4}
+    with open(os.path.join(out, "shapes64.json")) as f:
+        merged = {_runs.run_name(r): r for r in json.load(f)["runs"]}
+    assert merged["tost_nano/seed0"] == trained
     os.rename(os.path.join(work, vit.name), os.path.join(work, "gone"))
     _partial(work, vit, {**recipe, "lr": 2.0}, [])
     with pytest.raises(ValueError, match="shapes64: its jobs ran different recipes"):
         on_device.merge(work, out, [cbt, vit], "cmd")
+
+
+def test_runs_from_goes_to_the_jobs_of_its_comparison(tmp_path):
+    record = tmp_path / "shapes64.json"
+    record.write_text('{"name": "shapes64", "runs": []}')
+    args = on_device.parse_args(["--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "w"),
+                                 "--only", "shapes64_vit_nano,mnist_cells2",
+                                 "--runs-from", str(record)])
+    assert args.kept == {"shapes64": [str(record)]}
+    vit, mnist = args.selected
+    assert on_device._command(vit, "w", [], args.kept["shapes64"])[-2:] == [
+        "--runs-from", str(record)]
+    assert "--runs-from" not in on_device._command(mnist, "w", [])
 
 
 def test_the_mnist_sweep_jobs_run_the_committed_mnist_recipe():
@@ -107,10 +134,14 @@ def test_the_mnist_sweep_jobs_run_the_committed_mnist_recipe():
     (["--jobs", "0"], "--jobs must be >= 1, got 0"),
     (["--budget-s", "0"], "--budget-s must be > 0"),
     (["--workdir", "{used}"], "--workdir: {used} is not empty"),
+    (["--runs-from", "{used}/none.json"], "--runs-from: {used}/none.json is not a comparison's"),
+    (["--only", "mnist_cells2", "--runs-from", "{used}/shapes64.json"],
+     "--runs-from: {used}/shapes64.json is a record of 'shapes64', which no selected job runs"),
 ])
 def test_bad_arguments_name_the_argument(args, message, tmp_path, capsys):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "earlier").mkdir()
+    (tmp_path / "used" / "shapes64.json").write_text('{"name": "shapes64", "runs": []}')
     args = [a.format(used=tmp_path / "used") for a in args]
     message = message.format(used=tmp_path / "used")
     with pytest.raises(SystemExit) as e:

@@ -27,7 +27,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1374,6 +1374,29 @@ def _render_section(key: str, e: Experiment, results: Results) -> str:
     return "\n".join(out)
 
 
+def _machines(tree: Any) -> Iterator[Mapping[str, Any]]:
+    """Every `machine` record in a JSON tree (a file's own and its runs')."""
+    if isinstance(tree, Mapping):
+        if isinstance(tree.get("machine"), Mapping):
+            yield tree["machine"]
+        for value in tree.values():
+            yield from _machines(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _machines(value)
+
+
+def _backends(results: Results) -> str:
+    """Where the numbers come from, as the files' machine records say."""
+    others = sorted({str(m.get("device")) for name, data in results.items()
+                     if not name.startswith(f"{PARTIAL}/") for m in _machines(data)
+                     if m.get("backend", "cpu") != "cpu"})
+    if not others:
+        return "All ran on CPUs; no number here comes from a GPU."
+    return (f"Some runs ran on accelerators ({', '.join(others)}); each section's file says "
+            "which (its runs' `machine`).")
+
+
 def render_readme(results: Results) -> str:
     out = [
         "# Results",
@@ -1383,8 +1406,8 @@ def render_readme(results: Results) -> str:
         "",
         "Every result this project quotes, one section per experiment: the command that made it, "
         "its wall clock and machine as its JSON records them, tables computed from the JSON, "
-        "what they show and where CBSA loses. Commands use today's module names. All ran on "
-        "CPUs; no number here comes from a GPU.",
+        "what they show and where CBSA loses. Commands use today's module names. "
+        + _backends(results),
         "",
     ]
     out += [f"- [{e.title}](#{_anchor(e.title)}): "

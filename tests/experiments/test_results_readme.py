@@ -177,6 +177,15 @@ def test_a_stray_file_in_the_partial_folder_fails_with_its_name(tmp_path, capsys
     assert "partial/unknown.json: not the partial record" in capsys.readouterr().err
 
 
+def test_the_preamble_says_where_the_numbers_ran():
+    results = rr.load(rr.RESULTS)
+    assert rr._backends(results) == "All ran on CPUs; no number here comes from a GPU."
+    gpu = {"backend": "gpu", "device": "NVIDIA H100 80GB HBM3"}
+    data = {**results["mnist.json"],
+            "runs": [{**results["mnist.json"]["runs"][0], "machine": gpu}]}
+    assert "accelerators (NVIDIA H100 80GB HBM3)" in rr._backends({**results, "mnist.json": data})
+
+
 def test_every_official_row_has_its_own_case_name():
     """A block part is named as such, never taken for the inference of its preset and batch."""
     rows = [{"case": "layer", "N": 65}, {"case": "train", "preset": "cbt_tiny", "batch": 8},

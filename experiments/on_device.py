@@ -256,9 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name} ended; runs so far: {counts}", flush=True)
 
     stopped = []  # SIGTERM to this process: stop the jobs as at the budget, keep what finished
-    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
-    report = run_jobs(commands, budget_s=args.budget_s, parallel=args.jobs, logs=logs,
-                      on_exit=save, on_tick=save, stop=lambda: bool(stopped), env=env)
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
+    try:
+        report = run_jobs(commands, budget_s=args.budget_s, parallel=args.jobs, logs=logs,
+                          on_exit=save, on_tick=save, stop=lambda: bool(stopped), env=env)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     counts = merge(workdir, out, args.selected, command)
     machine = None  # as the jobs saw it: this process never starts a JAX backend (see main)
     for comparison in counts:

@@ -53,7 +53,7 @@ __all__ = ["MemoryInput", "source", "split_slice", "even_shards", "resize_images
 _DATA_STREAM = 0x64617461  # "data"
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _whole_split(module: ModuleType, split: str, variant: str | None) -> dict[str, np.ndarray]:
     """`module.split_arrays` of a whole split, kept for the process's later runs (a comparison
     trains many in one process, and generating shapes64's training split takes about 25 CPU

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from experiments import results_readme as rr
+from experiments._runs import run_name
 
 
 def test_every_json_file_has_a_section():
@@ -91,10 +92,10 @@ def test_partial_records_are_of_described_comparisons_in_progress():
         record = json.loads(path.read_text())
         assert record["partial"] is True and record["name"] == path.stem and record["runs"]
         whole = json.loads((rr.RESULTS / path.name).read_text())
-        names = {"/".join(r["workdir"].split("/")[-2:]) for r in whole["runs"]}
+        names = {run_name(r) for r in whole["runs"]}
         assert (record["recipe"], record.get("dataset_version")) != (
             whole["recipe"], whole.get("dataset_version")) or not names.issuperset(
-            "/".join(r["workdir"].split("/")[-2:]) for r in record["runs"]), (
+            run_name(r) for r in record["runs"]), (
             f"{path}: its runs are all in docs/results/{path.name}; remove the partial record")
 
 

@@ -1,19 +1,22 @@
 """Run output: `metrics.jsonl`, TensorBoard event files and the progress bar (process 0 only).
 
 Every JSON line has `step`, `split`, `loss` and `accuracy`; train lines also `lr` and
-`images_per_sec`. The TensorBoard writer uses the `tensorboard` package directly (no TensorFlow).
+`images_per_sec`. The TensorBoard event file is written with plain file I/O and the `tensorboard`
+package's record format, never through TensorFlow.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import socket
 import time
 from collections.abc import Mapping
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 from tqdm import tqdm
 
 __all__ = ["MetricsWriter", "Progress", "read_jsonl"]
@@ -24,13 +27,39 @@ def _clean(value):
     return value if math.isfinite(value) else None  # JSON has no NaN: null marks non-finite
 
 
+_FILE_NUMBERS = itertools.count()  # two runs of one process within a second get two files
+
+
+class _EventFile:
+    """One TensorBoard event file, `logdir/events.out.tfevents.TIME.HOST.PID.N`, written
+    synchronously with `open()`. (tensorboard's `EventFileWriter` opens its file through
+    `tensorboard.compat.tf`, which imports TensorFlow whenever it is installed: 3-5 s at every
+    start of `python -m train`, for a file of a few records.)"""
+
+    def __init__(self, logdir: str):
+        os.makedirs(logdir, exist_ok=True)
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(_FILE_NUMBERS)}")
+        self.path = os.path.join(logdir, name)
+        self._records = RecordWriter(open(self.path, "wb"))  # noqa: SIM115 -- closed in close()
+        self.add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+        self._records.flush()
+
+    def close(self) -> None:
+        if not self._records.closed:
+            self._records.close()
+
+
 class MetricsWriter:
     """Appends JSON lines to `workdir/metrics.jsonl` and scalars to TensorBoard."""
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self._tb = EventFileWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+        self._tb = _EventFile(os.path.join(workdir, "tensorboard")) if enabled else None
 
     def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -42,9 +71,7 @@ class MetricsWriter:
         summary = summary_pb2.Summary(value=[
             summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v))
             for k, v in values.items() if math.isfinite(float(v))])
-        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                           summary=summary))
-        self._tb.flush()
+        self._tb.add(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def close(self) -> None:
         if self._tb is not None:

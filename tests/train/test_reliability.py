@@ -53,16 +53,17 @@ def straight(data_dir, env, tmp_path_factory):
     return _runs.final_metrics(workdir)
 
 
-def test_kill_9_anywhere_then_the_same_command_finishes_the_same_run(data_dir, env, straight,
-                                                                      tmp_path):
-    """Killed mid-checkpoint-write and at random steps, rerunning the same command resumes from
-    the last complete checkpoint and ends with the metrics of the uninterrupted run."""
+def test_kill_9_anywhere_or_sigterm_then_the_same_command_finishes_the_same_run(
+        data_dir, env, straight, tmp_path):
+    """Killed mid-checkpoint-write and at a random step, then stopped by SIGTERM (which saves a
+    checkpoint at the next step and exits 0), rerunning the same command resumes from the last
+    complete checkpoint every time and ends with the metrics of the uninterrupted run."""
     rng = random.Random(0)
     workdir = tmp_path / "killed"
     kills = []
     for attempt in range(3):
         proc = subprocess.Popen(_command(workdir, data_dir), env=env, cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         start_steps = _runs.steps_done(workdir)
         deadline = time.time() + 240
         if attempt == 0:  # wait for an asynchronous checkpoint write to be under way
@@ -76,42 +77,30 @@ def test_kill_9_anywhere_then_the_same_command_finishes_the_same_run(data_dir, e
                     workdir) < target:
                 time.sleep(0.01)
             kind = f"after step {_runs.steps_done(workdir)}"
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills.append(kind)
-    assert kills and kills[0] == "mid-checkpoint"
+        assert proc.poll() is None, f"the run ended before attempt {attempt}: {kills}"
+        if attempt < 2:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            kills.append(kind)
+            continue
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert "SIGTERM: saved a checkpoint at step" in out, out
+        stopped = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+        assert _runs.steps_done(workdir) == stopped < RUN["num_train_steps"], (stopped, kills)
+        assert stopped == _runs.committed_steps(workdir)[-1]
+        kills.append(f"SIGTERM {kind}, saved at {stopped}")
+    assert kills[0] == "mid-checkpoint"
     finish = subprocess.run(_command(workdir, data_dir), env=env, cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert finish.returncode == 0, finish.stderr
+    assert f"checkpoints/{stopped}" in finish.stdout  # resumed from the SIGTERM's checkpoint
     ours = _runs.final_metrics(workdir)
     assert set(ours) == set(straight), kills
     for key, (loss, acc) in straight.items():
         assert ours[key][0] == pytest.approx(loss, abs=1e-6), (key, kills)
         assert ours[key][1] == pytest.approx(acc, abs=1e-6), (key, kills)
-
-
-def test_sigterm_checkpoints_at_the_next_step_and_exits_0(data_dir, env, straight, tmp_path):
-    workdir = tmp_path / "term"
-    proc = subprocess.Popen(_command(workdir, data_dir), env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and _runs.steps_done(workdir) < 3:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "SIGTERM: saved a checkpoint at step" in out
-    stopped = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
-    assert 3 <= stopped < 12
-    assert str(stopped) in os.listdir(workdir / "checkpoints")
-    again = subprocess.run(_command(workdir, data_dir), env=env, cwd=REPO, capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0 and f"checkpoints/{stopped}" in again.stdout
-    ours = _runs.final_metrics(workdir)
-    for key, (loss, _) in straight.items():
-        assert ours[key][0] == pytest.approx(loss, abs=1e-6), key
 
 
 def _tiny_state(value: float, shape=(3, 2)):

@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests._configs import tiny_config
-from tests._util import REPO, free_port
+from tests._util import REPO
 from train import __main__ as cli
 from train import loop
 from train.metrics import read_jsonl
@@ -99,31 +99,6 @@ def test_sharded_meshes_give_the_single_device_loss(data_dir, tmp_path):
         losses = _losses(sharded)
         assert sorted(single) == sorted(losses) == [1, 2, 3], mesh
         assert max(abs(single[s] - losses[s]) for s in single) <= 1e-5, mesh
-
-
-@pytest.mark.parametrize("input_", ["memory", "tfds"])
-def test_two_processes_give_the_single_process_loss(data_dir, tmp_path, input_):
-    """jax.distributed on localhost with gloo CPU collectives: each process reads its data shard
-    and the global batch equals the one a single process reads with data_shards=2."""
-    kw = dict(num_train_steps=3, data_shards=2, input=input_)
-    loop.run(tiny_config(data_dir=data_dir, **kw), str(tmp_path / "single"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
-    env["PYTHONPATH"] = REPO
-    flags = [f"--config.{k}={v}" for k, v in {
-        "data_dir": data_dir, "model.depth": 1, "batch_size": 32, "num_train_steps": 3,
-        "log_every_steps": 1, "eval_every_steps": 1000, "checkpoint_every_steps": 1000,
-        "warmup_epochs": 0.0, "progress": False, "data_shards": 2, "input": input_}.items()]
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "train", "--workdir", str(tmp_path / "multi"),
-         "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
-         "--process_id", str(i), *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
-    a, b = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
-    assert sorted(b) == [1, 2, 3]
-    assert max(abs(a[s] - b[s]) for s in a) <= 1e-5
 
 
 def test_eval_only_evaluates_the_latest_checkpoint(data_dir, tmp_path):

@@ -82,8 +82,8 @@ def test_stem_matches_the_erfc_gelu_stem(rng, train):
         out = fn(nnx.merge(graphdef, params, rest, copy=True), images)
         return jnp.sum(jnp.sin(out) * weights), out
 
-    results = [jax.value_and_grad(lambda p, x, fn=fn: loss(fn, p, x), argnums=(0, 1),
-                                  has_aux=True)(params, images)
+    results = [jax.jit(jax.value_and_grad(lambda p, x, fn=fn: loss(fn, p, x), argnums=(0, 1),
+                                          has_aux=True))(params, images)
                for fn in (lambda m, x: m(x), _with_erfc_gelu)]
     ((_, out), grads), ((_, out_ref), grads_ref) = results
     assert out.shape == (2, 16, 32)

@@ -165,7 +165,7 @@ class _LinenModel(linen.Module):
 def test_every_layer_works_inside_linen_models():
     x = jax.random.normal(jax.random.key(8), (2, 1 + 16, D))
     model = _LinenModel()
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
     out = jax.jit(model.apply)(variables, x)
     assert out.shape == (2, 3) and bool(jnp.all(jnp.isfinite(out)))
     grads = jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x) ** 2)))(variables)["params"]

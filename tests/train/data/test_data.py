@@ -148,3 +148,38 @@ def test_without_tensorflow_the_shipped_sets_train_and_tfds_is_one_clear_line(tm
     err = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(err) == 1, refused.stderr
     assert err[0].startswith("error: config.input='tfds' needs TensorFlow"), err
+
+
+def test_each_tfds_process_reads_its_shard_of_the_one_process_batch(data_dir):
+    """The TFDS input with `data_shards=2`: process i of 2 reads shard i, and the two
+    processes' rows, process 0's first, are the rows one process reads, at every training step
+    (from step 0, and from a resumed step across an epoch boundary: 5 steps an epoch here) and
+    in every evaluation batch. (The memory input holds the whole split in every process and
+    takes its rows through the sharding; it, and the jobs themselves, gloo collectives and a
+    global batch built from each process's rows, are the 2 x 4 processes of
+    test_distributed.py, whose every step's loss is one process's.)"""
+    config = tiny_config(data_dir=data_dir, input="tfds", data_shards=2, batch_size=64,
+                         eval_batch_size=64)
+    keys = ("image", "label")
+    one = data.open_input(config)
+    two = [data.open_input(config, process_index=i, process_count=2) for i in range(2)]
+    assert [len(p.spec.shards) for p in two] == [1, 1] and len(one.spec.shards) == 2
+
+    def steps(source, start, count):
+        iterator = source.train_batches(keys, start_step=start)
+        return [{k: np.asarray(v) for k, v in next(iterator).items()} for _ in range(count)]
+
+    for start in (0, 4):
+        whole = steps(one, start, 3)
+        parts = [steps(p, start, 3) for p in two]
+        for step, batch in enumerate(whole):
+            for key in keys:
+                joined = np.concatenate([part[step][key] for part in parts])
+                np.testing.assert_array_equal(joined, batch[key], err_msg=f"{start + step} {key}")
+    whole = list(one.eval_batches(keys))
+    parts = [list(p.eval_batches(keys)) for p in two]
+    assert len(whole) == len(parts[0]) == len(parts[1]) == one.spec.eval_steps
+    for step, batch in enumerate(whole):
+        for key in (*keys, "valid"):
+            joined = np.concatenate([np.asarray(part[step][key]) for part in parts])
+            np.testing.assert_array_equal(joined, np.asarray(batch[key]))

@@ -2,9 +2,10 @@
 (`config.input="memory"`) against the TFDS input (tf.data on the host), in the training program.
 
     python -m experiments.input_speed [--configs digits,mnist] [--steps 300] [--rounds 3] \\
-        [--data_dir DIR] [--json OUT]
+        [--data_dir DIR] [--json OUT] [--config.FIELD=VALUE ...]
 
-For each shipped config (`configs/NAME.py`), both inputs train the same `--steps` steps from
+For each shipped config (`configs/NAME.py`, with the `--config.FIELD=VALUE` overrides, recorded in
+the JSON), both inputs train the same `--steps` steps from
 scratch with `train.loop.run` (one fresh workdir per run, evaluated once at the end), in
 `--rounds` rounds whose order alternates (memory then tfds, then tfds then memory, ...), so that
 a drift of the machine's speed reaches both alike. The TFDS builder is prepared in `--data_dir`
@@ -36,11 +37,12 @@ __all__ = ["main", "run_config", "window_speed"]
 INPUTS = ("memory", "tfds")
 
 
-def run_config(name: str, input_name: str, *, steps: int, data_dir: str):
-    """`configs/NAME.py` with `input_name`, `steps` steps, a log window every tenth of them and
-    one evaluation and checkpoint at the end."""
+def run_config(name: str, input_name: str, *, steps: int, data_dir: str,
+               overrides: dict[str, str] | None = None):
+    """`configs/NAME.py` with `overrides` (`--config.FIELD` values), `input_name`, `steps` steps,
+    a log window every tenth of them and one evaluation and checkpoint at the end."""
     path = os.path.join(os.path.dirname(config_lib.DEFAULT_CONFIG), f"{name}.py")
-    config = cli.load_config(path, {})
+    config = cli.load_config(path, overrides or {})
     config.input, config.data_dir = input_name, data_dir
     config.num_train_steps = steps
     config.log_every_steps = max(1, steps // 10)
@@ -59,8 +61,8 @@ def window_speed(metrics_path: str) -> float:
 
 
 def _measure(name: str, input_name: str, *, steps: int, data_dir: str, root: str,
-             index: int) -> dict:
-    config = run_config(name, input_name, steps=steps, data_dir=data_dir)
+             index: int, overrides: dict[str, str]) -> dict:
+    config = run_config(name, input_name, steps=steps, data_dir=data_dir, overrides=overrides)
     workdir = os.path.join(root, f"{name}_{input_name}_{index}")
     started = time.perf_counter()
     summary = loop.run(config, workdir)
@@ -88,7 +90,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     p = cli.ArgumentParser(prog="python -m experiments.input_speed", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="digits,mnist", help="shipped configs, comma-separated")
@@ -96,7 +98,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--data_dir", default=None, help="TFDS data dir (default: a temporary one)")
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+    args, overrides = cli.parse(p, argv)
     args.configs = parse_list(args.configs)
     if not args.configs:
         p.error("--configs: give at least one config name")
@@ -104,13 +106,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--steps must be >= 20 (two log windows at least), got {args.steps}")
     if args.rounds < 1:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
-    return args
+    return args, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = parse_args(argv)
+        args, overrides = parse_args(argv)
     except SystemExit as e:
         return cli.exit_code(e)
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name in args.configs:  # prepare the TFDS builders before anything is timed
                 spec = data_lib.open_input(run_config(name, "tfds", steps=args.steps,
-                                                      data_dir=data_dir)).spec
+                                                      data_dir=data_dir,
+                                                      overrides=overrides)).spec
                 print(f"{name}: {spec.steps_per_epoch} steps per epoch", flush=True)
         except cli.BAD_INPUT as e:
             return cli.fail(str(e))
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 order = INPUTS if index % 2 == 0 else INPUTS[::-1]
                 for input_name in order:
                     runs.append(_measure(name, input_name, steps=args.steps, data_dir=data_dir,
-                                         root=tmp, index=index))
+                                         root=tmp, index=index, overrides=overrides))
     rows = summarize(runs)
     print(table(rows, [
         ("config", "<", lambda r: r["config"]),
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "experiments.input_speed",
         "command": "python -m experiments.input_speed " + " ".join(argv),
         "machine": machine, "config": {k: v for k, v in vars(args).items()},
+        "overrides": overrides,
         "rows": rows, "runs": runs, "wall_s": time.perf_counter() - started,
     })
     return 0

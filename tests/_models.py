@@ -13,7 +13,7 @@ from benchmarks._params import fill_on_host
 from cbsa_jax.models import create
 from cbsa_jax.reporting import count_params
 
-__all__ = ["TIMM_TINY", "count_params", "fill_on_host", "host_initialised",
+__all__ = ["TIMM_TINY", "count_params", "fill_on_host", "forward", "host_initialised",
            "random_timm_state_dict"]
 
 TIMM_TINY = dict(dim=16, depth=2, patch=4, channels=3, hidden=32, classes=5, grid=8)  # N = 65
@@ -23,6 +23,13 @@ def host_initialised(name: str, *, rng: np.random.Generator, **kwargs):
     """`create(name, **kwargs)` with every parameter drawn on the host at init-like scale."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: create(name, **kwargs)))
     return nnx.merge(graphdef, fill_on_host(state, rng))
+
+
+@nnx.jit(static_argnames="capture")
+def forward(model, x, capture: bool = False):
+    """`model(x)` (`capture=True`: with its maps), compiled: called eagerly, a model compiles one
+    program per operation and shape, seconds per new input shape on a 2-core CPU."""
+    return model(x, capture=True) if capture else model(x)
 
 
 def random_timm_state_dict(seed=0, **sizes) -> dict[str, np.ndarray]:

@@ -11,8 +11,10 @@ from experiments import input_speed
 def test_both_inputs_train_and_the_ratio_is_theirs(tmp_path):
     out = tmp_path / "input_speed.json"
     assert input_speed.main(["--configs", "digits", "--steps", "20", "--rounds", "1",
-                             "--data_dir", str(tmp_path / "tfds"), "--json", str(out)]) == 0
+                             "--data_dir", str(tmp_path / "tfds"), "--json", str(out),
+                             "--config.model.depth=1", "--config.batch_size=64"]) == 0
     payload = json.loads(out.read_text())
+    assert payload["overrides"] == {"model.depth": "1", "batch_size": "64"}
     runs = {r["input"]: r for r in payload["runs"]}
     assert set(runs) == {"memory", "tfds"}
     for run in runs.values():
@@ -28,6 +30,7 @@ def test_both_inputs_train_and_the_ratio_is_theirs(tmp_path):
     (["--steps", "5"], "--steps must be >= 20"),
     (["--rounds", "0"], "--rounds must be >= 1"),
     (["--configs", ","], "--configs: give at least one"),
+    (["--steps", "20", "--config.no_such_field=1"], "no_such_field"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(argv, message, capsys):
     assert input_speed.main(argv) == 2

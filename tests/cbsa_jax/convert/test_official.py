@@ -10,6 +10,7 @@ from flax import nnx
 
 from cbsa_jax import convert
 from cbsa_jax.convert import cbt_from_torch, load_torch_state_dict
+from tests._models import forward
 from tests._util import FIXTURES
 from tests.data.tiny import TINY, TINY_PTH
 from tests.reference_numpy import cbt_forward, random_cbt_state_dict
@@ -118,7 +119,7 @@ def test_a_pth_path_converts_to_the_reference_logits():
     images = rng.normal(size=(2, 3, 128, 128)).astype(np.float32)
     expected, _ = cbt_forward(random_cbt_state_dict(np.random.default_rng(123), **TINY), images,
                               depth=1, heads=2, dim_head=8)
-    np.testing.assert_allclose(model(images.transpose(0, 2, 3, 1)), expected, atol=1e-4)
+    np.testing.assert_allclose(forward(model, images.transpose(0, 2, 3, 1)), expected, atol=1e-4)
 
 
 def test_the_builtin_reader_refuses_code(tmp_path):

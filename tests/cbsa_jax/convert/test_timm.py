@@ -21,7 +21,7 @@ from cbsa_jax.convert import (
 )
 from cbsa_jax.nn import AgentAttention
 from cbsa_jax.representatives import GridPooling, Selection
-from tests._models import fill_on_host
+from tests._models import fill_on_host, forward
 from tests._models import random_timm_state_dict as _random_timm
 from tests._util import FIXTURES
 
@@ -112,11 +112,8 @@ def _images(size, seed=1):
     return np.random.default_rng(seed).normal(size=(2, size, size, 3)).astype(np.float32)
 
 
-_forward = nnx.jit(lambda model, x: model(x))
-
-
 def _logits(model, images):
-    return np.asarray(_forward(model, images))
+    return np.asarray(forward(model, images))
 
 
 def _state(model):

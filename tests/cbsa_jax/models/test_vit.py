@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cbsa_jax.models import PRESETS, create
-from tests._models import count_params, host_initialised
+from tests._models import count_params, forward, host_initialised
 
 # Trainable parameters at 224 x 224 and 1000 classes, counted on the official PyTorch models
 # (`sum(p.numel() for p in model.parameters() if p.requires_grad)`).
@@ -104,7 +104,7 @@ def test_forward_and_backward_are_finite_in_float32_and_bfloat16(rng, name):
 
 def test_create_initialises_a_trainable_model():
     model = create("cbt_nano", num_classes=10, image_size=32, seed=3, depth=1)
-    logits = model(jnp.ones((2, 32, 32, 3)))
+    logits = forward(model, jnp.ones((2, 32, 32, 3)))
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(logits)))
     other = create("cbt_nano", num_classes=10, image_size=32, seed=4, depth=1)
@@ -115,12 +115,12 @@ def test_non_square_images_and_position_interpolation(rng):
     model = host_initialised("cbt_nano", rng=rng, num_classes=5, image_size=(32, 48), depth=1)
     assert model.grid == (8, 12)
     x = jnp.asarray(rng.normal(size=(2, 32, 48, 3)), jnp.float32)
-    logits, info = model(x, capture=True)
+    logits, info = forward(model, x, capture=True)
     assert logits.shape == (2, 5) and info["grid"] == (8, 12)
     assert info["layers"][0]["weights"].shape == (2, 4, 16, 1 + 8 * 12)
     # another (non-square) size: the position table is resized to the new grid
     y = jnp.asarray(rng.normal(size=(1, 48, 32, 3)), jnp.float32)
-    logits, info = model(y, capture=True)
+    logits, info = forward(model, y, capture=True)
     assert info["grid"] == (12, 8) and bool(jnp.all(jnp.isfinite(logits)))
     same = model.position_embedding((8, 12))
     np.testing.assert_array_equal(same, model.pos_embedding[...])
@@ -133,14 +133,14 @@ def test_mean_pooling_and_overrides(rng):
     model = host_initialised("vit_nano", rng=rng, num_classes=3, image_size=16, pool="mean",
                              patch_size=2, depth=1)
     assert model.grid == (8, 8)
-    assert model(jnp.ones((1, 16, 16, 3))).shape == (1, 3)
+    assert forward(model, jnp.ones((1, 16, 16, 3))).shape == (1, 3)
 
 
 def test_capture_returns_every_layer(rng):
     model = host_initialised("cbt_nano", rng=rng, num_classes=4, image_size=32)
     x = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
-    logits, info = model(x, capture=True)
-    np.testing.assert_allclose(logits, model(x), rtol=1e-6, atol=1e-6)
+    logits, info = forward(model, x, capture=True)
+    np.testing.assert_allclose(logits, forward(model, x), rtol=1e-6, atol=1e-6)
     assert len(info["layers"]) == 4
     layer = info["layers"][-1]
     n = 1 + 8 * 8

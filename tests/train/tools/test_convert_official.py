@@ -2,9 +2,9 @@
 checkpoint."""
 
 import numpy as np
-from flax import nnx
 
 from cbsa_jax.convert import cbt_from_torch
+from tests._models import forward
 from tests.data.tiny import TINY, TINY_PTH
 from train.loop import load_experiment
 from train.tools import convert_official as convert_cli
@@ -24,7 +24,6 @@ def test_converted_checkpoint_restores_to_the_reference_model(tmp_path, capsys):
     assert meta["step"] == 0 and meta["converted_from"].endswith("tiny_cbt.pth.tar")
     assert exp.config.model.selection == "reference"
     images = np.random.default_rng(0).normal(size=(2, 128, 128, 3)).astype(np.float32)
-    forward = nnx.jit(lambda model, x: model(x))
     expected = forward(cbt_from_torch(PTH, **TINY), images)
     np.testing.assert_allclose(forward(exp.model(state), images), expected, atol=1e-5)
 

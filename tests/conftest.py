@@ -28,9 +28,12 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def pytest_collection_modifyitems(items):
-    """The training-program tests (the longest, several run subprocesses) first, so the two
-    workers do not end with one of them still running a long test alone."""
-    items.sort(key=lambda item: 0 if f"{os.sep}train{os.sep}" in str(item.path) else 1)
+    """The tests of programs (training, experiments, benchmarks: the longest, several run
+    subprocesses) first and the library's unit tests last, so the two workers do not end with
+    one of them still running a long test alone."""
+    trains = tuple(f"{os.sep}tests{os.sep}{d}{os.sep}" for d in ("train", "experiments",
+                                                                  "benchmarks"))
+    items.sort(key=lambda item: 0 if any(part in str(item.path) for part in trains) else 1)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""`python -m train`: steps, exact resumption, TFDS datasets, meshes, processes, errors."""
+"""`python -m train`: steps, exact resumption, TFDS datasets, meshes, errors. (Its jobs of several
+processes: test_distributed.py.)"""
 
 import json
 import os

@@ -40,8 +40,7 @@ class _EventFile:
         os.makedirs(logdir, exist_ok=True)
         name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
                 f"{os.getpid()}.{next(_FILE_NUMBERS)}")
-        self.path = os.path.join(logdir, name)
-        self._records = RecordWriter(open(self.path, "wb"))  # noqa: SIM115 -- closed in close()
+        self._records = RecordWriter(open(os.path.join(logdir, name), "wb"))  # noqa: SIM115 -- closed in close()
         self.add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def add(self, event: event_pb2.Event) -> None:

@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import cbsa_jax as cj
 from cbsa_jax import interpret
-from tests._models import host_initialised
+from tests._models import forward, host_initialised
 
 
 def test_layer_coding_rate_is_the_reference_measurement(x64, rng):
@@ -43,7 +42,7 @@ def test_sparsity_assignment_masks_and_jaccard():
 def test_every_attention_type_exposes_its_maps(rng, name):
     model = host_initialised(name, rng=rng, num_classes=3, image_size=16, depth=1)
     x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
-    _, info = nnx.jit(lambda m, x: m(x, capture=True))(model, x)
+    _, info = forward(model, x, capture=True)
     layer = info["layers"][0]
     n = 1 + 4 * 4
     eff = np.asarray(layer["effective_map"])

@@ -37,7 +37,7 @@ def _kwargs(config):
 
 
 def _run(model, images_nhwc):
-    return nnx.jit(lambda m, x: m(x, capture=True))(model, images_nhwc)
+    return forward(model, images_nhwc, capture=True)
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)

@@ -141,7 +141,7 @@ def test_parity_with_the_official_adapted_vit(attention, selection, tag):
     model = vit_from_timm(sd, heads=config["num_heads"], image_size=config["image_size"],
                           attention=attention, selection=selection)
     assert model.config.depth == 2 and model.config.dim == 192 and model.num_classes == 10
-    logits, info = nnx.jit(lambda m, x: m(x, capture=True))(model, data["input_nhwc"])
+    logits, info = forward(model, data["input_nhwc"], capture=True)
     layer = info["layers"][0]
     errors = {"tokens_in": np.abs(layer["block_in"] - data["tokens_in"]).max(),
               "block0": np.abs(layer["block_out"] - data[f"tokens_after_block0_{tag}"]).max(),

@@ -18,6 +18,7 @@ from cbsa_jax.models import (
     create_segmenter,
 )
 from cbsa_jax.models.segmenter import bilinear_matrix, upsample_bilinear
+from tests._models import forward
 from tests._util import FIXTURES
 
 FIXTURE = os.path.join(FIXTURES,
@@ -247,8 +248,7 @@ def test_pad_then_crop_is_exact(nano, rng):
     """An image off the patch multiple gives the crop of its zero-padded version's logits."""
     images = rng.standard_normal((2, 30, 37, 3)).astype(np.float32)
     padded = np.pad(images, ((0, 0), (0, 2), (0, 3), (0, 0)))
-    run = nnx.jit(lambda m, x: m(x))
-    out, full = run(nano, images), run(nano, padded)
+    out, full = forward(nano, images), forward(nano, padded)
     assert out.shape == (2, 30, 37, 6) and out.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(out), np.asarray(full)[:, :30, :37])
 
@@ -261,7 +261,7 @@ def test_segmenter_composes_encoder_norm_decoder(nano, rng):
         assert grid == (8, 8)
         return m.decoder(m.encoder.head_norm(tokens[:, 1:]), grid=grid, image_size=(32, 32))
 
-    logits, info = nnx.jit(lambda m, x: m(x, capture=True))(nano, images)
+    logits, info = forward(nano, images, capture=True)
     masks = nnx.jit(by_hand)(nano, images)
     assert info["grid"] == (8, 8)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(masks), atol=1e-5)

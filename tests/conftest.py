@@ -11,6 +11,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -20,11 +21,19 @@ import pytest  # noqa: E402
 # Compiled programs are cached on disk for the session: the training tests build the same
 # programs in several runs, and a CPU compile costs seconds. The directory is made once by the
 # first process and inherited (through the environment) by the pytest-xdist workers, so each
-# program is compiled by one of them.
+# program is compiled by one of them. The process that made it removes it when the session ends.
+_OWN_CACHE = None
 if not os.environ.get("CBSA_JAX_TEST_XLA_CACHE"):
-    os.environ["CBSA_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="cbsa_jax_xla_")
+    _OWN_CACHE = os.environ["CBSA_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="cbsa_jax_xla_")
 jax.config.update("jax_compilation_cache_dir", os.environ["CBSA_JAX_TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config):
+    """Remove the compilation cache this process made (after the workers, which run inside the
+    controller's session, have ended); a directory given by the caller stays."""
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

@@ -22,7 +22,9 @@ machine's float32 matmul rate (a 2048 x 2048 x 2048 product) timed between the s
 both saw the same load: `fraction` is achieved / matmul. The step is compiled as
 `--train-variants` says: `train` (default; the options the training program uses,
 `cbsa_jax.training.compiler_options()`) and/or `xla-default`. The process's malloc is set as
-`python -m train` sets it (`--allocator default` leaves glibc's defaults).
+`python -m train` sets it (`--allocator default` leaves glibc's defaults), and the step runs on
+the devices `python -m train` splits the CPU into, one per core, the batch split over them
+(`--devices one`: one device).
 """
 
 from __future__ import annotations
@@ -90,25 +92,32 @@ def forward_cost(name: str, *, image_size: int = 224, num_classes: int = 1000, d
 def train_throughput(name: str, *, batch: int = 8, image_size: int = 224,
                      num_classes: int = 1000, dtype=None, repeats: int = 3,
                      matmul_n: int = 2048, seed: int = 0,
-                     compiler_options: dict | None = None) -> dict:
+                     compiler_options: dict | None = None, split: bool = True) -> dict:
     """Median train-step time of preset `name`, and the matmul rate timed between the steps.
 
-    `compiler_options` are XLA options for the step's compilation (empty: XLA's defaults).
+    `compiler_options` are XLA options for the step's compilation (empty: XLA's defaults);
+    `split`: on the devices `python -m train` splits the batch over
+    (`cbsa_jax.training.step_devices`), else on one device.
     """
     size = image_size
     abstract = nnx.eval_shape(lambda: create(name, num_classes=num_classes, image_size=size,
                                              dtype=dtype))
     model = host_initialised(abstract, seed)
+    devices = training.step_devices(batch) if split else None
     step, leaves = training.classification_step(model, optax.adamw(1e-4, weight_decay=0.05),
                                                 num_classes=num_classes,
-                                                options=compiler_options or {})
+                                                options=compiler_options or {}, devices=devices)
     rng = np.random.default_rng(seed)
     batch_j = {"image": jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32),
                "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)}
+    if step.batch_sharding is not None:
+        batch_j = jax.device_put(batch_j, step.batch_sharding)
+    count = len(devices or [None])
     t0 = time.perf_counter()
     compiled = step.compile(leaves, batch_j)
     compile_s = time.perf_counter() - t0
-    cost = h.cost_analysis(compiled)
+    cost = h.cost_analysis(compiled)  # per device: the batch's share
+    cost["flops"] *= count
     mem = h.memory_analysis(compiled)
     probe = h.MatmulProbe(matmul_n, jnp.float32 if dtype is None else dtype)
     times = []
@@ -129,7 +138,7 @@ def train_throughput(name: str, *, batch: int = 8, image_size: int = 224,
             "step_gflop": cost["flops"] / 1e9, "achieved_gflops": achieved,
             "matmul_gflops": matmul["gflops"], "fraction_of_matmul": achieved / matmul["gflops"],
             "repeats": len(times), "times_ms": [t * 1e3 for t in times],
-            "peak_mb": mem["peak"] / h.MB, "compile_s": compile_s,
+            "peak_mb": mem["peak"] / h.MB * count, "compile_s": compile_s, "devices": count,
             "compiler_options": dict(compiler_options or {}),
             "loss": float(metrics["loss"]), "rss_peak_mb": h.rss_peak_mb()}
 
@@ -185,6 +194,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "python -m train uses) and/or 'xla-default'")
     p.add_argument("--allocator", default="train", choices=("train", "default"),
                    help="'train': malloc as python -m train sets it; 'default': glibc's")
+    p.add_argument("--devices", default="train", choices=("train", "one"),
+                   help="the train step's devices: 'train': as python -m train splits the CPU "
+                        "(one XLA device per core dividing the batch); 'one': one device")
     args = p.parse_args(argv)
     args.train_variants = h.parse_list(args.train_variants)
     h.check_choices(p, args.train_variants, VARIANTS, "train variant", "variants")
@@ -200,8 +212,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         h.reexec_with_hugepages("benchmarks.models", argv)
     allocator = (training.configure_host_allocator() if args.allocator == "train"
                  else {"applied": False, "reason": "--allocator default"})
-    info = h.machine_info()
-    info["allocator"] = allocator
+    info = {"host_devices": (training.configure_host_devices([args.batch])
+                             if args.devices == "train" and args.train_presets
+                             else {"applied": False, "reason": f"--devices {args.devices}"})}
+    info.update(h.machine_info(), allocator=allocator)
     payload = {"benchmark": "models", "machine": info, "config": vars(args), "presets": [],
                "train": []}
     print(f"# models benchmark, {info['date']}, {info['processor']} ({info['cpu_count']} cores, "
@@ -221,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             try:
                 row = train_throughput(name, batch=args.batch, image_size=args.train_image_size,
                                        repeats=args.repeats, matmul_n=args.matmul_n,
-                                       compiler_options=VARIANTS[variant]())
+                                       compiler_options=VARIANTS[variant](),
+                                       split=args.devices == "train")
             except Exception as e:  # noqa: BLE001
                 row = {"preset": name, "batch": args.batch, "image_size": args.train_image_size,
                        "status": f"error: {h.error_text(e)}"}

@@ -35,8 +35,12 @@ of `cbsa_jax.training.compiler_options()`, chosen from the backend and the proce
 instruction set); the layer and inference cases use the same options (`--ours-options
 xla-default` compiles with XLA's defaults instead). The process's malloc is set as `python -m
 train` sets it (`cbsa_jax.training.configure_host_allocator`, one process: both frameworks alike;
-`--allocator default` leaves glibc's defaults). `--hugepages` restarts the process with glibc's
-malloc asking for transparent huge pages (both frameworks alike; docs/performance.md).
+`--allocator default` leaves glibc's defaults), and the train step runs on the devices `python -m
+train` splits the CPU into, one per core, each batch split over them
+(`cbsa_jax.training.configure_host_devices`; the layer, block and inference cases run on one
+device; `--devices one` puts the train step on one device too). `--hugepages` restarts the
+process with glibc's malloc asking for transparent huge pages (both frameworks alike;
+docs/performance.md).
 
 Cases (`--parts`):
 - `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
@@ -389,8 +393,9 @@ def _images(batch: int, size: int, num_classes: int, seed: int):
 def train_case(official, side: Torch, preset: str, batch: int, *, image_size: int,
                num_classes: int, rounds: int, target_s: float, tolerance: float,
                budget_gb: float, options: dict | None = None, dtype=None,
-               seed: int = 0) -> dict:
-    """One AdamW step (train-mode forward, cross-entropy, backward, update) of both models."""
+               seed: int = 0, split: bool = True) -> dict:
+    """One AdamW step (train-mode forward, cross-entropy, backward, update) of both models;
+    ours on the devices `python -m train` splits the batch over (`split`), else on one."""
     what = f"{preset} train step (fwd+bwd+AdamW), batch {batch}, {image_size}"
     base = {"preset": preset, "batch": batch}
     torch = side.torch
@@ -424,12 +429,17 @@ def train_case(official, side: Torch, preset: str, batch: int, *, image_size: in
         return side.sync(loss)
 
     # the training program's step (train/loop.py's Experiment.train_step), on one device
+    devices = training.step_devices(batch) if split else None
     step, leaves = training.classification_step(model, optax.adamw(1e-4, weight_decay=0.05),
-                                                num_classes=num_classes, options=options)
+                                                num_classes=num_classes, options=options,
+                                                devices=devices)
     batch_j = {"image": jnp.asarray(images_np.transpose(0, 2, 3, 1)),
                "label": jnp.asarray(labels_np, jnp.int32)}
+    if step.batch_sharding is not None:
+        batch_j = jax.device_put(batch_j, step.batch_sharding)
+    base["devices"] = len(devices or [None])
     compiled = step.compile(leaves, batch_j)
-    peak_gb = h.memory_analysis(compiled)["peak"] / h.GB
+    peak_gb = h.memory_analysis(compiled)["peak"] / h.GB * base["devices"]  # per device
     if peak_gb > budget_gb:
         return _skipped("train", what, f"oom (estimated {peak_gb:.1f} GB > {budget_gb} GB)",
                         diff, **base)
@@ -442,7 +452,7 @@ def train_case(official, side: Torch, preset: str, batch: int, *, image_size: in
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
                         target_s=target_s)
     return _row("train", what, times, diff, peak_mb=peak_gb * 1e3,
-                gflop=h.cost_analysis(compiled)["flops"] / 1e9, **base)
+                gflop=h.cost_analysis(compiled)["flops"] / 1e9 * base["devices"], **base)
 
 
 def infer_case(official, side: Torch, preset: str, batch: int, *, image_size: int,
@@ -560,6 +570,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="'train': the process's malloc as python -m train sets it "
                         "(cbsa_jax.training.configure_host_allocator; both frameworks, one "
                         "process); 'default': glibc's own")
+    p.add_argument("--devices", default="train", choices=("train", "one"),
+                   help="our train step's devices: 'train': as python -m train splits the CPU, "
+                        "one XLA device per core dividing the batch, each batch split over them "
+                        "(cbsa_jax.training.configure_host_devices); 'one': one device")
     p.add_argument("--hugepages", action="store_true",
                    help="restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge "
                         "pages for large allocations, both frameworks alike: XLA's per-call "
@@ -591,6 +605,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         h.reexec_with_hugepages("benchmarks.official", argv)
     allocator = (training.configure_host_allocator() if args.allocator == "train"
                  else {"applied": False, "reason": "--allocator default"})
+    host_devices = (training.configure_host_devices(args.train_batches)
+                    if args.devices == "train" and "train" in args.parts
+                    else {"applied": False, "reason": f"--devices {args.devices}"})
     try:
         import torch
     except ImportError as e:
@@ -605,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
     info = h.machine_info()
     info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                torch_device=side.device, allocator=allocator)
+                torch_device=side.device, allocator=allocator, host_devices=host_devices)
     config = {k: v for k, v in vars(args).items()}
     command = "python -m benchmarks.official " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = {"benchmark": "official", "command": command, "machine": info, "config": config,
@@ -627,7 +644,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model_kw = dict(image_size=args.image_size, num_classes=args.num_classes, **common)
     if "train" in args.parts:
         jobs += [lambda p=p, b=b: train_case(official, side, p, b,
-                                             budget_gb=args.memory_budget_gb, **model_kw)
+                                             budget_gb=args.memory_budget_gb,
+                                             split=args.devices == "train", **model_kw)
                  for b in args.train_batches for p in args.presets]
     if "infer" in args.parts:
         jobs += [lambda p=p, b=b: infer_case(official, side, p, b, **model_kw)

@@ -95,6 +95,7 @@ from experiments.results_readme import last_fifth_cell
 from train import cli, datasets, loop
 from train import config as config_lib
 from train import data as data_lib
+from train import mesh as mesh_lib
 from train.metrics import read_jsonl
 from train.tools import attention_jaccard
 
@@ -485,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = json.loads(base.to_json())
         version = datasets.version(base.dataset)
         earlier = earlier_results(args.runs_from, recipe, version, args.mass)
-    except config_lib.ConfigError as e:
+        mesh_lib.split_host(*configs.values())  # as python -m train: one CPU device per core
+    except ValueError as e:  # a ConfigError, or CBSA_JAX_HOST_DEVICES
         return cli.fail(e)
     name = os.path.splitext(os.path.basename(args.config))[0]
     out = os.path.join(args.out, name)

@@ -30,6 +30,7 @@ from cbsa_jax.reporting import machine_info, parse_list, table, write_json
 from train import cli, loop
 from train import config as config_lib
 from train import data as data_lib
+from train import mesh as mesh_lib
 from train.metrics import read_jsonl
 
 __all__ = ["main", "run_config", "window_speed"]
@@ -116,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return cli.exit_code(e)
     logging.getLogger("absl").setLevel(logging.WARNING)
+    try:  # as python -m train: one CPU device per core, before JAX starts
+        mesh_lib.split_host(*(run_config(name, "memory", steps=args.steps, data_dir="",
+                                         overrides=overrides) for name in args.configs))
+    except ValueError as e:  # a ConfigError, or CBSA_JAX_HOST_DEVICES
+        return cli.fail(e)
     started = time.perf_counter()
     machine = machine_info()
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,6 +46,7 @@ from experiments._runs import Interrupted, kept_step_times, parse, train_once
 from train import cli
 from train import config as config_lib
 from train import data as data_lib
+from train import mesh as mesh_lib
 from train.datasets import stdlib
 
 __all__ = ["main", "dataset_for", "run_config", "steps_for", "markdown"]
@@ -196,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     shape = dict(tokens_per_step=args.tokens_per_step, eval_bytes=args.eval_bytes)
     try:
         base, probes = _plan(args, overrides, shape)
-    except config_lib.ConfigError as e:
+        # as python -m train: one CPU device per core
+        mesh_lib.split_host(*(c for by_model in probes.values() for c in by_model.values()))
+    except ValueError as e:  # a ConfigError, or CBSA_JAX_HOST_DEVICES
         return cli.fail(e)
     os.makedirs(args.out, exist_ok=True)
     started, machine = time.perf_counter(), machine_info()

@@ -10,7 +10,10 @@ line on stderr; a run stopped for a non-finite loss (config.nonfinite='stop') ex
 
 The program sets the process's malloc for XLA:CPU's per-step buffers itself
 (`cbsa_jax.training.configure_host_allocator`, applied when `train` is imported, before
-other libraries start threads; `CBSA_JAX_ALLOCATOR=default` leaves it alone).
+other libraries start threads; `CBSA_JAX_ALLOCATOR=default` leaves it alone). A single-process
+run with the default mesh splits the CPU into one XLA device per core (at most 8, dividing the
+batch), each batch sharded over them (`train.mesh.split_host`; `CBSA_JAX_HOST_DEVICES=N` sets
+the count, 1 keeps JAX's one device).
 In a multi-process job, a process that stops because another one was lost or is stuck exits with
 code 4 (`train.distributed.PEER_EXIT`) and one line naming it; the timeouts are
 `config.distributed.*`.
@@ -26,8 +29,10 @@ import traceback
 
 import jax
 
+from cbsa_jax import training
 from train import cli, distributed, loop
 from train import config as config_lib
+from train import mesh as mesh_lib
 from train.checkpoint import CheckpointMismatch
 from train.data import DataError
 from train.mesh import MeshError
@@ -79,12 +84,20 @@ def main(argv: list[str] | None = None) -> int:
             auto=args.distributed)
     except ValueError as e:
         return cli.fail(e)
+    try:  # before anything asks JAX for its devices
+        split = mesh_lib.split_host(config) if watchdog is None else {"applied": False}
+    except ValueError as e:  # CBSA_JAX_HOST_DEVICES
+        return cli.fail(e)
 
     if jax.process_index() == 0:
         what = "evaluating" if config.eval_only else "training"
         print(f"{what} {args.config or config_lib.DEFAULT_CONFIG} "
               f"({config.model.name} on {config.dataset}) in {os.path.abspath(workdir)}",
               flush=True)
+        if split["applied"] and split["devices"] > 1 and jax.default_backend() == "cpu":
+            print(f"the CPU runs as {split['devices']} XLA devices, one per core, each batch "
+                  f"split over them ({training.HOST_DEVICES_ENV}=1 keeps one device)",
+                  flush=True)
     if watchdog is None:
         return _train(config, workdir)[0]
     try:

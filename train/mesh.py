@@ -16,10 +16,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from cbsa_jax import training
 from cbsa_jax.sharding import DEFAULT_RULES, logical_to_spec
 
 __all__ = ["MeshError", "make_mesh", "batch_sharding", "state_shardings", "replicated",
-           "BATCH_AXES"]
+           "split_host", "BATCH_AXES"]
 
 AXES = ("data", "fsdp", "seq", "model")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over data x fsdp
@@ -41,6 +42,19 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int
         raise MeshError(f"config.mesh {dict(zip(AXES, sizes, strict=True))} needs "
                         f"{int(np.prod(sizes))} devices, {num_devices} are available")
     return tuple(sizes)
+
+
+def split_host(*configs: ml_collections.ConfigDict) -> dict:
+    """One XLA:CPU device per core for a single-process run of `configs`
+    (`cbsa_jax.training.configure_host_devices`, for all their train and eval batch sizes), so
+    that the default mesh, every device on `data`, splits each batch over the cores. Call it
+    before JAX starts (the first device query). A mesh laid out by hand is left with the devices
+    JAX gives, and so is an accelerator."""
+    default = {"data": -1, "fsdp": 1, "seq": 1, "model": 1}
+    if any(c.mesh[axis] != size for c in configs for axis, size in default.items()):
+        return {"applied": False, "devices": None, "reason": "config.mesh is laid out by hand"}
+    return training.configure_host_devices(
+        [b for c in configs for b in (c.batch_size, c.eval_batch_size or c.batch_size)])
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:

@@ -163,6 +163,7 @@ def test_models_benchmark_tables(tmp_path, capsys):
                 "fraction_of_matmul"):
         assert train[key] > 0, key
     assert math.isfinite(train["loss"]) and train["variant"] == "train"
+    assert train["devices"] == 2  # as python -m train splits a batch of 2 (of conftest's 8)
     text = capsys.readouterr().out
     assert "| cbt_nano" in text and "GFLOPs / image" in text and "achieved GFLOP/s" in text
 
@@ -343,6 +344,11 @@ def test_official_benchmark_smoke(tmp_path, capsys):
     assert [(r["case"], r.get("part"), r["status"]) for r in data["rows"]] == [
         ("layer", None, "ok"), ("train", None, "ok"), ("infer", None, "ok"),
         *(("block", part, "ok") for part in official.BLOCK_PARTS)]
+    # the train step is split over the devices as python -m train splits it: here conftest's 8
+    # CPU devices (configure_host_devices leaves a count set in XLA_FLAGS alone), 2 of which
+    # divide the batch of 2
+    assert data["machine"]["host_devices"]["applied"] is False
+    assert data["rows"][1]["devices"] == 2
     for row in data["rows"]:
         assert row["max_rel_diff"] < 1e-4  # the converted model computes the official function
         assert row["official_ms"] > 0 and row["ours_ms"] > 0 and row["ratio"] > 0

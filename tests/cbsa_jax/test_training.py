@@ -205,3 +205,75 @@ def test_the_allocator_setting_stops_the_per_call_page_faults():
     assert applied == "True" and skipped == "False"
     assert default > (64 << 20) / 4096  # more than a 64 MB buffer faulted in, at every call
     assert tuned < default / 3
+
+
+def test_host_device_count_divides_every_batch_within_the_cores():
+    assert training.host_device_count([100, 100], 2) == 2
+    assert training.host_device_count([100, 50], 16) == 5  # at most 8, dividing both
+    assert training.host_device_count([8, 64], 32) == training.MAX_HOST_DEVICES == 8
+    assert training.host_device_count([6], 4) == 3
+    assert training.host_device_count([7, 8], 2) == 1
+    assert training.host_device_count([], 2) == 2
+    with pytest.raises(ValueError, match="batch_sizes must be positive"):
+        training.host_device_count([0], 2)
+    with pytest.raises(ValueError, match="cores must be a positive integer"):
+        training.host_device_count([8], 0)
+
+
+def test_configure_host_devices_leaves_a_count_set_elsewhere_alone(monkeypatch):
+    assert "xla_force_host_platform_device_count" in os.environ["XLA_FLAGS"]  # conftest's 8
+    before = len(jax.devices())
+    assert training.configure_host_devices([8]) == {
+        "applied": False, "devices": None, "reason": "XLA_FLAGS sets the count"}
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert training.configure_host_devices([8])["reason"] == "JAX's backends have started"
+    assert len(jax.devices()) == before
+    monkeypatch.setenv(training.HOST_DEVICES_ENV, "two")
+    with pytest.raises(ValueError, match="CBSA_JAX_HOST_DEVICES must be a positive integer"):
+        training.configure_host_devices([8])
+
+
+_SPLIT = textwrap.dedent("""
+    import train
+    from train import config as config_lib, mesh
+    from cbsa_jax import training
+    import jax
+    config = config_lib.base_config()
+    config.batch_size, config.eval_batch_size = 100, 50
+    print(mesh.split_host(config)["applied"], len(jax.devices()), training.usable_cores())
+""")
+
+
+def test_a_fresh_process_splits_the_cpu_into_one_device_per_core():
+    """What `python -m train` does before JAX starts: as many CPU devices as the cores, at most
+    8, dividing the train and eval batches; `CBSA_JAX_HOST_DEVICES` sets the count."""
+    applied, devices, cores = _run_script(_SPLIT)
+    assert applied == "True"
+    assert int(devices) == training.host_device_count([100, 50], int(cores))
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+           training.HOST_DEVICES_ENV: "3"}
+    out = subprocess.run([sys.executable, "-c", _SPLIT], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout.split()
+    assert out[:2] == ["True", "3"], out
+
+
+def test_the_benchmarks_step_on_several_devices_is_the_one_device_step(rng):
+    """`classification_step(devices=...)` splits the batch over the devices as the training
+    program's default mesh does: the same loss and update as on one device."""
+    batch = _batch(rng, 8)
+    one, one_leaves = training.classification_step(_model(np.random.default_rng(1)),
+                                                   optax.adamw(1e-3), num_classes=5)
+    devices = training.step_devices(8)
+    assert len(devices) == 8  # conftest's 8 CPU devices, all dividing the batch
+    split, split_leaves = training.classification_step(_model(np.random.default_rng(1)),
+                                                       optax.adamw(1e-3), num_classes=5,
+                                                       devices=devices)
+    assert split.batch_sharding.mesh.devices.size == 8
+    for _ in range(3):  # the loss of the third step sees the first two updates
+        one_leaves, one_metrics = one(one_leaves, batch)
+        split_leaves, split_metrics = split(split_leaves,
+                                            jax.device_put(batch, split.batch_sharding))
+        np.testing.assert_allclose(split_metrics["loss"], one_metrics["loss"], rtol=1e-5)
+        np.testing.assert_allclose(split_metrics["grad_norm"], one_metrics["grad_norm"],
+                                   rtol=1e-4)
+    assert training.step_devices(6)[-1] == jax.devices()[5]  # 6 of the 8 divide a batch of 6

@@ -108,7 +108,7 @@ def host_cpu() -> HostCPU:
 
 def machine_info() -> dict[str, Any]:
     """Where a result came from: date, processor (vendor, model, ISA), cores, jax, backend,
-    device, Python, glibc tunables, XLA flags, load average, huge pages, memory."""
+    device and device count, Python, glibc tunables, XLA flags, load average, huge pages, memory."""
     dev = jax.devices()[0]
     cpu = host_cpu()
     info = {
@@ -121,6 +121,7 @@ def machine_info() -> dict[str, Any]:
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "device": getattr(dev, "device_kind", str(dev)),
+        "device_count": jax.device_count(),  # on a CPU: the XLA devices it is split into
         "python": platform.python_version(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

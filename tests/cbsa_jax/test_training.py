@@ -247,13 +247,16 @@ _SPLIT = textwrap.dedent("""
 def test_a_fresh_process_splits_the_cpu_into_one_device_per_core():
     """What `python -m train` does before JAX starts: as many CPU devices as the cores, at most
     8, dividing the train and eval batches; `CBSA_JAX_HOST_DEVICES` sets the count."""
-    applied, devices, cores = _run_script(_SPLIT)
+    def run(**extra):
+        env = {k: v for k, v in os.environ.items() if k != training.HOST_DEVICES_ENV}
+        env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="", **extra)
+        return subprocess.run([sys.executable, "-c", _SPLIT], env=env, capture_output=True,
+                              text=True, timeout=300, check=True).stdout.split()
+
+    applied, devices, cores = run()
     assert applied == "True"
     assert int(devices) == training.host_device_count([100, 50], int(cores))
-    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           training.HOST_DEVICES_ENV: "3"}
-    out = subprocess.run([sys.executable, "-c", _SPLIT], env=env, capture_output=True,
-                         text=True, timeout=300, check=True).stdout.split()
+    out = run(**{training.HOST_DEVICES_ENV: "3"})
     assert out[:2] == ["True", "3"], out
 
 

@@ -1133,7 +1133,15 @@ def _recipe_facts(res: Results) -> dict[str, Any]:
             "compare_recipe": res["mnist.json"]["recipe_summary"],
             "compare_budget": _budget(res["mnist.json"]["recipe"]["num_epochs"],
                                       data["epochs"]),
-            "compare_seeds": _seeds(res["mnist.json"]["table"])}
+            "compare_seeds": _seeds(res["mnist.json"]["table"]),
+            "devices": _split_devices(data["machine"])}
+
+
+def _split_devices(machine: Mapping[str, Any]) -> str:
+    """How many CPU devices a run's `python -m train` split the cores into, in words."""
+    count = machine.get("device_count", 1)
+    return (f", on the {count} XLA devices `python -m train` splits the {machine['cpu_count']} "
+            "cores into" if machine.get("backend") == "cpu" and count > 1 else "")
 
 
 MNIST_RECIPE = Experiment(
@@ -1144,7 +1152,7 @@ MNIST_RECIPE = Experiment(
     shows="It reaches {final:.1f}% test accuracy (best {best:.1f}%) in {minutes:.1f} minutes "
           "of wall clock, compilation and evaluations included; 95% is first passed {first95}. "
           "Over the last fifth of the steps the test accuracy moves within {range:.1f} points. "
-          "Training runs at {ips:.0f} images/s.",
+          "Training runs at {ips:.0f} images/s{devices}.",
     loses="One seed only here; the MNIST comparison above trains every model with "
           "{compare_budget} ({compare_recipe}, {compare_seeds}).",
     facts=_recipe_facts,

@@ -112,7 +112,7 @@ def train_throughput(name: str, *, batch: int = 8, image_size: int = 224,
                "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)}
     if step.batch_sharding is not None:
         batch_j = jax.device_put(batch_j, step.batch_sharding)
-    count = len(devices or [None])
+    count = len(devices) if devices else 1
     t0 = time.perf_counter()
     compiled = step.compile(leaves, batch_j)
     compile_s = time.perf_counter() - t0

@@ -437,7 +437,7 @@ def train_case(official, side: Torch, preset: str, batch: int, *, image_size: in
                "label": jnp.asarray(labels_np, jnp.int32)}
     if step.batch_sharding is not None:
         batch_j = jax.device_put(batch_j, step.batch_sharding)
-    base["devices"] = len(devices or [None])
+    base["devices"] = len(devices) if devices else 1
     compiled = step.compile(leaves, batch_j)
     peak_gb = h.memory_analysis(compiled)["peak"] / h.GB * base["devices"]  # per device
     if peak_gb > budget_gb:
@@ -506,14 +506,6 @@ COLUMNS = [
 ]
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (XLA sizes its pool the same way)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _block_spec(p: argparse.ArgumentParser, spec: str) -> tuple[str, int, int]:
     """`preset:batch:N` -> (preset, batch, N), or a parser error naming --blocks."""
     fields = spec.split(":")
@@ -578,7 +570,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge "
                         "pages for large allocations, both frameworks alike: XLA's per-call "
                         "buffers otherwise page-fault every train step; docs/performance.md)")
-    p.add_argument("--threads", type=int, default=usable_cores(),
+    p.add_argument("--threads", type=int, default=training.usable_cores(),
                    help="torch.set_num_threads (default: every core this process may run on, "
                         "os.cpu_count() unless restricted by taskset)")
     args = p.parse_args(argv)

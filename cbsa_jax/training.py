@@ -366,20 +366,18 @@ def classification_step(model: nnx.Module, tx: optax.GradientTransformation, *,
     over them (`step.batch_sharding`: put each batch there), the outputs replicated."""
     task = make_task(classification(lambda rngs: nnx.clone(model), num_classes=num_classes), tx)
     _, params, batch_stats = nnx.split(model, nnx.Param, ...)
-    leaves = None
-    if devices is not None and len(devices) > 1:
-        mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        step = compile_step(
-            task.train_step, task.abstract_state, options=options,
-            state_shardings=jax.tree.map(lambda _: replicated, task.abstract_state),
-            batch_sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
-            out_sharding=replicated, mesh=mesh)
-        leaves = [jax.device_put(x, replicated)
-                  for x in step.flatten(task.state_from(params, batch_stats))]
-    else:
+    state = task.state_from(params, batch_stats)
+    if devices is None or len(devices) == 1:
         step = compile_step(task.train_step, task.abstract_state, options=options)
-    return step, leaves or step.flatten(task.state_from(params, batch_stats))
+        return step, step.flatten(state)
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    step = compile_step(
+        task.train_step, task.abstract_state, options=options,
+        state_shardings=jax.tree.map(lambda _: replicated, task.abstract_state),
+        batch_sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+        out_sharding=replicated, mesh=mesh)
+    return step, [jax.device_put(x, replicated) for x in step.flatten(state)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,10 +462,11 @@ MAX_HOST_DEVICES = 8  # the split is measured on 2 cores only; more devices stay
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
+    """The cores this process may run on (its affinity mask where the OS has one, as XLA sizes
+    its thread pool)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
+    except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
 
 

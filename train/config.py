@@ -31,6 +31,8 @@ DECODERS = ("cbt", "softmax", "linear")
 OPTIMIZERS = ("adamw", "lion", "sgd")
 SCHEDULES = ("cosine", "constant")
 NONFINITE = ("skip", "stop")
+#: The default mesh: every device on `data` (-1 fills the remaining devices).
+DEFAULT_MESH = {"data": -1, "fsdp": 1, "seq": 1, "model": 1}
 DTYPES = ("float32", "bfloat16")
 MODEL_FIELDS = ("attention", "dim", "depth", "heads", "dim_head", "ffn", "patch_size",
                 "patch_embed", "patch_norm", "cells", "selection", "eps", "mlp_ratio", "pool",
@@ -109,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.nonfinite = "skip"  # skip | stop: what a non-finite loss or gradient does
     # mesh: -1 fills the remaining devices
     # (seq > 1 splits each sequence of a language model: sequence parallelism)
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "seq": 1, "model": 1})
+    c.mesh = ml_collections.ConfigDict(DEFAULT_MESH)
     # loop
     c.log_every_steps = 50
     c.eval_every_steps = 0  # 0 = once per epoch

@@ -18,6 +18,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from cbsa_jax import training
 from cbsa_jax.sharding import DEFAULT_RULES, logical_to_spec
+from train import config as config_lib
 
 __all__ = ["MeshError", "make_mesh", "batch_sharding", "state_shardings", "replicated",
            "split_host", "BATCH_AXES"]
@@ -50,7 +51,7 @@ def split_host(*configs: ml_collections.ConfigDict) -> dict:
     that the default mesh, every device on `data`, splits each batch over the cores. Call it
     before JAX starts (the first device query). A mesh laid out by hand is left with the devices
     JAX gives, and so is an accelerator."""
-    default = {"data": -1, "fsdp": 1, "seq": 1, "model": 1}
+    default = config_lib.DEFAULT_MESH
     if any(c.mesh[axis] != size for c in configs for axis, size in default.items()):
         return {"applied": False, "devices": None, "reason": "config.mesh is laid out by hand"}
     return training.configure_host_devices(

@@ -17,6 +17,7 @@ import pytest
 from benchmarks import _harness as h
 from benchmarks import _macs, attention, compare, gpu, models
 from cbsa_jax import attention as att
+from cbsa_jax import training
 from tests._util import REPO
 
 TINY = ["--sizes", "17", "--matmul-n", "128", "--target-s", "0.01", "--min-repeats", "1",
@@ -340,7 +341,7 @@ def test_official_benchmark_smoke(tmp_path, capsys):
                    "128", "--num-classes", "10", "--rounds", "1", "--target-s", "0.001",
                    "--parts", "layer,train,infer,block", "--blocks", "cbt_tiny:2:65"])
     data = _load(out)
-    assert data["machine"]["torch_threads"] == official.usable_cores() >= 1
+    assert data["machine"]["torch_threads"] == training.usable_cores() >= 1
     assert [(r["case"], r.get("part"), r["status"]) for r in data["rows"]] == [
         ("layer", None, "ok"), ("train", None, "ok"), ("infer", None, "ok"),
         *(("block", part, "ok") for part in official.BLOCK_PARTS)]

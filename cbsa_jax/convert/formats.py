@@ -127,7 +127,14 @@ def load_torch_state_dict(source: str | os.PathLike | Mapping, *,
         if torch is None:
             obj = _read_torch_zip(path)
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+                # a file torch cannot read (not a checkpoint, truncated, or holding objects
+                # beyond tensors and containers): one line, as the builtin reader says it
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise ValueError(f"{path} is not a torch checkpoint this can read "
+                                 f"({type(e).__name__}: {first})") from None
     elif isinstance(source, Mapping):
         obj = source
     else:

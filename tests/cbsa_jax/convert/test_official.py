@@ -172,6 +172,18 @@ def test_bad_sources(tmp_path):
         load_torch_state_dict({}, reader="fast")
 
 
+def test_a_file_torch_cannot_read_is_one_value_error(tmp_path):
+    """With torch installed, its reader's failure (an UnpicklingError of many lines) becomes one
+    ValueError naming the file, as the builtin reader's does."""
+    pytest.importorskip("torch", reason="the torch path of the reader needs torch")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError) as info:
+        load_torch_state_dict(tmp_path / "text.pth", reader="torch")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'text.pth'} is not a torch checkpoint this can read ("
+                              ) and "\n" not in message, message
+
+
 def test_converted_models_are_in_eval_mode():
     state_dict, kw = _small_state_dict()
     model = cbt_from_torch(state_dict, **kw)

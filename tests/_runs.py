@@ -13,7 +13,7 @@ import sys
 import time
 
 from tests._configs import tiny_config, tiny_flags
-from tests._util import REPO
+from tests._util import REPO, xla_flags
 from train import loop
 
 __all__ = ["env", "start", "train_command", "steps_done", "committed_steps", "tmp_checkpoints",
@@ -31,7 +31,7 @@ def env(*, devices: int | None = None) -> dict[str, str]:
     if cache:
         out["JAX_COMPILATION_CACHE_DIR"] = cache
     if devices is not None:
-        out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        out["XLA_FLAGS"] = xla_flags(devices)
     return out
 
 

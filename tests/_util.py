@@ -17,6 +17,17 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
+def xla_flags(devices: int | None = None) -> str:
+    """`XLA_FLAGS` for a process a test starts: this one's (conftest.py's compile flags) without
+    its device count, and `devices` virtual CPU devices when given (None: the program's own
+    choice, as a user's run makes it)."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    if devices is not None:
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return " ".join(flags)
+
+
 def free_port() -> int:
     """A TCP port on localhost that nothing listens on (for a jax.distributed coordinator)."""
     with socket.socket() as s:

@@ -17,7 +17,7 @@ from cbsa_jax import training
 from cbsa_jax.models import create
 from cbsa_jax.reporting import HostCPU
 from tests._models import fill_on_host
-from tests._util import REPO
+from tests._util import REPO, xla_flags
 
 
 def _model(rng, **kw):
@@ -122,7 +122,9 @@ _FAULTS = textwrap.dedent("""
 
 def _run_script(script: str, allocator: str = "train") -> list[str]:
     """The words `script` prints, run in a fresh process (the allocator is set once per process)
-    with `CBSA_JAX_ALLOCATOR=allocator` and glibc's tunables unset."""
+    with `CBSA_JAX_ALLOCATOR=allocator`, glibc's tunables and `XLA_FLAGS` unset (the scripts'
+    programs are a few large operations, fast to compile and slow to run at the tests' LLVM
+    optimisation level 0)."""
     env = {**os.environ, "PYTHONPATH": REPO, "CBSA_JAX_ALLOCATOR": allocator,
            "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     env.pop("GLIBC_TUNABLES", None)
@@ -249,7 +251,7 @@ def test_a_fresh_process_splits_the_cpu_into_one_device_per_core():
     8, dividing the train and eval batches; `CBSA_JAX_HOST_DEVICES` sets the count."""
     def run(**extra):
         env = {k: v for k, v in os.environ.items() if k != training.HOST_DEVICES_ENV}
-        env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="", **extra)
+        env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(), **extra)
         return subprocess.run([sys.executable, "-c", _SPLIT], env=env, capture_output=True,
                               text=True, timeout=300, check=True).stdout.split()
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests import _runs
 from tests._configs import CONFIGS, tiny_config
-from tests._util import REPO
+from tests._util import REPO, xla_flags
 from train import __main__ as cli
 from train import loop
 from train.checkpoint import Checkpointer, CheckpointMismatch
@@ -38,7 +38,7 @@ def _command(workdir, data_dir, **extra):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags()}
     env["PYTHONPATH"] = REPO
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla_cache"))
     return env

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests._configs import CONFIGS, tiny_config, tiny_flags
-from tests._util import REPO
+from tests._util import REPO, xla_flags
 from train import data, loop
 from train.datasets import builders
 
@@ -123,7 +123,7 @@ def test_without_tensorflow_the_shipped_sets_train_and_tfds_is_one_clear_line(tm
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(NO_TENSORFLOW)
-    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+    env = {**os.environ, "XLA_FLAGS": xla_flags(),
            "PYTHONPATH": f"{site}{os.pathsep}{REPO}",
            "JAX_COMPILATION_CACHE_DIR": os.environ["CBSA_JAX_TEST_XLA_CACHE"]}
 

@@ -45,7 +45,10 @@ docs/performance.md).
 Cases (`--parts`):
 - `layer`: the CBSA layer (D = 384, 6 heads of 64, with its in- and out-projections) forward and
   backward (gradients of the sum of its output in the input and every parameter), batch 1, at
-  N = g^2 + 1 tokens (`--sizes`).
+  N = g^2 + 1 tokens (`--sizes`). Each row also times the layer's two projections alone in both
+  frameworks (six N x 384 x 384 matrix products, forward and backward: `products_*_ms`) and
+  gives ours over the official layer at that time (`floor_ratio`, the "products floor" column):
+  the ratio ours would reach if everything else in the layer were free.
 - `train`: one training step of CBT-T / CBT-S at 224 x 224 (`--presets`, `--train-batches`):
   forward in train mode (BatchNorm batch statistics), softmax cross-entropy, backward, AdamW
   update (lr 1e-4, weight decay 0.05; torch.optim.AdamW against the training program's step with
@@ -309,7 +312,43 @@ def layer_case(official, side: Torch, n: int, *, preset: str = "cbt_small", roun
                         N=n)
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
                         target_s=target_s)
-    return _row("layer", what, times, diff, N=n)
+    row = _row("layer", what, times, diff, N=n)
+    row.update(projection_products(side, x_np, cfg.heads * cfg.dim_head, rounds=rounds,
+                                   target_s=target_s, options=options, seed=seed))
+    row["floor_ratio"] = row["products_ours_ms"] / row["official_ms"]
+    return row
+
+
+def projection_products(side: Torch, x_np: np.ndarray, inner: int, *, rounds: int,
+                        target_s: float, options: dict | None = None, seed: int = 0) -> dict:
+    """The layer's two projections alone, in each framework: `sum((x U) K)` forward and backward
+    (the gradients of x, U and K), six [N, D] x [D, inner] products, most of the layer's FLOPs.
+    Median ms of each side (`products_official_ms`, `products_ours_ms`), timed as the layer is.
+    Ours over the official layer at these times (`floor_ratio`) is the ratio ours would reach if
+    all but these products cost nothing."""
+    rng = np.random.default_rng(seed + 1)
+    d = x_np.shape[-1]
+    u_np = (rng.standard_normal((d, inner)) / math.sqrt(d)).astype(np.float32)
+    k_np = (rng.standard_normal((inner, d)) / math.sqrt(inner)).astype(np.float32)
+    x_t, u_t, k_t = (side.tensor(a, grad=True) for a in (x_np[0], u_np, k_np))
+
+    def torch_call():
+        for t in (x_t, u_t, k_t):
+            t.grad = None
+        ((x_t @ u_t) @ k_t).sum().backward()
+        return side.sync(k_t.grad)
+
+    x_j, u_j, k_j = (jnp.asarray(a) for a in (x_np[0], u_np, k_np))
+    compiled = jax.jit(jax.grad(lambda x, u, k: jnp.sum((x @ u) @ k), argnums=(0, 1, 2))).lower(
+        x_j, u_j, k_j).compile(compiler_options=options)
+
+    def ours_call():
+        return jax.block_until_ready(compiled(x_j, u_j, k_j))
+
+    times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        target_s=target_s)
+    return {f"products_{name}_ms": float(np.median(t["wall"])) * 1e3
+            for name, t in times.items()}
 
 
 def _block_parts(block_t, block_j, grid):
@@ -499,6 +538,7 @@ COLUMNS = [
     ("ours ms", ">", lambda r: h.fmt(r["ours_ms"], ",.2f")),
     ("ours / official", ">", lambda r: h.fmt(r["ratio"], ".2f")),
     ("ratio of minima", ">", lambda r: h.fmt(r["ratio_of_minima"], ".2f")),
+    ("products floor", ">", lambda r: h.fmt(r.get("floor_ratio"), ".2f")),
     ("CPU-time ratio", ">", lambda r: h.fmt(r["cpu_ratio"], ".2f")),
     ("max rel diff", ">", lambda r: h.fmt(r["max_rel_diff"], ".1e")),
     ("runs", ">", lambda r: str(r["repeats"])),

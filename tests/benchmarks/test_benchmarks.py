@@ -353,4 +353,7 @@ def test_official_benchmark_smoke(tmp_path, capsys):
     for row in data["rows"]:
         assert row["max_rel_diff"] < 1e-4  # the converted model computes the official function
         assert row["official_ms"] > 0 and row["ours_ms"] > 0 and row["ratio"] > 0
+    layer = data["rows"][0]  # with its projections alone, timed on both sides
+    assert layer["products_official_ms"] > 0 and layer["products_ours_ms"] > 0
+    assert layer["floor_ratio"] == pytest.approx(layer["products_ours_ms"] / layer["official_ms"])
     assert "ours / official" in capsys.readouterr().out

@@ -8,9 +8,10 @@ which inherit `XLA_FLAGS`: `tests._util.xla_flags`). The suite compiles hundreds
 programs and runs each a few times, so compiling is most of its time, and level 0 takes about a
 quarter less (the whole suite's test durations summed: 2,275 -> 1,721 s, both runs beside one
 training on the same 2 cores; `tests/cbsa_jax/models/test_vit.py` alone: 101 -> 69 CPU s).
-XLA's HLO passes are the same and the results differ only by rounding, which every tolerance of
-the suite allows; outside the tests, training and the benchmarks compile at XLA's usual level.
-A level set in the caller's `XLA_FLAGS` is kept.
+The optimised HLO is the same (`tests/test_suite_setup.py`: a CBSA layer's gradient) and the
+results differ at most by rounding, which every tolerance of the suite allows; outside the
+tests, training and the benchmarks compile at XLA's usual level. A level set in the caller's
+`XLA_FLAGS` is kept.
 """
 
 import os

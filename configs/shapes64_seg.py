@@ -11,7 +11,9 @@ metrics.jsonl, and `python -m train.tools.predict_masks --workdir ... --out ...`
 predicted masks. 60 epochs of 240 steps, evaluated every 3 epochs so that the plateau can be
 checked (`experiments.compare --decoders cbt,softmax,linear` trains the decoders side by side).
 On shapes64 3.0.0, 30 epochs left the CBT decoder's mean test mIoU (3 seeds) still moving by 0.6
-point over the last fifth; the recipe now trains as long as `configs/shapes64.py`.
+point over the last fifth; the recipe now trains as long as `configs/shapes64.py`, and at 60
+epochs every decoder's mean test mIoU moves by at most 0.37 point over the last fifth
+(docs/results/shapes64_seg.json).
 """
 
 from train.config import base_config

@@ -368,6 +368,7 @@ def _mnist_facts(res: Results) -> dict[str, Any]:
     sweep = _by(data["sweep"], "representatives")
     facts["sweep"] = ""
     facts["sweep_seeds"] = _seeds(data["sweep"]) if data["sweep"] else "no runs in this file"
+    facts["rerun"] = _rerun(res, "mnist.json")
     if {4, 16, 64, 196} <= set(sweep):
         gap = 100 * (sweep[64]["final_accuracy"]["mean"] - sweep[196]["final_accuracy"]["mean"])
         facts["sweep"] = (
@@ -391,15 +392,29 @@ def _shapes64_notes(res: Results, name: str) -> dict[str, str]:
     `rerun`: a sentence where a partial record of the same comparison (`partial/NAME`, the runs
     of a rerun finished so far) lies beside it."""
     version = _shapes64_version(res[name])
-    partial = res.get(f"{PARTIAL}/{name}")
-    rerun = ""
-    if partial is not None:
-        theirs = partial.get("dataset_version") or "?"
-        what = (f"A rerun on shapes64 {theirs} is under way" if theirs != version else
-                "More runs of this comparison are under way")
-        rerun = f" {what}: {len(partial['runs'])} runs finished so far (`{PARTIAL}/{name}`)."
-    return {"version": version, "rerun": rerun,
+    return {"version": version, "rerun": _rerun(res, name, version),
             "placement": " placed off centre" if int(version.split(".")[0]) >= 3 else ""}
+
+
+def _run_key(run: Mapping[str, Any]) -> tuple:
+    return tuple(str(run.get(k)) for k in ("model", "decoder", "seed", "cells"))
+
+
+def _rerun(res: Results, name: str, version: str | None = None) -> str:
+    """A sentence when a partial record of the comparison in `name` (`partial/NAME`: the runs of
+    a rerun, or of more runs, finished so far) lies beside it; else "". With `version`, the
+    shapes64 version `name` was measured on (a rerun on another version says so)."""
+    partial = res.get(f"{PARTIAL}/{name}")
+    if partial is None:
+        return ""
+    theirs = partial.get("dataset_version") or "?"
+    if version is not None and theirs != version:
+        return (f" A rerun on shapes64 {theirs} is under way: {len(partial['runs'])} runs "
+                f"finished so far (`{PARTIAL}/{name}`).")
+    kept = {_run_key(r) for r in res[name].get("runs", [])}
+    new = sum(_run_key(r) not in kept for r in partial["runs"])
+    return (f" More runs of this comparison are under way: {new} beyond this file's finished so "
+            f"far (`{PARTIAL}/{name}`).")
 
 
 def _shapes64_facts(res: Results) -> dict[str, Any]:
@@ -434,7 +449,7 @@ MNIST = Experiment(
           "test), 2 x 2 patches, 196 patches + cls = 197 tokens (CBT-T/S's count at 224 px), "
           "pooled to 8 x 8 = 64 representatives. One recipe for every model ({recipe}); only "
           "the model and the seed change. FLOPs: XLA's count of the batch-1 forward. Jaccard: "
-          "the last layer's cls attention (top 60% of its mass) against the ink masks.",
+          "the last layer's cls attention (top 60% of its mass) against the ink masks.{rerun}",
     tables=(_compare_table("mnist", "mnist.json"), _SWEEP),
     shows="At the end of the recipe ({plateau}; {seeds}), CBT ({cbt_acc}) ends {vs_crate} CRATE "
           "({crate_acc}), {vs_tost} ToST ({tost_acc}) and {vs_vit} the softmax ViT ({vit_acc}), "

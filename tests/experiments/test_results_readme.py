@@ -140,6 +140,18 @@ def test_the_plateau_wording_names_the_rows_still_moving():
             and "CRATE (MSSA) still moving" in h.what(moving)]
 
 
+def test_the_mnist_section_counts_the_runs_a_partial_record_adds():
+    """A comparison resumed with --runs-from rewrites the kept runs into its partial record:
+    only the runs beyond the main file's are counted as new."""
+    results = {k: v for k, v in rr.load(rr.RESULTS).items() if not k.startswith("partial/")}
+    assert rr._mnist_facts(results)["rerun"] == ""
+    kept = results["mnist.json"]["runs"][0]
+    partial = {"partial": True, "runs": [kept, {**kept, "cells": [2, 2]}]}
+    facts = rr._mnist_facts({**results, "partial/mnist.json": partial})
+    assert facts["rerun"] == (" More runs of this comparison are under way: 1 beyond this "
+                              "file's finished so far (`partial/mnist.json`).")
+
+
 def test_the_shapes64_sections_name_the_version_their_files_were_measured_on():
     """Each shapes64 section names the version its file records; a partial record beside it
     (`partial/NAME.json`) adds how many runs of the rerun have finished; the central box is
@@ -158,7 +170,8 @@ def test_the_shapes64_sections_name_the_version_their_files_were_measured_on():
         assert before["rerun"] == after["rerun"] == "" and before["placement"] == ""
         assert rerun["rerun"] == (f" A rerun on shapes64 3.0.0 is under way: 2 runs finished so "
                                   f"far (`partial/{name}`).")
-        assert more["rerun"].startswith(" More runs of this comparison are under way: 2 runs")
+        assert more["rerun"] == (" More runs of this comparison are under way: 2 beyond this "
+                                 f"file's finished so far (`partial/{name}`).")
         assert after["placement"] == " placed off centre"
         assert [h.what({**results, name: new}) for h in rr.HEADLINES
                 if callable(h.what) and name in h.sources][0].startswith("shapes64 3.0.0")

@@ -110,6 +110,8 @@ def load_torch_state_dict(source: str | os.PathLike | Mapping, *,
     """A flat `{key: numpy array}` from a `.pth` path or a mapping, unwrapped and de-prefixed.
 
     `reader`: "auto" (torch when installed, else the builtin reader), "torch" or "builtin".
+    A file the reader cannot read (not a checkpoint, truncated, or holding code: the builtin
+    reader rebuilds tensors and containers only) raises one ValueError naming the file.
     """
     if reader not in ("auto", "torch", "builtin"):
         raise ValueError(f"reader must be 'auto', 'torch' or 'builtin', got {reader!r}")
@@ -124,17 +126,17 @@ def load_torch_state_dict(source: str | os.PathLike | Mapping, *,
             except ImportError:
                 if reader == "torch":
                     raise
-        if torch is None:
-            obj = _read_torch_zip(path)
-        else:
-            try:
+        try:
+            if torch is None:
+                obj = _read_torch_zip(path)
+            else:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-                # a file torch cannot read (not a checkpoint, truncated, or holding objects
-                # beyond tensors and containers): one line, as the builtin reader says it
-                first = str(e).splitlines()[0] if str(e) else ""
-                raise ValueError(f"{path} is not a torch checkpoint this can read "
-                                 f"({type(e).__name__}: {first})") from None
+        except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError) as e:
+            # a file neither reader can read (not a checkpoint, truncated, or holding objects
+            # beyond tensors and containers): one ValueError of one line, whichever reader ran
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise ValueError(f"{path} is not a torch checkpoint this can read "
+                             f"({type(e).__name__}: {first})") from None
     elif isinstance(source, Mapping):
         obj = source
     else:

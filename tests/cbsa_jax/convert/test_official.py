@@ -131,7 +131,14 @@ def test_the_builtin_reader_refuses_code(tmp_path):
     path = tmp_path / "evil.pth"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("evil/data.pkl", payload)
-    with pytest.raises(pickle.UnpicklingError, match="print, which this reader does not load"):
+    with pytest.raises(ValueError, match="print, which this reader does not load") as info:
+        load_torch_state_dict(path, reader="builtin")
+    assert str(info.value).startswith(f"{path} is not a torch checkpoint this can read "
+                                      f"(UnpicklingError: checkpoint contains __builtin__.print")
+    with zipfile.ZipFile(path, "w") as z:  # a truncated pickle: the same one-line error
+        z.writestr("evil/data.pkl", pickle.dumps({"x": 1}, protocol=2)[:-3])
+    truncated = r"this can read \(UnpicklingError: pickle data was truncated\)$"
+    with pytest.raises(ValueError, match=truncated):
         load_torch_state_dict(path, reader="builtin")
 
 

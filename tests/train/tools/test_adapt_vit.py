@@ -2,7 +2,9 @@
 checkpoint that `python -m train` fine-tunes."""
 
 import os
+import pickle
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -98,6 +100,8 @@ BAD = [
     ([], "the following arguments are required: --checkpoint"),
     (["--checkpoint", "{missing}"], "--checkpoint: no file {missing}"),
     (["--checkpoint", "{text}"], "--checkpoint: cannot read {text} as a timm or big_vision ViT"),
+    (["--checkpoint", "{code}"], "--checkpoint: cannot read {code} as a timm or big_vision ViT "
+                                 "(ValueError: {code} is not a torch checkpoint this can read"),
     (["--checkpoint", "{other}"], "--checkpoint: {other} is not a ViT checkpoint: cannot tell"),
     (["--checkpoint", "{vit}", "--workdir", "{run}"], "--workdir: {run} already holds a run's "
                                                       "checkpoints"),
@@ -116,9 +120,12 @@ BAD = [
 def test_bad_input_is_one_line_naming_the_argument(args, message, task_runs, tmp_path, capsys):
     paths = {"missing": str(tmp_path / "missing.npz"), "text": str(tmp_path / "text.pth"),
              "other": str(tmp_path / "other.npz"), "vit": str(tmp_path / "vit.npz"),
+             "code": str(tmp_path / "code.pth"),
              "run": str(tmp_path / "run"), "out": str(tmp_path / "out"),
              "lm_config": os.path.join(CONFIGS, "lm_stdlib.py")}
     (tmp_path / "text.pth").write_text("not a checkpoint")
+    with zipfile.ZipFile(paths["code"], "w") as z:  # a pickle that calls code: both readers refuse
+        z.writestr("code/data.pkl", pickle.dumps({"x": print}, protocol=2))
     np.savez(paths["other"], **{"tok_embed/embedding": np.zeros((4, 2), np.float32)})
     _pretrained(paths["vit"])
     shutil.copytree(task_runs["segmentation"], paths["run"])

@@ -45,13 +45,13 @@ Rerunning resumes: finished runs (their `result.json`) are read back, an interru
 from its last checkpoint (SIGTERM saves one and stops the comparison; rerun to go on). After each
 run the runs finished so far (every planned run with its `result.json`, and the `--runs-from` runs
 outside the plan) are recorded in `DIR/NAME/NAME.partial.json` (and `RESULTS/partial/NAME.json`),
-removed once the whole comparison is written unless it holds runs outside it. `--runs-from
-FILE,...` takes an earlier comparison's JSON, whole or partial, made with the same recipe, data
-set version and `--mass` (else it stops and names what differs): its finished runs become this
-comparison's (`result.json` in their workdirs, marked `restored_from`) instead of being trained
-again. So a comparison goes on
-in another sitting or on another machine from the committed record alone, and a sweep or more
-seeds extend a committed table without training its runs again.
+with the `table` and `sweep` rows whose every seed has finished, removed once the whole comparison
+is written unless it holds runs outside it. `--runs-from FILE,...` takes an earlier comparison's
+JSON, whole or partial, made with the same recipe, data set version and `--mass` (else it stops and
+names what differs): its finished runs become this comparison's (`result.json` in their workdirs,
+marked `restored_from`) instead of being trained again. So a comparison goes on in another sitting
+or on another machine from the committed record alone, and a sweep or more seeds extend a committed
+table without training its runs again.
 """
 
 from __future__ import annotations
@@ -266,6 +266,11 @@ def _stats(values) -> dict:
         return {"mean": None, "std": None, "n": 0}
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
     return {"mean": float(values.mean()), "std": std, "n": int(values.size)}
+
+
+def _ranking_metric(results) -> str:
+    """The metric the runs rank by; results kept before it was recorded are classifiers'."""
+    return next(iter(results), {}).get("metric", "accuracy")
 
 
 def aggregate(results: list[dict], representatives, metric: str = "accuracy",
@@ -503,16 +508,33 @@ def main(argv: list[str] | None = None) -> int:
     outside = [run for key, (run, _) in earlier.items()  # kept in the record, not trained here
                if key not in {spec.name for spec in configs}]
 
+    def rows(specs, key, done: dict[RunSpec, dict]) -> list[dict]:
+        """The table rows of `specs` grouped by `key` (the seeds of one row), from the runs in
+        `done`; a row some of whose runs have not finished is left out."""
+        groups: dict = {}
+        for spec in specs:
+            groups.setdefault(key(spec), []).append(spec)
+        return [aggregate([done[s] for s in group],
+                          representatives(config_lib.model_config(configs[group[0]])),
+                          _ranking_metric(done.values()),
+                          speeds.get(group[0].row))
+                for group in groups.values() if all(s in done for s in group)]
+
+    def tables(done: dict[RunSpec, dict]) -> dict[str, list[dict]]:
+        return {"table": rows(table_runs, lambda s: (s.model, s.decoder), done),
+                "sweep": rows(sweep_runs, lambda s: s.cells, done)}
+
     def record_partial() -> None:
         """The runs finished so far, for `--runs-from` in another sitting: every planned run
         with its result (in plan order, those the loop has not reached too) and the
-        `--runs-from` runs outside the plan."""
-        runs = []
+        `--runs-from` runs outside the plan; and the table and sweep rows whose every seed has
+        finished, for a look at the results before the comparison ends."""
+        done = {}
         for spec in configs:
             path = os.path.join(out, spec.name, RESULT)
             if os.path.exists(path):
                 with open(path) as f:
-                    runs.append(json.load(f))
+                    done[spec] = json.load(f)
         for path in partial:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_json(path, {"benchmark": "experiments.compare", "partial": True, "name": name,
@@ -520,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                               "dataset_version": version, "mass": args.mass, "recipe": recipe,
                               "machine": machine_info(),
                               "command": " ".join(["python -m experiments.compare", *argv]),
-                              "runs": runs + outside})
+                              **tables(done), "runs": [*done.values(), *outside]})
 
     started = time.perf_counter()
     speeds: dict[str, dict] = {}
@@ -531,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: timing the train steps of {len(first)} rows side by side", flush=True)
         speeds = kept_step_times(os.path.join(out, "step_times.json"), first,
                                  rounds=args.speed_rounds)
+    record_partial()  # the runs kept from an earlier sitting or --runs-from, on record at once
     results: dict[RunSpec, dict] = {}
     for i, spec in enumerate(dict.fromkeys([*table_runs, *sweep_runs])):
         print(f"[{i + 1}/{len(configs)}] {name}: {spec.name}", flush=True)
@@ -543,18 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             return cli.fail(f"{spec.name}: {e}")
         record_partial()
 
-    # results kept before the metric was recorded are classifiers'
-    metric = next(iter(results.values())).get("metric", "accuracy")
-
-    def rows(specs, key):
-        groups: dict = {}
-        for spec in specs:
-            groups.setdefault(key(spec), []).append(spec)
-        return [aggregate([results[s] for s in group],
-                          representatives(config_lib.model_config(configs[group[0]])), metric,
-                          speeds.get(group[0].row))
-                for group in groups.values()]
-
+    metric = _ranking_metric(results.values())
     segmentation = next((r["segmentation"] for r in results.values() if "segmentation" in r), {})
     payload = {
         "benchmark": "experiments.compare", "name": name, "config": args.config,
@@ -568,8 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": recipe,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "runs_wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in results.values()), 1),
-        "table": rows(table_runs, lambda s: (s.model, s.decoder)),
-        "sweep": rows(sweep_runs, lambda s: s.cells),
+        **tables(results),
         "baselines": {k: segmentation[k] for k in ("center", "everything") if k in segmentation},
         "speed": ({"method": "train steps timed side by side in one process",
                    "rounds": args.speed_rounds, "steps": speeds} if speeds else

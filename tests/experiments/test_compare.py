@@ -183,6 +183,15 @@ def test_rerun_skips_finished_runs_and_stops_on_an_interrupted_one(compared, mon
     assert partial["partial"] and partial["recipe"] == payload["recipe"]
     assert partial["dataset_version"] == payload["dataset_version"] == "1.0.0"
     assert partial["runs"] == payload["runs"]
+    # ... with the rows whose every seed has finished (not ToST's), as the whole comparison
+    # wrote them (this sitting timed no steps: the runs' own images/s)
+    def untimed(rows):
+        return [{k: v for k, v in r.items() if k not in ("images_per_sec", "step_seconds")}
+                for r in rows]
+
+    assert [r["model"] for r in partial["table"]] == ["cbt_nano", "vit_nano"]
+    assert partial["sweep"] and untimed(partial["sweep"]) == untimed(payload["sweep"])
+    assert untimed(partial["table"]) == untimed(payload["table"])
 
 
 def _runs_names(record: dict) -> list[str]:
@@ -229,9 +238,9 @@ def test_runs_from_an_earlier_record_are_kept_not_trained(compared, monkeypatch,
     assert "Runs finished on: Intel Xeon (cpu) (1), " in compare.markdown(again)
     del again["runs"][1]["machine"]
     assert "; 1 without a recorded machine." in compare.markdown(again)
-    # A row the record lacks is trained (here: stopped at once), and the partial record written
-    # before it holds the restored runs.
-    more = [a if a != "cbt_nano,vit_nano" else "cbt_nano,vit_nano,tost_nano" for a in elsewhere]
+    # A row the record lacks is trained (here: stopped at once), and the partial record, written
+    # before the first run (here that row), holds the restored runs.
+    more = [a if a != "cbt_nano,vit_nano" else "tost_nano,cbt_nano,vit_nano" for a in elsewhere]
     fresh = str(tmp_path / "fresh")
     assert compare.main([*_elsewhere(more, fresh), "--runs-from", record, "--speed-rounds",
                          "0", "--results", results]) == 3

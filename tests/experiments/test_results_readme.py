@@ -152,6 +152,31 @@ def test_the_mnist_section_counts_the_runs_a_partial_record_adds():
                               "file's finished so far (`partial/mnist.json`).")
 
 
+def test_the_sweep_table_shows_the_finished_rows_of_a_sweep_under_way():
+    """While the comparison with the m sweep is under way and mnist.json has no sweep, the sweep
+    table shows the rows of the partial record whose every seed has finished, and says so; the
+    main file's own sweep, once there, wins."""
+    results = {k: v for k, v in rr.load(rr.RESULTS).items() if not k.startswith("partial/")}
+    data = {**results["mnist.json"], "sweep": []}
+    cbt = next(r for r in data["table"] if r["model"] == "cbt_nano")
+    m4 = {**cbt, "cells": [2, 2], "representatives": 4}
+    partial = {"partial": True, "runs": [], "sweep": [m4, cbt]}
+    under_way = {**results, "mnist.json": data, f"{rr.PARTIAL}/mnist.json": partial}
+    facts = rr._mnist_facts(under_way)
+    assert facts["sweep_source"] == (" From `partial/mnist.json` while the sweep goes on: the "
+                                     "values of m whose every seed has finished.")
+    assert facts["sweep"] == ""  # the sentence waits for m = 4, 16, 64 and 196
+    body = rr._SWEEP.render(under_way).splitlines()[2:]
+    assert [line.split(" | ")[0] for line in body] == ["| 4", "| 64"], body
+    # a partial record without rows (one written before records had them), or none: no rows
+    older = {**under_way, f"{rr.PARTIAL}/mnist.json": {"partial": True, "runs": []}}
+    assert rr._SWEEP.render(older).splitlines()[2:] == []
+    assert rr._mnist_facts(older)["sweep_source"] == ""
+    done = {**under_way, "mnist.json": {**data, "sweep": [cbt]}}
+    assert rr._mnist_facts(done)["sweep_source"] == ""
+    assert [line.split(" | ")[0] for line in rr._SWEEP.render(done).splitlines()[2:]] == ["| 64"]
+
+
 def test_the_shapes64_sections_name_the_version_their_files_were_measured_on():
     """Each shapes64 section names the version its file records; a partial record beside it
     (`partial/NAME.json`) adds how many runs of the rerun have finished; the central box is

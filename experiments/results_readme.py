@@ -379,10 +379,18 @@ def _mnist_facts(res: Results) -> dict[str, Any]:
     sweep = _by(rows, "representatives")
     facts["sweep"] = ""
     facts["sweep_seeds"] = _seeds(rows) if rows else "no runs in this file"
-    facts["sweep_source"] = (
-        "" if data["sweep"] or not rows else
-        f" From `{PARTIAL}/mnist.json` while the sweep goes on: the values of m whose every seed "
-        "has finished.")
+    facts["sweep_source"] = ""
+    if rows and not data["sweep"]:
+        facts["sweep_source"] = (
+            f" From `{PARTIAL}/mnist.json` while the sweep goes on: the values of m whose every "
+            "seed has finished, with the train images/s of that comparison's own side-by-side "
+            "timing")
+        cbt = _by(data["table"], "model")["cbt_nano"]
+        if 64 in sweep and sweep[64]["images_per_sec"] != cbt["images_per_sec"]:
+            facts["sweep_source"] += (
+                f" (m = 64: {sweep[64]['images_per_sec']:,.0f} there, "
+                f"{cbt['images_per_sec']:,.0f} in the table above, timed in another sitting)")
+        facts["sweep_source"] += "."
     facts["rerun"] = _rerun(res, "mnist.json")
     if {4, 16, 64, 196} <= set(sweep):
         gap = 100 * (sweep[64]["final_accuracy"]["mean"] - sweep[196]["final_accuracy"]["mean"])

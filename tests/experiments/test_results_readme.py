@@ -163,8 +163,14 @@ def test_the_sweep_table_shows_the_finished_rows_of_a_sweep_under_way():
     partial = {"partial": True, "runs": [], "sweep": [m4, cbt]}
     under_way = {**results, "mnist.json": data, f"{rr.PARTIAL}/mnist.json": partial}
     facts = rr._mnist_facts(under_way)
-    assert facts["sweep_source"] == (" From `partial/mnist.json` while the sweep goes on: the "
-                                     "values of m whose every seed has finished.")
+    assert facts["sweep_source"] == (
+        " From `partial/mnist.json` while the sweep goes on: the values of m whose every seed "
+        "has finished, with the train images/s of that comparison's own side-by-side timing.")
+    retimed = {**under_way, f"{rr.PARTIAL}/mnist.json": {
+        **partial, "sweep": [m4, {**cbt, "images_per_sec": 2 * cbt["images_per_sec"]}]}}
+    assert rr._mnist_facts(retimed)["sweep_source"].endswith(
+        f" timing (m = 64: {2 * cbt['images_per_sec']:,.0f} there, "
+        f"{cbt['images_per_sec']:,.0f} in the table above, timed in another sitting).")
     assert facts["sweep"] == ""  # the sentence waits for m = 4, 16, 64 and 196
     body = rr._SWEEP.render(under_way).splitlines()[2:]
     assert [line.split(" | ")[0] for line in body] == ["| 4", "| 64"], body

@@ -42,16 +42,16 @@ machine, command, wall clock),
 parameters; the sweep beside it),
 copied to `--results DIR` too when given (e.g. `docs/results`, where README tables come from).
 Rerunning resumes: finished runs (their `result.json`) are read back, an interrupted one continues
-from its last checkpoint (SIGTERM saves one and stops the comparison; rerun to go on). After each
-run the runs finished so far (every planned run with its `result.json`, and the `--runs-from` runs
-outside the plan) are recorded in `DIR/NAME/NAME.partial.json` (and `RESULTS/partial/NAME.json`),
-with the `table` and `sweep` rows whose every seed has finished, removed once the whole comparison
-is written unless it holds runs outside it. `--runs-from FILE,...` takes an earlier comparison's
-JSON, whole or partial, made with the same recipe, data set version and `--mass` (else it stops and
-names what differs): its finished runs become this comparison's (`result.json` in their workdirs,
-marked `restored_from`) instead of being trained again. So a comparison goes on in another sitting
-or on another machine from the committed record alone, and a sweep or more seeds extend a committed
-table without training its runs again.
+from its last checkpoint (SIGTERM saves one and stops the comparison; rerun to go on). Before the
+first run and after each, the runs finished so far (every planned run with its `result.json`, and
+the `--runs-from` runs outside the plan) are recorded in `DIR/NAME/NAME.partial.json` (and
+`RESULTS/partial/NAME.json`), with the `table` and `sweep` rows whose every seed has finished,
+removed once the whole comparison is written unless it holds runs outside it. `--runs-from FILE,...`
+takes an earlier comparison's JSON, whole or partial, made with the same recipe, data set version
+and `--mass` (else it stops and names what differs): its finished runs become this comparison's
+(`result.json` in their workdirs, marked `restored_from`) instead of being trained again. So a
+comparison goes on in another sitting or on another machine from the committed record alone, and a
+sweep or more seeds extend a committed table without training its runs again.
 """
 
 from __future__ import annotations
@@ -535,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             if os.path.exists(path):
                 with open(path) as f:
                     done[spec] = json.load(f)
+        if not done and not outside:  # nothing finished yet: no record
+            return
         for path in partial:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_json(path, {"benchmark": "experiments.compare", "partial": True, "name": name,

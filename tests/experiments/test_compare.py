@@ -247,6 +247,10 @@ def test_runs_from_an_earlier_record_are_kept_not_trained(compared, monkeypatch,
     assert trained == [os.path.join(fresh, "shapes", "tost_nano", "seed0")]
     with open(os.path.join(results, "partial", "shapes.json")) as f:
         assert len(json.load(f)["runs"]) == len(payload["runs"])
+    # A comparison that has finished nothing writes no record.
+    empty = str(tmp_path / "empty")
+    assert compare.main([*_elsewhere(more, empty), "--speed-rounds", "0"]) == 3
+    assert os.listdir(os.path.join(empty, "shapes")) == ["tost_nano"]
     # A comparison of fewer runs than the record keeps the record, with the runs it lacks.
     fewer = [a if a != "cbt_nano,vit_nano" else "cbt_nano" for a in elsewhere]
     assert compare.main([*_elsewhere(fewer, str(tmp_path / "fewer")), "--runs-from", record,

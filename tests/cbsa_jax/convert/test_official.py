@@ -140,6 +140,9 @@ def test_the_builtin_reader_refuses_code(tmp_path):
     truncated = r"this can read \(UnpicklingError: pickle data was truncated\)$"
     with pytest.raises(ValueError, match=truncated):
         load_torch_state_dict(path, reader="builtin")
+    path.write_bytes(b"XXXX" + path.read_bytes()[4:])  # a damaged archive: the same one line
+    with pytest.raises(ValueError, match=r"this can read \(BadZipFile: Bad magic number"):
+        load_torch_state_dict(path, reader="builtin")
 
 
 def _small_state_dict():

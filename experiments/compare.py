@@ -514,9 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         groups: dict = {}
         for spec in specs:
             groups.setdefault(key(spec), []).append(spec)
+        metric = _ranking_metric(done.values())
         return [aggregate([done[s] for s in group],
-                          representatives(config_lib.model_config(configs[group[0]])),
-                          _ranking_metric(done.values()),
+                          representatives(config_lib.model_config(configs[group[0]])), metric,
                           speeds.get(group[0].row))
                 for group in groups.values() if all(s in done for s in group)]
 

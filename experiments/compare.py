@@ -34,7 +34,8 @@ decoder and cells, its lowest seed's config) is compiled and timed side by side 
 measured once and kept in `DIR/NAME/step_times.json` (timed again, all rows together, when a row
 is added). `--speed-rounds 0` skips it: the rows then show the runs' own medians.
 
-Everything lands in `DIR/NAME/` (NAME: the config file's name): one workdir per run
+Everything lands in `DIR/NAME/` (NAME: `--name`, by default the config file's name, so that a
+comparison with another budget of the same config can sit beside it): one workdir per run
 (`MODEL[_DECODER_decoder][_cellsKxK]/seedS`, holding `result.json` once finished), and
 `NAME.json` (every run, per-row mean +- std over seeds, the sweep, the data set's version,
 machine, command, wall clock),
@@ -61,6 +62,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -433,6 +435,9 @@ def parse_args(argv: list[str]):
                    help="comma-separated JSON files of earlier comparisons with the same recipe "
                         "(NAME.json or a partial one): their finished runs are kept as this "
                         "comparison's instead of being trained again")
+    p.add_argument("--name", default=None,
+                   help="the comparison's name: its folder in --out and its files NAME.json, .md "
+                        "and .png (default: the config file's name)")
     p.add_argument("--speed-rounds", type=int, default=5,
                    help="interleaved rounds timing every row's train step side by side before "
                         "training (0: the runs' own images/s)")
@@ -445,6 +450,11 @@ def parse_args(argv: list[str]):
         args.sweep_cells = parse_list(args.sweep_cells, int)
     except ValueError:
         p.error(f"--sweep-cells: expected comma-separated integers, got {args.sweep_cells!r}")
+    if args.name is None:
+        args.name = os.path.splitext(os.path.basename(args.config))[0]
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+        p.error(f"--name: expected a file name of letters, digits, '_', '.' and '-', got "
+                f"{args.name!r}")
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.speed_rounds < 0:
@@ -494,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         mesh_lib.split_host(*configs.values())  # as python -m train: one CPU device per core
     except ValueError as e:  # a ConfigError, or CBSA_JAX_HOST_DEVICES
         return cli.fail(e)
-    name = os.path.splitext(os.path.basename(args.config))[0]
+    name = args.name
     out = os.path.join(args.out, name)
     os.makedirs(out, exist_ok=True)
     for spec in configs:

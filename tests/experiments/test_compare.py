@@ -262,6 +262,24 @@ def test_runs_from_an_earlier_record_are_kept_not_trained(compared, monkeypatch,
     assert kept["dataset_version"] == "1.0.0" and kept["mass"] == 0.6
 
 
+def test_name_sets_the_comparisons_folder_and_files(compared, tmp_path):
+    """`--name`: another budget of the same config beside the first, in its own folder and files
+    (here from the first's runs, so nothing is trained)."""
+    argv, out, payload = compared
+    record = os.path.join(out, "shapes", "shapes.json")
+    elsewhere = _elsewhere(argv, str(tmp_path / "elsewhere"))
+    results = str(tmp_path / "published")
+    assert compare.main([*elsewhere, "--name", "shapes_longer", "--runs-from", record,
+                         "--speed-rounds", "0", "--results", results]) == 0
+    assert sorted(os.listdir(results)) == ["shapes_longer.json", "shapes_longer.md",
+                                           "shapes_longer.png"]
+    assert os.path.isdir(tmp_path / "elsewhere" / "shapes_longer" / "cbt_nano" / "seed0")
+    with open(os.path.join(results, "shapes_longer.json")) as f:
+        again = json.load(f)
+    assert again["name"] == "shapes_longer" and "--name shapes_longer" in again["command"]
+    assert len(again["runs"]) == len(payload["runs"])
+
+
 def test_runs_from_a_record_of_another_recipe_is_one_error(compared, tmp_path, capsys):
     argv, out, _ = compared
     record = os.path.join(out, "shapes", "shapes.json")
@@ -312,6 +330,8 @@ BAD = [
     (["--config", "{shapes}", "--mass", "1.5"], "--mass must be in (0, 1], got 1.5"),
     (["--config", "{shapes}", "--speed-rounds", "-1"], "--speed-rounds must be >= 0, got -1"),
     (["--config", "{shapes}", "--models", ""], "nothing to do: give --models and/or"),
+    (["--config", "{shapes}", "--name", "../up"], "--name: expected a file name of letters"),
+    (["--config", "{shapes}", "--name", ""], "--name: expected a file name of letters"),
     (["--config", "{shapes}", "--config.batch_size=0"], "config.batch_size must be an integer"),
 ]
 

@@ -146,7 +146,7 @@ def test_the_mnist_section_counts_the_runs_a_partial_record_adds():
     results = {k: v for k, v in rr.load(rr.RESULTS).items() if not k.startswith("partial/")}
     assert rr._mnist_facts(results)["rerun"] == ""
     kept = results["mnist.json"]["runs"][0]
-    partial = {"partial": True, "runs": [kept, {**kept, "cells": [2, 2]}]}
+    partial = {"partial": True, "runs": [kept, {**kept, "cells": [3, 3]}]}  # 3 x 3: not run
     facts = rr._mnist_facts({**results, "partial/mnist.json": partial})
     assert facts["rerun"] == (" More runs of this comparison are under way: 1 beyond this "
                               "file's finished so far (`partial/mnist.json`).")

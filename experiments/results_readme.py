@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,6 +201,10 @@ def command(name: str, data: Mapping[str, Any], experiment: Experiment) -> str:
 
 
 def _compare_wall_clock(data: Mapping[str, Any]) -> str:
+    if data.get("partial"):  # a comparison under way: only the runs finished so far
+        done = sum(r.get("wall_seconds", 0.0) for r in data["runs"])
+        n = len(data["runs"])
+        return f"{minutes(done)} of training over the {n} run{'s' * (n != 1)} finished so far"
     return (f"{minutes(data['runs_wall_seconds'])} of training over {len(data['runs'])} runs, "
             f"one at a time (the last invocation, which resumed the others: "
             f"{minutes(data['wall_seconds'])})")
@@ -403,6 +408,147 @@ def _mnist_facts(res: Results) -> dict[str, Any]:
                  m16=percent(sweep[16]["final_accuracy"]["mean"]),
                  m4=percent(sweep[4]["final_accuracy"]["mean"]))
     return facts
+
+
+# ---- experiments.compare --name mnist_crate100: CRATE alone, trained longer
+
+LONGER = "mnist_crate100.json"
+
+
+def _crate_runs(data: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
+    """A comparison's CRATE runs by seed."""
+    return {r["seed"]: r for r in sorted(data["runs"], key=lambda r: r["seed"])
+            if r["model"] == "crate_nano"}
+
+
+def _budgets(res: Results) -> list[tuple[int, Mapping[str, Any]]]:
+    """(epochs, file) of the MNIST comparison and of its longer CRATE runs."""
+    return [(res[n]["recipe"]["num_epochs"], res[n]) for n in ("mnist.json", LONGER)]
+
+
+def _longer_run_rows(res: Results) -> list[dict[str, Any]]:
+    return [{"epochs": epochs, **run} for epochs, data in _budgets(res)
+            for run in _crate_runs(data).values()]
+
+
+def _longer_rows(res: Results) -> list[dict[str, Any]]:
+    return [{"epochs": epochs, **row} for epochs, data in _budgets(res)
+            for row in data["table"] if row["model"] == "crate_nano"]
+
+
+def _run_plateau(run: Mapping[str, Any]) -> str:
+    spread = run["plateau"]["range"]
+    return "-" if spread is None else (
+        f"{_points(spread)} pt" + ("" if run["plateau"]["holds"] else " (moving)"))
+
+
+_LONGER_RUNS = Table(
+    id="mnist_longer_runs",
+    rows=_longer_run_rows,
+    columns=(
+        Column("epochs", lambda r: r["epochs"]),
+        Column("seed", lambda r: r["seed"]),
+        Column("test accuracy", lambda r: r["final_accuracy"], percent),
+        Column("best test accuracy", lambda r: r["best_accuracy"], percent),
+        Column("last-fifth range", _run_plateau),
+        Column("wall clock", lambda r: r.get("wall_seconds"),
+               lambda v: "-" if v is None else minutes(v)),
+    ),
+    caption="Each run:",
+)
+
+_LONGER_TABLE = Table(
+    id="mnist_longer",
+    rows=_longer_rows,
+    columns=(
+        Column("epochs", lambda r: r["epochs"]),
+        Column("test accuracy", lambda r: r["final_accuracy"], accuracy),
+        _PLATEAU, _SEEDS,
+    ),
+    caption="The seeds' mean (a budget's row appears once its every seed has finished):",
+)
+
+
+def _seed_stats(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and (sample) std over seeds, as experiments.compare's rows hold them."""
+    return {"mean": statistics.fmean(values), "n": len(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _crate_longer(res: Results) -> str:
+    """CRATE trained longer, in the headline: its mean accuracy over the seeds finished so far."""
+    epochs, data = _budgets(res)[1]
+    runs = _crate_runs(data)
+    acc = accuracy(_seed_stats([r["final_accuracy"] for r in runs.values()]))
+    so_far = " so far" if data.get("partial") else ""
+    return f" (at {epochs} epochs {acc}, {len(runs)} seed{'s' if len(runs) != 1 else ''}{so_far})"
+
+
+def _longer_facts(res: Results) -> dict[str, Any]:
+    (short_epochs, short), (long_epochs, long) = _budgets(res)
+    before, after = _crate_runs(short), _crate_runs(long)
+    seeds = sorted(set(before) & set(after))
+    if not seeds:
+        raise ResultsError(f"{LONGER}: no CRATE run of a seed that mnist.json has")
+
+    acc_before, acc_after = (_seed_stats([runs[s]["final_accuracy"] for s in seeds])
+                             for runs in (before, after))
+    gain = acc_after["mean"] - acc_before["mean"]
+    rows = _by(short["table"], "model")
+    crate_row = rows["crate_nano"]
+    cbt = rows["cbt_nano"]
+    long_row = _by(long["table"], "model").get("crate_nano")
+    if long_row is not None:
+        holds = "at its plateau" if long_row["plateau_holds"] else "still moving"
+        plateau = (f"The seeds' mean curve moves {_points(long_row['plateau_range'])} pt over "
+                   f"the last fifth of the {long_epochs} epochs: {holds}.")
+    else:
+        moved = [after[s]["plateau"]["range"] for s in sorted(after)]
+        plateau = ("The mean curve's range is measured once every seed has finished; so far "
+                   f"the single seed{'s' * (len(moved) != 1)} moved " + ", ".join(
+                       "-" if x is None else f"{_points(x)} pt" for x in moved) +
+                   " over their last fifth.")
+    beside_cbt = acc_after["mean"] - cbt["final_accuracy"]["mean"]
+    gains = (after[s]["final_accuracy"] - before[s]["final_accuracy"] for s in seeds)
+    return {
+        "short": short_epochs, "long": long_epochs,
+        "under_way": (f" Under way: {len(after)} run{'s' if len(after) != 1 else ''} finished "
+                      f"so far, from the partial record (`{PARTIAL}/{LONGER}`)."
+                      if long.get("partial") else ""),
+        "seeds": f"seed{'s' if len(seeds) > 1 else ''} " + " and ".join(
+            filter(None, [", ".join(map(str, seeds[:-1])), str(seeds[-1])])),
+        "every": long["recipe"]["eval_every_steps"] * long_epochs / after[seeds[0]]["steps"],
+        "acc_before": accuracy(acc_before), "acc_after": accuracy(acc_after),
+        "gain": f"{100 * gain:+.2f}",
+        "per_seed": ", ".join(f"{100 * g:+.1f}" for g in gains),
+        "plateau": plateau,
+        "short_range": _points(crate_row["plateau_range"]),
+        "short_verdict": "at its plateau" if crate_row["plateau_holds"] else "still moving",
+        "cbt": accuracy(cbt["final_accuracy"]),
+        "cbt_range": _points(cbt["plateau_range"]),
+        "beside_cbt": f"{100 * abs(beside_cbt):.1f} points "
+                      f"{'above' if beside_cbt > 0 else 'below'}",
+    }
+
+
+MNIST_LONGER = Experiment(
+    title="Is CRATE still learning at 80 epochs? The MNIST comparison's CRATE, trained longer",
+    setup="In the MNIST comparison above, CRATE's mean test-accuracy curve moved "
+          "{short_range} pt over the last fifth of its {short} epochs ({short_verdict}: a "
+          "plateau moves under 0.5 pt). The same recipe and seeds for `crate_nano` over "
+          "{long} epochs (its warmup and cosine schedule stretched over the longer run, "
+          "evaluated every {every:g} epochs) asks whether a longer budget changes CRATE's "
+          "number.{under_way}",
+    tables=(_LONGER_RUNS, _LONGER_TABLE),
+    shows="Over {seeds}, CRATE ends at {acc_after} after {long} epochs against {acc_before} "
+          "after {short} ({gain} pt; per seed {per_seed}). {plateau}",
+    loses="Only CRATE was trained longer: the MNIST table above compares every model at "
+          "{short} epochs. At {long} epochs CRATE is {beside_cbt} CBT's {short}-epoch "
+          "{cbt}, whose own mean curve moved {cbt_range} pt over its last fifth.",
+    facts=_longer_facts,
+    beside=("mnist_crate100.md", "mnist_crate100.png"),
+    wall_clock=_compare_wall_clock,
+)
 
 
 def _shapes64_version(data: Mapping[str, Any]) -> str:
@@ -1298,6 +1444,7 @@ INPUT_SPEED = Experiment(
 
 EXPERIMENTS: dict[str, Experiment] = {
     "mnist.json": MNIST,
+    LONGER: MNIST_LONGER,
     "mnist_recipe.json": MNIST_RECIPE,
     "shapes64.json": SHAPES64,
     OFFICIAL_RUNS[0]: OFFICIAL,
@@ -1371,9 +1518,9 @@ HEADLINES = (
                        "test accuracy",
              lambda r: _acc(r, "mnist.json", "cbt_nano"),
              lambda r: f"softmax ViT {_acc(r, 'mnist.json', 'vit_nano')}, CRATE "
-                       f"{_acc(r, 'mnist.json', 'crate_nano')}, ToST "
+                       f"{_acc(r, 'mnist.json', 'crate_nano')}{_crate_longer(r)}, ToST "
                        f"{_acc(r, 'mnist.json', 'tost_nano')}",
-             ("mnist.json",)),
+             ("mnist.json", LONGER)),
     Headline(lambda r: "MNIST-5k, `python -m train --config configs/mnist.py` as shipped "
                        f"({r['mnist_recipe.json']['epochs']} epochs, one seed): test accuracy",
              lambda r: f"{100 * r['mnist_recipe.json']['final_test_accuracy']:.1f}% in "
@@ -1425,6 +1572,12 @@ HEADLINES = (
              ("shapes64_seg.json",)),
 )
 
+def _source_link(name: str, res: Results) -> str:
+    """A headline's link to a file: the partial record of a comparison under way."""
+    path = f"{PARTIAL}/{name}" if res[name].get("partial") else name
+    return f"[{path}](docs/results/{path})"
+
+
 HEADLINE_TABLE = Table(
     id="headline",
     rows=lambda res: [(h, res) for h in HEADLINES],
@@ -1433,7 +1586,7 @@ HEADLINE_TABLE = Table(
                else hr[0].what(hr[1]), align="<"),
         Column("CBSA / CBT", lambda hr: hr[0].cbsa(hr[1]), align="<"),
         Column("the others", lambda hr: hr[0].others(hr[1]), align="<"),
-        Column("from", lambda hr: ", ".join(f"[{s}](docs/results/{s})" for s in hr[0].sources),
+        Column("from", lambda hr: ", ".join(_source_link(s, hr[1]) for s in hr[0].sources),
                align="<"),
     ),
 )
@@ -1463,7 +1616,8 @@ def load(folder: Path) -> dict[str, Any]:
             raise ResultsError(
                 f"{folder / name}: no experiment describes this file; add it to EXPERIMENTS in "
                 f"experiments/results_readme.py (a section or another experiment's `also`)")
-    missing = sorted(known - set(found))
+    pending = {n for n in known - set(found) if (folder / PARTIAL / n).is_file()}
+    missing = sorted(known - set(found) - pending)
     if missing:
         raise ResultsError(f"{folder}: {', '.join(missing)} described in "
                            f"experiments/results_readme.py but not found")
@@ -1478,6 +1632,8 @@ def load(folder: Path) -> dict[str, Any]:
             results[name] = json.loads((folder / name).read_text())
         except json.JSONDecodeError as e:
             raise ResultsError(f"{folder / name}: not valid JSON ({e})") from e
+    for name in pending:  # a comparison under way: its partial record stands for it
+        results[name] = results[f"{PARTIAL}/{name}"]
     return results
 
 
@@ -1507,10 +1663,11 @@ def _render_section(key: str, e: Experiment, results: Results) -> str:
     out = [f"## {e.title}", "", e.setup.format_map(facts), ""]
     for name in (key, *e.also):
         data = results[name]
-        out.append(f"- [{name}]({name}): {command(name, data, e)}")
+        link = f"{PARTIAL}/{name}" if data.get("partial") else name
+        out.append(f"- [{link}]({link}): {command(name, data, e)}")
         out.append(f"  - wall clock: {e.wall_clock(data) or 'not recorded'}; "
                    f"machine: {machine(data)}")
-    if e.beside:
+    if e.beside and not results[key].get("partial"):  # written when the comparison ends
         out.append("- beside it: " + ", ".join(f"[{b}]({b})" for b in e.beside))
     out.append("")
     for table in e.tables:

@@ -11,8 +11,9 @@ from experiments._runs import run_name
 
 def test_every_json_file_has_a_section():
     found = {p.name for p in rr.RESULTS.glob("*.json")}
+    under_way = {p.name for p in (rr.RESULTS / rr.PARTIAL).glob("*.json")} - found
     assert found, f"no JSON files in {rr.RESULTS}"
-    assert found == rr.covered_files()
+    assert found | under_way == rr.covered_files()
 
 
 def test_every_table_id_is_unique_and_every_source_is_covered():
@@ -76,7 +77,8 @@ def test_commands_use_todays_module_names():
 
 
 def test_every_other_file_beside_the_json_is_linked_and_exists():
-    beside = {name for e in rr.EXPERIMENTS.values() for name in e.beside}
+    beside = {name for key, e in rr.EXPERIMENTS.items() for name in e.beside
+              if (rr.RESULTS / key).exists()}  # a comparison under way has none yet
     others = {p.name for p in rr.RESULTS.iterdir()
               if p.is_file() and p.suffix != ".json" and p.name != "README.md"}
     assert beside == others
@@ -91,6 +93,8 @@ def test_partial_records_are_of_described_comparisons_in_progress():
         assert path.suffix == ".json" and path.name in rr.covered_files(), path
         record = json.loads(path.read_text())
         assert record["partial"] is True and record["name"] == path.stem and record["runs"]
+        if not (rr.RESULTS / path.name).exists():  # a comparison under way: it stands for it
+            continue
         whole = json.loads((rr.RESULTS / path.name).read_text())
         names = {run_name(r) for r in whole["runs"]}
         assert (record["recipe"], record.get("dataset_version")) != (
@@ -181,6 +185,70 @@ def test_the_sweep_table_shows_the_finished_rows_of_a_sweep_under_way():
     done = {**under_way, "mnist.json": {**data, "sweep": [cbt]}}
     assert rr._mnist_facts(done)["sweep_source"] == ""
     assert [line.split(" | ")[0] for line in rr._SWEEP.render(done).splitlines()[2:]] == ["| 64"]
+
+
+def _longer(results: dict, seeds: tuple[int, ...], *, partial: bool, gain: float) -> dict:
+    """A record of CRATE's MNIST runs trained 100 epochs: mnist.json's runs of `seeds`, each
+    `gain` more accurate; the whole file has its table row, the partial record none."""
+    short = results["mnist.json"]
+    runs = [{**r, "final_accuracy": r["final_accuracy"] + gain} for r in short["runs"]
+            if r["model"] == "crate_nano" and r["seed"] in seeds]
+    row = next(r for r in short["table"] if r["model"] == "crate_nano")
+    record = {"benchmark": "experiments.compare", "name": "mnist_crate100", "runs": runs,
+              "recipe": {**short["recipe"], "num_epochs": 100}, "machine": short["machine"],
+              "command": "python -m experiments.compare --name mnist_crate100",
+              "table": [], "sweep": []}
+    if partial:
+        return {**record, "partial": True}
+    return {**record, "wall_seconds": 1.0, "runs_wall_seconds": 2.0,
+            "table": [{**row, "plateau_range": 0.002, "plateau_holds": True}]}
+
+
+def test_a_comparison_under_way_stands_for_its_file_until_it_ends(tmp_path, capsys):
+    """A described comparison whose file is not written yet is described from its partial record
+    (linked instead of the file), with the runs finished so far; the whole file replaces it."""
+    folder = tmp_path / "results"
+    shutil.copytree(rr.RESULTS, folder)
+    (folder / rr.LONGER).unlink(missing_ok=True)
+    (folder / rr.PARTIAL / rr.LONGER).unlink(missing_ok=True)
+    results = {"mnist.json": json.loads((folder / "mnist.json").read_text())}
+    (folder / rr.PARTIAL).mkdir(exist_ok=True)
+    (folder / rr.PARTIAL / rr.LONGER).write_text(
+        json.dumps(_longer(results, (0, 2), partial=True, gain=0.004)))
+    assert rr.main(["--dir", str(folder), "--docs"]) == 0, capsys.readouterr().err
+    text = (folder / "README.md").read_text()
+    section = text[text.index("## Is CRATE still learning"):]
+    section = section[:section.index("\n## ")]
+    assert f"- [partial/{rr.LONGER}](partial/{rr.LONGER}): `python -m experiments.compare" \
+        in section
+    assert "Under way: 2 runs finished so far, from the partial record" in section
+    assert "over the 2 runs finished so far" in section and "beside it" not in section
+    assert "(+0.40 pt; per seed +0.4, +0.4)" in section and "Over seeds 0 and 2," in section
+    assert "The mean curve's range is measured once every seed has finished" in section
+    headline = next(line for line in rr.HEADLINE_TABLE.render(rr.load(folder)).splitlines()
+                    if line.startswith("| MNIST-5k, 197"))
+    assert ", CRATE 97.3% ± 0.5 (at 100 epochs " in headline and ", 2 seeds so far), " in headline
+    assert f"[partial/{rr.LONGER}](docs/results/partial/{rr.LONGER})" in headline
+    rows = [line for line in section.splitlines() if line.startswith("| 100 |")]
+    assert len(rows) == 2  # the two runs; no row of the seeds' mean yet
+    # The whole comparison written: its file, its row, no partial record.
+    (folder / rr.PARTIAL / rr.LONGER).unlink()
+    (folder / rr.LONGER).write_text(
+        json.dumps(_longer(results, (0, 1, 2), partial=False, gain=-0.01)))
+    assert rr.main(["--dir", str(folder), "--docs"]) == 0, capsys.readouterr().err
+    text = (folder / "README.md").read_text()
+    assert f"- [{rr.LONGER}]({rr.LONGER}): " in text and "Under way" not in text
+    assert "[mnist_crate100.md](mnist_crate100.md), [mnist_crate100.png]" in text
+    headline = rr.HEADLINE_TABLE.render(rr.load(folder))
+    assert ", 3 seeds), ToST" in headline
+    assert f"[{rr.LONGER}](docs/results/{rr.LONGER})" in headline
+    assert "(-1.00 pt; per seed -1.0, -1.0, -1.0)" in text
+    assert "The seeds' mean curve moves 0.20 pt over the last fifth of the 100 epochs: at its " \
+        "plateau." in text
+    # Neither the file nor its partial record: the file is missing.
+    (folder / rr.LONGER).unlink()
+    assert rr.main(["--dir", str(folder), "--docs"]) == 2
+    assert rr.LONGER in capsys.readouterr().err
 
 
 def test_the_shapes64_sections_name_the_version_their_files_were_measured_on():

@@ -481,7 +481,7 @@ def _crate_longer(res: Results) -> str:
     runs = _crate_runs(data)
     acc = accuracy(_seed_stats([r["final_accuracy"] for r in runs.values()]))
     so_far = " so far" if data.get("partial") else ""
-    return f" (at {epochs} epochs {acc}, {len(runs)} seed{'s' if len(runs) != 1 else ''}{so_far})"
+    return f" (at {epochs} epochs {acc}, {len(runs)} seed{'s' * (len(runs) != 1)}{so_far})"
 
 
 def _longer_facts(res: Results) -> dict[str, Any]:
@@ -512,7 +512,7 @@ def _longer_facts(res: Results) -> dict[str, Any]:
     gains = (after[s]["final_accuracy"] - before[s]["final_accuracy"] for s in seeds)
     return {
         "short": short_epochs, "long": long_epochs,
-        "under_way": (f" Under way: {len(after)} run{'s' if len(after) != 1 else ''} finished "
+        "under_way": (f" Under way: {len(after)} run{'s' * (len(after) != 1)} finished "
                       f"so far, from the partial record (`{PARTIAL}/{LONGER}`)."
                       if long.get("partial") else ""),
         "seeds": f"seed{'s' if len(seeds) > 1 else ''} " + " and ".join(
@@ -1572,6 +1572,7 @@ HEADLINES = (
              ("shapes64_seg.json",)),
 )
 
+
 def _source_link(name: str, res: Results) -> str:
     """A headline's link to a file: the partial record of a comparison under way."""
     path = f"{PARTIAL}/{name}" if res[name].get("partial") else name
@@ -1608,7 +1609,9 @@ PARTIAL = "partial"
 def load(folder: Path) -> dict[str, Any]:
     """Parse every JSON file of `folder` (an unknown or a missing file is an error), and every
     partial record of `folder/partial` (the runs finished so far of a comparison being rerun, as
-    `partial/NAME.json`, NAME.json a described file)."""
+    `partial/NAME.json`, NAME.json a described file). A described comparison that has not ended
+    yet (its partial record, no NAME.json) is described from the record: it stands for the
+    file."""
     found = sorted(p.name for p in folder.glob("*.json"))
     known = covered_files()
     for name in found:

@@ -220,13 +220,18 @@ def _points(fraction: float) -> str:
     return f"{100 * fraction:.2f}"
 
 
+def _range_text(spread: float | None, holds: bool) -> str:
+    """A last-fifth range in points, marked when it is not a plateau; "-" when not measured."""
+    return "-" if spread is None else f"{_points(spread)} pt" + ("" if holds else " (moving)")
+
+
 def last_fifth_cell(row: Mapping[str, Any]) -> str:
     """The plateau measure of `experiments.compare`: the range of the seeds' mean curve, and the
     largest single seed's. Older files hold only the latter (`plateau_worst_seed` absent: their
     `plateau_range` is the largest seed's), files before the measure neither."""
     if row.get("plateau_range") is None:
         return "-"
-    text = f"{_points(row['plateau_range'])} pt" + ("" if row["plateau_holds"] else " (moving)")
+    text = _range_text(row["plateau_range"], row["plateau_holds"])
     if len(row["seeds"]) == 1:
         return text
     if "plateau_worst_seed" not in row:
@@ -436,12 +441,6 @@ def _longer_rows(res: Results) -> list[dict[str, Any]]:
             for row in data["table"] if row["model"] == "crate_nano"]
 
 
-def _run_plateau(run: Mapping[str, Any]) -> str:
-    spread = run["plateau"]["range"]
-    return "-" if spread is None else (
-        f"{_points(spread)} pt" + ("" if run["plateau"]["holds"] else " (moving)"))
-
-
 _LONGER_RUNS = Table(
     id="mnist_longer_runs",
     rows=_longer_run_rows,
@@ -450,7 +449,8 @@ _LONGER_RUNS = Table(
         Column("seed", lambda r: r["seed"]),
         Column("test accuracy", lambda r: r["final_accuracy"], percent),
         Column("best test accuracy", lambda r: r["best_accuracy"], percent),
-        Column("last-fifth range", _run_plateau),
+        Column("last-fifth range",
+               lambda r: _range_text(r["plateau"]["range"], r["plateau"]["holds"])),
         Column("wall clock", lambda r: r.get("wall_seconds"),
                lambda v: "-" if v is None else minutes(v)),
     ),
@@ -1574,8 +1574,7 @@ HEADLINES = (
 
 
 def _source_link(name: str, res: Results) -> str:
-    """A headline's link to a file: the partial record of a comparison under way."""
-    path = f"{PARTIAL}/{name}" if res[name].get("partial") else name
+    path = _path(name, res[name])
     return f"[{path}](docs/results/{path})"
 
 
@@ -1595,6 +1594,12 @@ HEADLINE_TABLE = Table(
 
 # --------------------------------------------------------------------------------------------
 # Reading the folder and writing the documents
+
+
+def _path(name: str, data: Mapping[str, Any]) -> str:
+    """Where a described file's content lies in the results folder: the partial record of a
+    comparison under way (`load` lets it stand for the file), else the file."""
+    return f"{PARTIAL}/{name}" if data.get("partial") else name
 
 
 def covered_files() -> set[str]:
@@ -1619,8 +1624,9 @@ def load(folder: Path) -> dict[str, Any]:
             raise ResultsError(
                 f"{folder / name}: no experiment describes this file; add it to EXPERIMENTS in "
                 f"experiments/results_readme.py (a section or another experiment's `also`)")
-    pending = {n for n in known - set(found) if (folder / PARTIAL / n).is_file()}
-    missing = sorted(known - set(found) - pending)
+    absent = known - set(found)
+    pending = {n for n in absent if (folder / PARTIAL / n).is_file()}
+    missing = sorted(absent - pending)
     if missing:
         raise ResultsError(f"{folder}: {', '.join(missing)} described in "
                            f"experiments/results_readme.py but not found")
@@ -1666,7 +1672,7 @@ def _render_section(key: str, e: Experiment, results: Results) -> str:
     out = [f"## {e.title}", "", e.setup.format_map(facts), ""]
     for name in (key, *e.also):
         data = results[name]
-        link = f"{PARTIAL}/{name}" if data.get("partial") else name
+        link = _path(name, data)
         out.append(f"- [{link}]({link}): {command(name, data, e)}")
         out.append(f"  - wall clock: {e.wall_clock(data) or 'not recorded'}; "
                    f"machine: {machine(data)}")

@@ -4,8 +4,9 @@
 Only what the optimisations changed is copied: the S-based contract-and-broadcast forward (for
 `cbsa` and `cbsa_exact`: S materialised, `S^T c` through a transpose, gamma applied to the
 output), the Cholesky `contract` (LAPACK through `jnp.linalg.cholesky` and `cho_solve`) and the
-ISTA step. Pooling and everything else come from the library, which did not change them. Not part
-of the library's API.
+ISTA step; and the stem convolution's input derivative through space-to-depth (commit cc30b70,
+before the phase form). Pooling and everything else come from the library, which did not change
+them. Not part of the library's API.
 """
 
 from __future__ import annotations
@@ -79,3 +80,17 @@ def _cb(w, rule, *, exact, step_x, step_rep, tau=None, eps=None):
 
 def ista_step(x, m, eta=0.1, lam=0.1):
     return jax.nn.relu(x + eta * (x @ m - (x @ m.T) @ m) - eta * lam)
+
+
+def conv3x3_s2_space_to_depth(x, kernel):
+    """The stride-2 3 x 3 convolution as a stride-1 2 x 2 one over the space-to-depth input (the
+    conv stem's input derivative before the phase form: 16 taps, 7 of them zero)."""
+    n, h, w, ci = x.shape
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    xp = jnp.pad(x, ((0, 0), (1, 2 * ho + 1 - h), (1, 2 * wo + 1 - w), (0, 0)))
+    s = xp.reshape(n, ho + 1, 2, wo + 1, 2, ci).transpose(0, 1, 3, 2, 4, 5)
+    s = s.reshape(n, ho + 1, wo + 1, 4 * ci)
+    k = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0))).reshape(2, 2, 2, 2, ci, -1)
+    k = k.transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * ci, -1)
+    return jax.lax.conv_general_dilated(s, k, (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -9,9 +9,12 @@ Each case is timed as in `benchmarks.attention` (per-head inputs [1, 6, N, 64], 
 pooling, fwdbwd = value and gradient of sum(out); `ista` runs the ISTA step on [8, N, 384]
 tokens with N any g^2 + 1; `layernorm` is `nnx.LayerNorm` against `cbsa_jax.nn.LayerNorm` on
 [1, N, 384] tokens, one sequence as a batch-1 step has it, fwdbwd the gradient of
-sum(out * tokens) for the tokens, the scale and the bias); the table gives both medians, their ratio
-(before / after: > 1 is a speed-up), both XLA peak-memory estimates, and the largest relative
-difference of the outputs (and gradients).
+sum(out * tokens) for the tokens, the scale and the bias; `stem_dx` is the input gradient of
+one stride-2 3 x 3 convolution of the conv stem, [8, N, N, 96] -> [8, N/2, N/2, 192] with N the
+size, from an output gradient, as the CPU's train step computes it: the transpose of the
+space-to-depth form (before) and of the phase form (after); its only mode is `bwd`); the table
+gives both medians, their ratio (before / after: > 1 is a speed-up), both XLA peak-memory
+estimates, and the largest relative difference of the outputs (and gradients).
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ from benchmarks._params import host_initialised
 from benchmarks.attention import grid_for_tokens
 from cbsa_jax import attention as att
 from cbsa_jax import training, unroll
-from cbsa_jax.models import create
+from cbsa_jax.models import create, vit
 from cbsa_jax.nn import layers
 from cbsa_jax.representatives import GridPooling
 
-CASES = ("cbsa", "cbsa_exact", "ista", "layernorm")
+CASES = ("cbsa", "cbsa_exact", "ista", "layernorm", "stem_dx")
 _LN_SCALE, _LN_BIAS = (np.random.default_rng(1).normal(loc, 0.2, 384).astype(np.float32)
                        for loc in (1.0, 0.0))
 
@@ -57,6 +60,11 @@ def _layer_norms():
 
 
 def _functions(case: str, g: int, heads: int):
+    if case == "stem_dx":  # a CBT stem layer's convolution, 96 -> 192 channels
+        k = jnp.asarray(np.random.default_rng(1).normal(0, 0.05, (3, 3, 96, 192)), jnp.float32)
+        x = jax.ShapeDtypeStruct((8, g, g, 96), jnp.float32)  # g: the input side here
+        return tuple((lambda dy, f=f: jax.linear_transpose(lambda x: f(x, k), x)(dy)[0])
+                     for f in (_baseline.conv3x3_s2_space_to_depth, vit._conv3x3_s2_phases))
     if case == "layernorm":  # a CBT-S block's LayerNorm on one sequence [1, N, 384]
         scale, bias = _LN_SCALE, _LN_BIAS
         return tuple((lambda x, f=f: f(x, scale, bias)) for f in _layer_norms())
@@ -86,7 +94,12 @@ def _layer_norm_gradients(f):
 
 def compare(case: str, n: int, mode: str, *, heads: int = 6, dim_head: int = 64,
             rounds: int = 7, dtype=jnp.float32, target_s: float = 0.5) -> dict:
-    g = grid_for_tokens(n) if case not in ("ista", "layernorm") else 0
+    g = grid_for_tokens(n) if case in ("cbsa", "cbsa_exact") else 0
+    if (case == "stem_dx") != (mode == "bwd"):
+        raise ValueError(f"mode {mode!r} does not apply to case {case!r}: stem_dx times an input "
+                         "gradient (mode 'bwd'), the other cases 'fwd' and 'fwdbwd'")
+    if case == "stem_dx":
+        g = n
     if mode == "fwdbwd" and case == "layernorm":  # the tokens', the scale's and the bias's
         before, after = (_layer_norm_gradients(f) for f in _layer_norms())
     else:
@@ -94,7 +107,9 @@ def compare(case: str, n: int, mode: str, *, heads: int = 6, dim_head: int = 64,
         if mode == "fwdbwd":
             before, after = (jax.value_and_grad(lambda w, f=f: jnp.sum(f(w).astype(jnp.float32)))
                              for f in (before, after))
-    shape = {"ista": (8, n, 384), "layernorm": (1, n, 384)}.get(case, (1, heads, n, dim_head))
+    side = (n + 1) // 2
+    shape = {"ista": (8, n, 384), "layernorm": (1, n, 384), "stem_dx": (8, side, side, 192)}.get(
+        case, (1, heads, n, dim_head))
     w = jnp.asarray(np.random.default_rng(0).standard_normal(shape), dtype)
     compiled = [jax.jit(f).lower(w).compile() for f in (before, after)]
     outs = [c(w) for c in compiled]
@@ -215,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = []
     for n in h.parse_list(args.sizes, int):
         for case in h.parse_list(args.cases):
-            for mode in h.parse_list(args.modes):
+            for mode in (["bwd"] if case == "stem_dx" else h.parse_list(args.modes)):
                 rows.append(compare(case, n, mode, rounds=args.rounds, target_s=args.target_s))
                 print("  " + "  ".join(fn(rows[-1]) for _, _, fn in COLUMNS), flush=True)
     payload = {"benchmark": "compare", "machine": info, "rows": rows, "train": []}

@@ -50,21 +50,30 @@ def _conv3x3_s2_direct(x, kernel):
                                         dimension_numbers=_NHWC)
 
 
-def _conv3x3_s2_space_to_depth(x, kernel):
-    """The same convolution as a stride-1 2 x 2 convolution of the space-to-depth input.
+def _conv3x3_s2_phases(x, kernel):
+    """The same convolution as four stride-1 convolutions of the padded input's phases.
 
-    Row 2y + a of the padded input (a in {0, 1}) becomes row y, channel block a: tap kh = 2u + a
-    of the 3 x 3 kernel is tap u of the 2 x 2 one (taps with 2u + a = 3 are zero, 16/9 of the
-    multiply-adds).
+    Row 2y + a of the padded input (a in {0, 1}) is row y of phase a (one space-to-depth copy).
+    Output row y reads padded rows 2y, 2y + 1, 2y + 2: taps kh = 0 and 2 from phase 0 (rows y and
+    y + 1), tap kh = 1 from phase 1 (row y); the same for columns. So each of the four phases is
+    a stride-1 VALID convolution with its own 2 x 2, 2 x 1, 1 x 2 or 1 x 1 part of the kernel:
+    nine taps, the forward's multiply-adds, and the transpose (the input gradient) is four
+    stride-1 convolutions of the output gradient and one depth-to-space.
     """
     n, h, w, ci = x.shape
     ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
     xp = jnp.pad(x, ((0, 0), (1, 2 * ho + 1 - h), (1, 2 * wo + 1 - w), (0, 0)))
     s = xp.reshape(n, ho + 1, 2, wo + 1, 2, ci).transpose(0, 1, 3, 2, 4, 5)
-    s = s.reshape(n, ho + 1, wo + 1, 4 * ci)
-    k = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0))).reshape(2, 2, 2, 2, ci, -1)
-    k = k.transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * ci, -1)
-    return jax.lax.conv_general_dilated(s, k, (1, 1), "VALID", dimension_numbers=_NHWC)
+    taps = (slice(0, 3, 2), slice(1, 2))  # the kernel rows (columns) phase 0 (1) feeds
+    out = None
+    for a in (0, 1):
+        for b in (0, 1):
+            part = jax.lax.conv_general_dilated(
+                s[:, : ho + 1 - a, : wo + 1 - b, a, b, :],
+                kernel[taps[a], taps[b]], (1, 1), "VALID",
+                dimension_numbers=_NHWC)
+            out = part if out is None else out + part
+    return out
 
 
 def conv3x3_stride2(x, kernel):
@@ -72,7 +81,7 @@ def conv3x3_stride2(x, kernel):
 
     The value is XLA's convolution everywhere. On the CPU (chosen when the program is lowered,
     `jax.lax.platform_dependent`) its derivative with respect to `x` goes through the
-    space-to-depth form (`conv3x3_stride2_cpu`); on other platforms it is XLA's own (cuDNN's on a
+    phase form (`conv3x3_stride2_cpu`); on other platforms it is XLA's own (cuDNN's on a
     GPU). Forward- and reverse-mode derivatives both work.
     """
     return jax.lax.platform_dependent(x, kernel, cpu=conv3x3_stride2_cpu,
@@ -81,11 +90,11 @@ def conv3x3_stride2(x, kernel):
 
 @jax.custom_jvp
 def conv3x3_stride2_cpu(x, kernel):
-    """`conv3x3_stride2` with the input derivative through the space-to-depth form
-    (`_conv3x3_s2_space_to_depth`), whose transpose, the input gradient, is a stride-1
-    convolution of the output gradient plus a depth-to-space. XLA:CPU computes the input
-    gradient of the direct form as a convolution over the 2x zero-dilated output gradient, 4x the
-    forward's multiply-adds (16/9 here). The kernel's derivative is the direct one."""
+    """`conv3x3_stride2` with the input derivative through the phase form
+    (`_conv3x3_s2_phases`), whose transpose, the input gradient, is four stride-1 convolutions
+    of the output gradient plus a depth-to-space: the forward's multiply-adds. XLA:CPU computes
+    the input gradient of the direct form as a convolution over the 2x zero-dilated output
+    gradient, 4x the forward's multiply-adds. The kernel's derivative is the direct one."""
     return _conv3x3_s2_direct(x, kernel)
 
 
@@ -94,7 +103,7 @@ def _conv3x3_stride2_jvp(primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
     return (_conv3x3_s2_direct(x, kernel),
-            _conv3x3_s2_space_to_depth(dx, kernel) + _conv3x3_s2_direct(x, dkernel))
+            _conv3x3_s2_phases(dx, kernel) + _conv3x3_s2_direct(x, dkernel))
 
 
 class ConvPatchEmbed(nnx.Module):

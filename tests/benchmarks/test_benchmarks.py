@@ -207,11 +207,11 @@ def test_gpu_benchmark_smoke_on_the_cpu(tmp_path, capsys, monkeypatch):
 def test_compare_runs_both_sides(tmp_path):
     out = tmp_path / "cmp.json"
     compare.main(["--json", str(out), "--sizes", "17", "--rounds", "1", "--target-s", "0.001",
-                  "--modes", "fwd,fwdbwd", "--cases", "cbsa_exact,layernorm"])
+                  "--modes", "fwd,fwdbwd", "--cases", "cbsa_exact,layernorm,stem_dx"])
     rows = _load(out)["rows"]
     assert [(r["case"], r["mode"]) for r in rows] == [
         ("cbsa_exact", "fwd"), ("cbsa_exact", "fwdbwd"), ("layernorm", "fwd"),
-        ("layernorm", "fwdbwd")]
+        ("layernorm", "fwdbwd"), ("stem_dx", "bwd")]
     for row in rows:
         assert row["before_ms"] > 0 and row["after_ms"] > 0
         assert row["max_rel_diff"] < 1e-4  # the optimised code computes the same function

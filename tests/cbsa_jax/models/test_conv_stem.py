@@ -95,8 +95,8 @@ def test_stem_matches_the_erfc_gelu_stem(rng, train):
 
 
 def test_the_cheaper_input_gradient_is_the_cpus_only():
-    """The space-to-depth input gradient is chosen for the CPU when the program is lowered; a
-    GPU program keeps XLA's (cuDNN's) own, a convolution over the dilated output gradient."""
+    """The phase-form input gradient is chosen for the CPU when the program is lowered; a GPU
+    program keeps XLA's (cuDNN's) own, a convolution over the dilated output gradient."""
     from jax import export
 
     x, k = jnp.ones((2, 16, 16, 3)), jnp.ones((3, 3, 3, 5))

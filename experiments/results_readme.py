@@ -668,18 +668,21 @@ _OFFICIAL_DEFAULTS = {
     "devices": "train",
 }
 
-# Newest first: the step `python -m train` compiles (on a Zen 4 EPYC with AVX-512): split over one
-# CPU device per core, then on one device (its train rows only), then before the split; then the
-# benchmarks' own step (an earlier session's EPYC): three runs with steady-state rounds, then the
-# earlier ones.
-OFFICIAL_RUNS = ("official_host_devices.json", "official_host_devices_one.json",
+# Newest first: the step `python -m train` compiles (on a Zen 4 EPYC with AVX-512): with the stem's
+# phase-form input gradient; split over one CPU device per core, then on one device (its train rows
+# only), then before the split; then the benchmarks' own step (an earlier session's EPYC): three
+# runs with steady-state rounds, then the earlier ones.
+OFFICIAL_RUNS = ("official_stem_phases.json", "official_host_devices.json",
+                 "official_host_devices_one.json",
                  "official_ln_blocks.json", "official_no_trim_2.json", "official_no_trim.json",
                  "official_train_step.json", "official_run4.json", "official_hugepages.json",
                  "official_hugepages_2.json", "official.json", "official_run2.json",
                  "official_targets_2036.json")
 #: The step python -m train compiles, before the heap was left untrimmed (1 GiB threshold).
 _TRIMMED = "official_train_step.json"
-#: The same step on one device, timed in a run of its own just after `OFFICIAL_RUNS[0]`.
+#: The first run with the train step split over one CPU device per core.
+_SPLIT = "official_host_devices.json"
+#: The same step on one device, timed in a run of its own just after `_SPLIT`.
 _ONE_DEVICE = "official_host_devices_one.json"
 #: The newest run with the parts of a block (`--parts block`) and the heap kept.
 _BLOCKS = "official_ln_blocks.json"
@@ -716,11 +719,12 @@ def _case(row: Mapping[str, Any]) -> str:
 
 def _official_rows(res: Results) -> list[dict[str, Any]]:
     """One row per case of the newest run that has it (every case of any of the three newest
-    runs): its times, and the ratio of every run."""
+    runs, and the block parts of `_BLOCKS`): its times, and the ratio of every run."""
+    runs = dict.fromkeys((*OFFICIAL_RUNS[:3], _BLOCKS))
     newest = {}
-    for name in reversed(OFFICIAL_RUNS[:3]):
+    for name in reversed(runs):
         newest.update({_case(r): r for r in res[name]["rows"]})
-    order = dict.fromkeys(_case(r) for n in OFFICIAL_RUNS[:3] for r in res[n]["rows"])
+    order = dict.fromkeys(_case(r) for n in runs for r in res[n]["rows"])
     rows = []
     for case in order:
         base = newest[case]
@@ -843,24 +847,28 @@ def _official_facts(res: Results) -> dict[str, Any]:
     layer = [v for c, v in ratio["official_run4.json"].items() if c.startswith("CBSA layer")]
     now = ratio[OFFICIAL_RUNS[0]]
     now_layer = [v for c, v in now.items() if c.startswith("CBSA layer")]
-    rows = {n: {_case(r): r for r in res[n]["rows"]} for n in (OFFICIAL_RUNS[0], _ONE_DEVICE)}
+    rows = {n: {_case(r): r for r in res[n]["rows"]} for n in (OFFICIAL_RUNS[0], _SPLIT,
+                                                                _ONE_DEVICE)}
 
     def step(name, case):  # "ours ms (ours / official)"
         r = rows[name][case]
         return f"{ms(r['ours_ms'])} ms ({r['ratio']:.2f})"
 
-    split = {c: step(OFFICIAL_RUNS[0], c) for c in rows[_ONE_DEVICE]}
+    split = {c: step(_SPLIT, c) for c in rows[_ONE_DEVICE]}
+    phases = {c: step(OFFICIAL_RUNS[0], c) for c in rows[_ONE_DEVICE]}
     one = {c: step(_ONE_DEVICE, c) for c in rows[_ONE_DEVICE]}
     bimodal = [(n, r) for n in OFFICIAL_RUNS[:2] for r in res[n]["rows"]
                if r.get("ratio_of_minima") is not None and r["ratio"] - r["ratio_of_minima"] > 0.2]
     return {
-        "now": OFFICIAL_RUNS[0].removesuffix(".json"),
+        "now": OFFICIAL_RUNS[0].removesuffix(".json"), "split": _SPLIT.removesuffix(".json"),
         "one": _ONE_DEVICE.removesuffix(".json"), "blocks": _BLOCKS.removesuffix(".json"),
         "now_devices": rows[OFFICIAL_RUNS[0]][t8].get("devices", 1),
         "split_steps": "; ".join(f"{c} {one[c]} -> {split[c]}" for c in one),
+        "phase_steps": "; ".join(f"{c} {split[c]} -> {phases[c]}" for c in one),
         "blocks_t8": ratio[_BLOCKS][t8], "blocks_t64": ratio[_BLOCKS]["CBT-T train step, batch 64"],
         "blocks_s64": ratio[_BLOCKS]["CBT-S train step, batch 64"],
         "official_t8_one": ms(rows[_ONE_DEVICE][t8]["official_ms"]),
+        "official_t8_split": ms(rows[_SPLIT][t8]["official_ms"]),
         "official_t8_now": ms(rows[OFFICIAL_RUNS[0]][t8]["official_ms"]),
         "trimmed_t64": ratio[_TRIMMED]["CBT-T train step, batch 64"],
         "trimmed_s64": ratio[_TRIMMED]["CBT-S train step, batch 64"],
@@ -907,13 +915,15 @@ OFFICIAL = Experiment(
           "attention with its LayerNorm, the CBSA layer alone, ISTA with its LayerNorm, the "
           "LayerNorm alone; forward and backward of `sum(out * r)` for a fixed random `r`), "
           "rows the other runs do not have. "
-          "`{now}`, `{one}`, `{blocks}` and `official_train_step` time the step that `python -m "
-          "train` compiles, with the malloc settings the training program applies itself and no "
-          "environment variable, on an {now_processor} with {now_isa}. In `{now}` the train "
-          "step runs as `python -m train` runs it since 2026-12-06, on {now_devices} CPU "
-          "devices, one per core, each batch split over them (the layer and inference cases on "
-          "one); `{one}`, run just after it, times the same train steps on one device "
-          "(`--parts train --devices one`), as every earlier run did. In `official_train_step` "
+          "`{now}`, `{split}`, `{one}`, `{blocks}` and `official_train_step` time the step that "
+          "`python -m train` compiles, with the malloc settings the training program applies "
+          "itself and no environment variable, on an {now_processor} with {now_isa}. In `{now}` "
+          "and `{split}` the train step runs as `python -m train` runs it since 2026-12-06, on "
+          "{now_devices} CPU devices, one per core, each batch split over them (the layer and "
+          "inference cases on one); `{one}`, run just after `{split}`, times the same train "
+          "steps on one device (`--parts train --devices one`), as every earlier run did. "
+          "`{now}` is the first run with the conv stem's input gradient in its phase form "
+          "(docs/performance.md, change 18). In `official_train_step` "
           "the heap was trimmed above 1 GiB free (docs/performance.md); `official_run4` and the "
           "`hugepages` runs timed the benchmarks' own step on an earlier session's EPYC (its "
           "instruction set was not recorded) with glibc's malloc as the process started, the "
@@ -928,10 +938,13 @@ OFFICIAL = Experiment(
           "batch-64 train steps from {trimmed_t64:.2f} (CBT-T) and {trimmed_s64:.2f} (CBT-S) in "
           "`official_train_step` to {blocks_t64:.2f} and {blocks_s64:.2f} in `{blocks}`, and "
           "splitting the CPU into one device per core moved our train steps, one device "
-          "(`{one}`) -> split (`{now}`), ours / official in brackets: {split_steps}. The "
+          "(`{one}`) -> split (`{split}`), ours / official in brackets: {split_steps}. The "
           "official side's times moved between the two runs too (its CBT-T step at batch 8: "
-          "{official_t8_one} ms, then {official_t8_now} ms), so the ratios of one run are the "
-          "comparison; ours alone moved as the milliseconds say.",
+          "{official_t8_one} ms, then {official_t8_split} ms), so the ratios of one run are the "
+          "comparison; ours alone moved as the milliseconds say. Then the stem's phase-form input "
+          "gradient, `{split}` -> `{now}`: {phase_steps}; the official CBT-T step at batch 8 "
+          "moved as much ({official_t8_split} -> {official_t8_now} ms), so the change itself "
+          "is measured paired in one process (docs/performance.md, change 18).",
     loses="On the {now_isa} EPYC every target is still missed: in `{now}` the CBT-T train step "
           "at batch 8 is at {now_t8:.2f} (target 0.75; {blocks_t8:.2f} in `{blocks}`, "
           "{trimmed_t8:.2f} in `official_train_step`), CBT-S at {now_s8:.2f}, the layer at "

@@ -94,12 +94,10 @@ def _layer_norm_gradients(f):
 
 def compare(case: str, n: int, mode: str, *, heads: int = 6, dim_head: int = 64,
             rounds: int = 7, dtype=jnp.float32, target_s: float = 0.5) -> dict:
-    g = grid_for_tokens(n) if case in ("cbsa", "cbsa_exact") else 0
     if (case == "stem_dx") != (mode == "bwd"):
         raise ValueError(f"mode {mode!r} does not apply to case {case!r}: stem_dx times an input "
                          "gradient (mode 'bwd'), the other cases 'fwd' and 'fwdbwd'")
-    if case == "stem_dx":
-        g = n
+    g = grid_for_tokens(n) if case in ("cbsa", "cbsa_exact") else n  # stem_dx: the input side
     if mode == "fwdbwd" and case == "layernorm":  # the tokens', the scale's and the bias's
         before, after = (_layer_norm_gradients(f) for f in _layer_norms())
     else:

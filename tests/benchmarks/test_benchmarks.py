@@ -215,6 +215,8 @@ def test_compare_runs_both_sides(tmp_path):
     for row in rows:
         assert row["before_ms"] > 0 and row["after_ms"] > 0
         assert row["max_rel_diff"] < 1e-4  # the optimised code computes the same function
+    with pytest.raises(ValueError, match="stem_dx times an input gradient"):
+        compare.compare("stem_dx", 17, "fwd")
 
 
 def test_harness_helpers(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cbsa_jax.models.vit import ConvPatchEmbed, conv3x3_stride2, gelu_erf
+from cbsa_jax.models.vit import ConvPatchEmbed, _conv3x3_s2_phases, conv3x3_stride2, gelu_erf
 
 
 def test_gelu_erf_is_the_exact_gelu():
@@ -55,6 +55,21 @@ def test_conv3x3_stride2_is_the_strided_convolution_with_its_derivatives(rng, sh
     np.testing.assert_allclose(mixed(conv3x3_stride2), want, rtol=1e-5,
                                atol=1e-5 * float(jnp.max(jnp.abs(want))))
     assert conv3x3_stride2(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_the_phase_forms_transpose_does_the_forwards_nine_taps():
+    """The CPU's input gradient is four stride-1 convolutions whose kernels have 2 x 2, 2 x 1,
+    1 x 2 and 1 x 1 taps: nine, as many multiply-adds as the forward (space-to-depth did 16)."""
+    x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
+    k = jnp.ones((3, 3, 3, 5))
+    transpose = jax.linear_transpose(lambda x: _conv3x3_s2_phases(x, k), x)
+    jaxpr = jax.make_jaxpr(transpose)(jnp.ones((2, 8, 8, 5))).jaxpr
+    convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+    taps = sorted(e.invars[1].aval.shape[0] * e.invars[1].aval.shape[1] for e in convs)
+    assert taps == [1, 2, 2, 4]
+    for e in convs:
+        assert e.params["window_strides"] == (1, 1)
+        assert set(e.params["lhs_dilation"]) == {1}  # no zero-dilated output gradient
 
 
 def _with_erfc_gelu(stem, images):

@@ -3,7 +3,7 @@
     python -m benchmarks.official --repo PATH [--json OUT] [--parts layer,train,infer]
                                   [--sizes 65,257,1025,4097] [--presets cbt_tiny,cbt_small]
                                   [--train-batches 8,64] [--infer-batches 1,64] [--rounds 5]
-                                  [--hugepages]
+                                  [--schedule interleaved|alone] [--hugepages]
     python -m benchmarks.official --repo PATH --parts block
                                   [--blocks cbt_tiny:8:197,cbt_small:1:1025]
 
@@ -24,9 +24,11 @@ is faster) are reported, and the ratio of the fastest calls beside it (on a load
 OpenMP threads, which spin at their barriers, lose far more to other processes than XLA's thread
 pool does, and the minima show what each side does when it has the cores), and the ratio of the
 median CPU seconds per call (meaningful with one thread a side: `taskset -c 0 ... --threads 1`
-compares one core against one core, which other processes disturb least). PyTorch runs with
-`torch.set_num_threads(os.cpu_count())` (or the cores `taskset` leaves it), JAX calls end with
-`block_until_ready`.
+compares one core against one core, which other processes disturb least). `--schedule alone`
+times every round of the official side, then every round of ours, instead: a check that the
+alternation itself does not bias the ratios (docs/performance.md, seventh look). PyTorch runs
+with `torch.set_num_threads(os.cpu_count())` (or the cores `taskset` leaves it), JAX calls end
+with `block_until_ready`.
 
 Ours is what `python -m train` runs: the train step is `cbsa_jax.training`'s, built by
 `make_task` from the classification task and compiled by `compile_step` exactly as
@@ -98,6 +100,7 @@ BLOCK_PARTS = ("block", "attention", "cbsa", "ista", "norm")
 # how this library's executables are compiled: as the training program compiles its steps
 # (cbsa_jax.training.compiler_options) or with XLA's defaults
 OPTIONS = {"train": training.compiler_options, "xla-default": dict}
+SCHEDULES = ("interleaved", "alone")
 ALLOCATORS = ("train", "default")
 OFFICIAL_MODULE = "cbsa_official_models"
 
@@ -198,8 +201,8 @@ class Torch:
 
 
 def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, target_s: float,
-                min_per_round: int = 3, max_per_round: int = 1000
-                ) -> dict[str, dict[str, list[float]]]:
+                min_per_round: int = 3, max_per_round: int = 1000,
+                schedule: str = "interleaved") -> dict[str, dict[str, list[float]]]:
     """Time each of `calls` (name -> call that blocks until done) in `rounds` interleaved rounds
     after one warm-up call and one to three sizing calls each; every round runs each call k times,
     k sized from the slower side's median sizing call so that a round takes about `target_s` per
@@ -209,6 +212,8 @@ def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, target_s
     sees: with one call a round the medians were those first calls, which flattered our train
     step and penalised the official one, and with short rounds our first calls set the median of
     the smallest layer (docs/performance.md, appendix, change 12).
+    `schedule="alone"` runs every round of one call before the next call's: each side is timed
+    while the other is idle, at the cost of load changes no longer hitting both sides alike.
     Returns name -> {"wall": seconds, "cpu": the process's CPU seconds} of every timed call."""
     sizing = {}
     for name, call in calls.items():
@@ -222,14 +227,19 @@ def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, target_s
         sizing[name] = float(np.median(ts[1:]))
     per_round = max(min_per_round, 1,
                     min(max_per_round, math.ceil(target_s / max(max(sizing.values()), 1e-6))))
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     times = {name: {"wall": [], "cpu": []} for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            for _ in range(per_round):
-                c0, t0 = time.process_time(), time.perf_counter()
-                call()
-                times[name]["wall"].append(time.perf_counter() - t0)
-                times[name]["cpu"].append(time.process_time() - c0)
+    if schedule == "interleaved":
+        order = [name for _ in range(rounds) for name in calls]
+    else:
+        order = [name for name in calls for _ in range(rounds)]
+    for name in order:
+        for _ in range(per_round):
+            c0, t0 = time.process_time(), time.perf_counter()
+            calls[name]()
+            times[name]["wall"].append(time.perf_counter() - t0)
+            times[name]["cpu"].append(time.process_time() - c0)
     return times
 
 
@@ -261,7 +271,7 @@ def _skipped(case: str, what: str, status: str, diff: float | None = None, **ext
 
 def layer_case(official, side: Torch, n: int, *, preset: str = "cbt_small", rounds: int,
                target_s: float, tolerance: float, options: dict | None = None, dtype=None,
-               seed: int = 0) -> dict:
+               seed: int = 0, schedule: str = "interleaved") -> dict:
     """The CBSA layer of `preset` (with projections), fwd+bwd at batch 1 and n = g^2 + 1."""
     g = math.isqrt(n - 1)
     if g * g + 1 != n:
@@ -311,16 +321,19 @@ def layer_case(official, side: Torch, n: int, *, preset: str = "cbt_small", roun
         return _skipped("layer", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
                         N=n)
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        schedule=schedule,
                         target_s=target_s)
     row = _row("layer", what, times, diff, N=n)
     row.update(projection_products(side, x_np, cfg.heads * cfg.dim_head, rounds=rounds,
-                                   target_s=target_s, options=options, seed=seed))
+                                   target_s=target_s, options=options, seed=seed,
+                                   schedule=schedule))
     row["floor_ratio"] = row["products_ours_ms"] / row["official_ms"]
     return row
 
 
 def projection_products(side: Torch, x_np: np.ndarray, inner: int, *, rounds: int,
-                        target_s: float, options: dict | None = None, seed: int = 0) -> dict:
+                        target_s: float, options: dict | None = None, seed: int = 0,
+                        schedule: str = "interleaved") -> dict:
     """The layer's two projections alone, in each framework: `sum((x U) K)` forward and backward
     (the gradients of x, U and K), six [N, D] x [D, inner] products, most of the layer's FLOPs.
     Median ms of each side (`products_official_ms`, `products_ours_ms`), timed as the layer is.
@@ -346,6 +359,7 @@ def projection_products(side: Torch, x_np: np.ndarray, inner: int, *, rounds: in
         return jax.block_until_ready(compiled(x_j, u_j, k_j))
 
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        schedule=schedule,
                         target_s=target_s)
     return {f"products_{name}_ms": float(np.median(t["wall"])) * 1e3
             for name, t in times.items()}
@@ -368,7 +382,7 @@ def _block_parts(block_t, block_j, grid):
 
 def block_case(official, side: Torch, preset: str, batch: int, n: int, part: str, *,
                rounds: int, target_s: float, tolerance: float, options: dict | None = None,
-               dtype=None, seed: int = 0) -> dict:
+               dtype=None, seed: int = 0, schedule: str = "interleaved") -> dict:
     """A part of the first transformer block of `preset` (`BLOCK_PARTS`), fwd+bwd at `batch`
     sequences of n = g^2 + 1 tokens."""
     g = math.isqrt(n - 1)
@@ -419,6 +433,7 @@ def block_case(official, side: Torch, preset: str, batch: int, n: int, part: str
         return _skipped("block", what, f"gradients disagree ({diff:.1e} > {tolerance:.0e})",
                         diff, **base)
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        schedule=schedule,
                         target_s=target_s)
     return _row("block", what, times, diff, **base)
 
@@ -432,7 +447,7 @@ def _images(batch: int, size: int, num_classes: int, seed: int):
 def train_case(official, side: Torch, preset: str, batch: int, *, image_size: int,
                num_classes: int, rounds: int, target_s: float, tolerance: float,
                budget_gb: float, options: dict | None = None, dtype=None,
-               seed: int = 0, split: bool = True) -> dict:
+               seed: int = 0, split: bool = True, schedule: str = "interleaved") -> dict:
     """One AdamW step (train-mode forward, cross-entropy, backward, update) of both models;
     ours on the devices `python -m train` splits the batch over (`split`), else on one."""
     what = f"{preset} train step (fwd+bwd+AdamW), batch {batch}, {image_size}"
@@ -489,6 +504,7 @@ def train_case(official, side: Torch, preset: str, batch: int, *, image_size: in
         return jax.block_until_ready(metrics["loss"])
 
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        schedule=schedule,
                         target_s=target_s)
     return _row("train", what, times, diff, peak_mb=peak_gb * 1e3,
                 gflop=h.cost_analysis(compiled)["flops"] / 1e9 * base["devices"], **base)
@@ -496,7 +512,8 @@ def train_case(official, side: Torch, preset: str, batch: int, *, image_size: in
 
 def infer_case(official, side: Torch, preset: str, batch: int, *, image_size: int,
                num_classes: int, rounds: int, target_s: float, tolerance: float,
-               options: dict | None = None, dtype=None, seed: int = 0) -> dict:
+               options: dict | None = None, dtype=None, seed: int = 0,
+               schedule: str = "interleaved") -> dict:
     """The eval-mode forward of both models."""
     what = f"{preset} inference (eval forward), batch {batch}, {image_size}"
     torch = side.torch
@@ -523,6 +540,7 @@ def infer_case(official, side: Torch, preset: str, batch: int, *, image_size: in
         return _skipped("infer", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
                         preset=preset, batch=batch)
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
+                        schedule=schedule,
                         target_s=target_s)
     return _row("infer", what, times, diff, preset=preset, batch=batch,
                 gflop=h.cost_analysis(compiled)["flops"] / 1e9)
@@ -586,6 +604,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case")
+    p.add_argument("--schedule", default="interleaved", choices=SCHEDULES,
+                   help="'interleaved': the sides' rounds alternate (load changes hit both "
+                        "alike); 'alone': every round of the official side, then every round of "
+                        "ours (each timed while the other framework's threads are idle)")
     p.add_argument("--target-s", type=float, default=0.5,
                    help="time per round and side, roughly (at least one call)")
     p.add_argument("--tolerance", type=float, default=None,
@@ -667,7 +689,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"load average {info['load_average']}",
           flush=True)
     common = dict(rounds=args.rounds, target_s=args.target_s, tolerance=args.tolerance,
-                  options=OPTIONS[args.ours_options]() or None, dtype=dtype)
+                  options=OPTIONS[args.ours_options]() or None, dtype=dtype,
+                  schedule=args.schedule)
     info["ours_compiler_options"] = common["options"] or {}
     jobs = []
     if "layer" in args.parts:

@@ -285,6 +285,16 @@ def test_official_benchmark_interleaves_and_checks_its_arguments(tmp_path):
     # fast calls: a warm-up and three sizing calls each, then rounds of max_per_round calls
     assert order == ["o"] * 4 + ["j"] * 4 + ["o", "o", "j", "j"] * 3
     assert [len(t["wall"]) for t in times.values()] == [6, 6]
+    order.clear()
+    times = official.interleaved({"official": lambda: order.append("o"),
+                                  "ours": lambda: order.append("j")}, rounds=3, target_s=1.0,
+                                 min_per_round=1, max_per_round=2, schedule="alone")
+    # alone: every round of the official side, then every round of ours
+    assert order == ["o"] * 4 + ["j"] * 4 + ["o"] * 6 + ["j"] * 6
+    assert [len(t["wall"]) for t in times.values()] == [6, 6]
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        official.interleaved({"ours": lambda: None}, rounds=1, target_s=0.0, schedule="paired")
+    assert official.parse_args(["--repo", str(tmp_path), "--schedule", "alone"]).schedule == "alone"
     row = official._row("layer", "x", {"official": {"wall": [2.0, 4.0, 9.0], "cpu": [1, 2, 3]},
                                        "ours": {"wall": [1.0, 1.5, 3.0], "cpu": [1, 1, 1]}},
                         1e-7, N=65)

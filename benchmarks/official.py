@@ -30,6 +30,11 @@ alternation itself does not bias the ratios (docs/performance.md, seventh look).
 with `torch.set_num_threads(os.cpu_count())` (or the cores `taskset` leaves it), JAX calls end
 with `block_until_ready`.
 
+The cases run inference first, then the layer and block cases, then the train steps (the JSON
+lists them layer, train, infer, block): after one of our train steps the process stays slower
+for the small programs that follow it, which a process that only serves does not see
+(docs/performance.md, seventh look).
+
 Ours is what `python -m train` runs: the train step is `cbsa_jax.training`'s, built by
 `make_task` from the classification task and compiled by `compile_step` exactly as
 `train/loop.py` does (the state donated and passed as a flat list of arrays, the compiler options
@@ -692,22 +697,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
                   options=OPTIONS[args.ours_options]() or None, dtype=dtype,
                   schedule=args.schedule)
     info["ours_compiler_options"] = common["options"] or {}
+    # Inference first and the train steps last: after one of our train steps the process stays
+    # slower for the small programs that follow (CBT-T inference at batch 1: 13 -> 15.5 ms; with
+    # the malloc settings of the training program, docs/performance.md, seventh look), which a
+    # process that only serves does not see. The JSON lists the rows in the order of PARTS.
     jobs = []
+    model_kw = dict(image_size=args.image_size, num_classes=args.num_classes, **common)
+    if "infer" in args.parts:
+        jobs += [lambda p=p, b=b: infer_case(official, side, p, b, **model_kw)
+                 for b in args.infer_batches for p in args.presets]
     if "layer" in args.parts:
         jobs += [lambda n=n: layer_case(official, side, n, preset=args.layer_preset, **common)
                  for n in args.sizes]
-    model_kw = dict(image_size=args.image_size, num_classes=args.num_classes, **common)
+    if "block" in args.parts:
+        jobs += [lambda b=b, part=part: block_case(official, side, *b, part, **common)
+                 for b in args.blocks for part in args.block_parts]
     if "train" in args.parts:
         jobs += [lambda p=p, b=b: train_case(official, side, p, b,
                                              budget_gb=args.memory_budget_gb,
                                              split=args.devices == "train", **model_kw)
                  for b in args.train_batches for p in args.presets]
-    if "infer" in args.parts:
-        jobs += [lambda p=p, b=b: infer_case(official, side, p, b, **model_kw)
-                 for b in args.infer_batches for p in args.presets]
-    if "block" in args.parts:
-        jobs += [lambda b=b, part=part: block_case(official, side, *b, part, **common)
-                 for b in args.blocks for part in args.block_parts]
     t_start = time.perf_counter()
     for job in jobs:
         row = job()
@@ -715,6 +724,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         payload["rows"].append(row)
         print("  " + "  ".join(fn(row) for _, _, fn in COLUMNS), flush=True)
         h.write_json(args.json, payload)
+    payload["rows"].sort(key=lambda r: PARTS.index(r["case"]))  # stable: each part's own order
     payload["wall_s"] = time.perf_counter() - t_start
     payload["machine"]["load_average_end"] = os.getloadavg()
     h.write_json(args.json, payload)

@@ -668,18 +668,20 @@ _OFFICIAL_DEFAULTS = {
     "devices": "train", "schedule": "interleaved",
 }
 
-# Newest first: the step `python -m train` compiles (on a Zen 4 EPYC with AVX-512): with the stem's
-# phase-form input gradient; split over one CPU device per core, then on one device (its train rows
-# only), then before the split; then the benchmarks' own step (an earlier session's EPYC): three
-# runs with steady-state rounds, then the earlier ones.
-OFFICIAL_RUNS = ("official_stem_phases.json", "official_host_devices.json",
-                 "official_host_devices_one.json",
+# Newest first: the step `python -m train` compiles (on a Zen 4 EPYC with AVX-512): inference timed
+# before the train steps; with the stem's phase-form input gradient; split over one CPU device per
+# core, then on one device (its train rows only), then before the split; then the benchmarks' own
+# step (an earlier session's EPYC): three runs with steady-state rounds, then the earlier ones.
+OFFICIAL_RUNS = ("official_infer_first.json", "official_stem_phases.json",
+                 "official_host_devices.json", "official_host_devices_one.json",
                  "official_ln_blocks.json", "official_no_trim_2.json", "official_no_trim.json",
                  "official_train_step.json", "official_run4.json", "official_hugepages.json",
                  "official_hugepages_2.json", "official.json", "official_run2.json",
                  "official_targets_2036.json")
 #: The step python -m train compiles, before the heap was left untrimmed (1 GiB threshold).
 _TRIMMED = "official_train_step.json"
+#: The first run with the stem's phase-form input gradient (inference after the train steps).
+_PHASES = "official_stem_phases.json"
 #: The first run with the train step split over one CPU device per core.
 _SPLIT = "official_host_devices.json"
 #: The same step on one device, timed in a run of its own just after `_SPLIT`.
@@ -851,7 +853,7 @@ def _official_facts(res: Results) -> dict[str, Any]:
     layer = [v for c, v in ratio["official_run4.json"].items() if c.startswith("CBSA layer")]
     now = ratio[OFFICIAL_RUNS[0]]
     now_layer = [v for c, v in now.items() if c.startswith("CBSA layer")]
-    rows = {n: {_case(r): r for r in res[n]["rows"]} for n in (OFFICIAL_RUNS[0], _SPLIT,
+    rows = {n: {_case(r): r for r in res[n]["rows"]} for n in (OFFICIAL_RUNS[0], _PHASES, _SPLIT,
                                                                 _ONE_DEVICE)}
 
     def step(name, case):  # "ours ms (ours / official)"
@@ -859,9 +861,10 @@ def _official_facts(res: Results) -> dict[str, Any]:
         return f"{ms(r['ours_ms'])} ms ({r['ratio']:.2f})"
 
     split = {c: step(_SPLIT, c) for c in rows[_ONE_DEVICE]}
-    phases = {c: step(OFFICIAL_RUNS[0], c) for c in rows[_ONE_DEVICE]}
+    phases = {c: step(_PHASES, c) for c in rows[_ONE_DEVICE]}
     one = {c: step(_ONE_DEVICE, c) for c in rows[_ONE_DEVICE]}
     alone = {_case(r): r["ratio"] for r in res[_ALONE]["rows"]}
+    at_phases = {_case(r): r["ratio"] for r in res[_PHASES]["rows"]}
     infer_only = {_case(r): r for r in res[_INFER_ONLY]["rows"]}
     i1 = "CBT-T inference, batch 1"
     bimodal = [(n, r) for n in OFFICIAL_RUNS[:2] for r in res[n]["rows"]
@@ -876,7 +879,7 @@ def _official_facts(res: Results) -> dict[str, Any]:
         "blocks_s64": ratio[_BLOCKS]["CBT-S train step, batch 64"],
         "official_t8_one": ms(rows[_ONE_DEVICE][t8]["official_ms"]),
         "official_t8_split": ms(rows[_SPLIT][t8]["official_ms"]),
-        "official_t8_now": ms(rows[OFFICIAL_RUNS[0]][t8]["official_ms"]),
+        "official_t8_phases": ms(rows[_PHASES][t8]["official_ms"]),
         "trimmed_t64": ratio[_TRIMMED]["CBT-T train step, batch 64"],
         "trimmed_s64": ratio[_TRIMMED]["CBT-S train step, batch 64"],
         "trimmed_t8": ratio[_TRIMMED][t8],
@@ -891,10 +894,14 @@ def _official_facts(res: Results) -> dict[str, Any]:
         "now_t64": now["CBT-T train step, batch 64"], "now_s64": now["CBT-S train step, batch 64"],
         "floor": _FLOOR.removesuffix(".json"),
         "alone": _ALONE.removesuffix(".json"), "infer_only": _INFER_ONLY.removesuffix(".json"),
-        "alone_ratios": "; ".join(f"{c} {v:.2f} ({now[c]:.2f})" for c, v in alone.items()),
+        "alone_ratios": "; ".join(f"{c} {v:.2f} ({at_phases[c]:.2f})" for c, v in alone.items()),
         "io_i1": infer_only[i1]["ratio"], "io_i1_ours": ms(infer_only[i1]["ours_ms"]),
         "io_i1_official": ms(infer_only[i1]["official_ms"]),
+        "phases": _PHASES.removesuffix(".json"),
+        "phases_i1_ours": ms(rows[_PHASES][i1]["ours_ms"]),
+        "phases_i1": rows[_PHASES][i1]["ratio"],
         "now_i1_ours": ms(rows[OFFICIAL_RUNS[0]][i1]["ours_ms"]),
+        "now_i1_official": ms(rows[OFFICIAL_RUNS[0]][i1]["official_ms"]),
         "floor_big": ", ".join(f"{r['all_products_ratio']:.2f} at N = {r['N']:,}"
                                for r in _floor_rows(res) if r["N"] >= 1025),
         "floor_proj_lo": min(r["floor_ratio"] for r in res[_FLOOR]["rows"]),
@@ -927,21 +934,22 @@ OFFICIAL = Experiment(
           "attention with its LayerNorm, the CBSA layer alone, ISTA with its LayerNorm, the "
           "LayerNorm alone; forward and backward of `sum(out * r)` for a fixed random `r`), "
           "rows the other runs do not have. "
-          "`{now}`, `{split}`, `{one}`, `{blocks}` and `official_train_step` time the step that "
-          "`python -m train` compiles, with the malloc settings the training program applies "
-          "itself and no environment variable, on an {now_processor} with {now_isa}. In `{now}` "
-          "and `{split}` the train step runs as `python -m train` runs it since 2026-12-06, on "
-          "{now_devices} CPU devices, one per core, each batch split over them (the layer and "
-          "inference cases on one); `{one}`, run just after `{split}`, times the same train "
-          "steps on one device (`--parts train --devices one`), as every earlier run did. "
-          "`{now}` is the first run with the conv stem's input gradient in its phase form "
-          "(docs/performance.md, change 18). In `official_train_step` "
-          "the heap was trimmed above 1 GiB free (docs/performance.md); `official_run4` and the "
+          "`{now}`, `{phases}`, `{split}`, `{one}`, `{blocks}` and `official_train_step` time the "
+          "step that `python -m train` compiles, with the malloc settings the training program "
+          "applies itself and no environment variable, on an {now_processor} with {now_isa}. In "
+          "`{now}`, `{phases}` and `{split}` the train step runs as `python -m train` runs it "
+          "since 2026-12-06, on {now_devices} CPU devices, one per core, each batch split over "
+          "them (the layer and inference cases on one); `{one}`, run just after `{split}`, times "
+          "the same train steps on one device (`--parts train --devices one`), as every earlier "
+          "run did. `{phases}` is the first run with the conv stem's input gradient in its phase "
+          "form (docs/performance.md, change 18); `{now}` is the first to time the inference cases"
+          " before the train steps (earlier runs timed them after). In `official_train_step` the "
+          "heap was trimmed above 1 GiB free (docs/performance.md); `official_run4` and the "
           "`hugepages` runs timed the benchmarks' own step on an earlier session's EPYC (its "
           "instruction set was not recorded) with glibc's malloc as the process started, the "
           "`hugepages` runs with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` for both frameworks. "
-          "`official`, `official_run2` and `official_targets_2036` predate the steady-state "
-          "rounds (at least three calls a side per round).",
+          "`official`, `official_run2` and `official_targets_2036` predate the steady-state rounds"
+          " (at least three calls a side per round).",
     tables=(OFFICIAL_TABLE, OFFICIAL_TARGETS_TABLE, OFFICIAL_FLOOR_TABLE),
     shows="On the earlier EPYC ours was faster in every case: the CBSA layer alone took "
           "{layer_lo:.2f} to {layer_hi:.2f} of the official time, and huge pages moved the "
@@ -954,22 +962,23 @@ OFFICIAL = Experiment(
           "official side's times moved between the two runs too (its CBT-T step at batch 8: "
           "{official_t8_one} ms, then {official_t8_split} ms), so the ratios of one run are the "
           "comparison; ours alone moved as the milliseconds say. Then the stem's phase-form input "
-          "gradient, `{split}` -> `{now}`: {phase_steps}; the official CBT-T step at batch 8 "
-          "moved as much ({official_t8_split} -> {official_t8_now} ms), so the change itself "
+          "gradient, `{split}` -> `{phases}`: {phase_steps}; the official CBT-T step at batch 8 "
+          "moved as much ({official_t8_split} -> {official_t8_phases} ms), so the change itself "
           "is measured paired in one process (docs/performance.md, change 18). The rounds' "
           "alternation does not bias the ratios: `{alone}` times the same train steps at batch "
           "8 and inference at batch 1 with `--schedule alone` (every round of the official side, "
-          "then every round of ours), ours / official {alone_ratios} (in brackets: `{now}`, "
+          "then every round of ours), ours / official {alone_ratios} (in brackets: `{phases}`, "
           "interleaved).",
     loses="On the {now_isa} EPYC every target is still missed: in `{now}` the CBT-T train step "
           "at batch 8 is at {now_t8:.2f} (target 0.75; {blocks_t8:.2f} in `{blocks}`, "
           "{trimmed_t8:.2f} in `official_train_step`), CBT-S at {now_s8:.2f}, the layer at "
           "{now_layer_lo:.2f} to {now_layer_hi:.2f} (target 0.70), inference at batch 1 at "
-          "{now_i1:.2f} (target 0.80); ours is slower in: {now_slower}.{bimodal} The inference "
-          "rows follow the train rows in one process, which slows ours more than torch: in a "
-          "process of its own (`{infer_only}`, `--parts infer`) CBT-T inference at batch 1 takes "
-          "{io_i1_ours} ms against {io_i1_official} ({io_i1:.2f}; {now_i1_ours} ms in `{now}`), "
-          "still above the target. The code of "
+          "{now_i1:.2f} (target 0.80; {now_i1_ours} ms against {now_i1_official}); ours is "
+          "slower in: {now_slower}."
+          "{bimodal} Timed after the train rows in one process, as up to `{phases}`, ours was "
+          "slower at batch 1 ({phases_i1_ours} ms, {phases_i1:.2f}); in a process of its own "
+          "(`{infer_only}`, `--parts infer`) CBT-T inference at batch 1 took {io_i1_ours} ms "
+          "against {io_i1_official} ({io_i1:.2f}). The code of "
           "`official_run4`, timed again on that machine, gives the same layer ratios, so the "
           "loss against the earlier EPYC follows the processor, not a change of ours. Cases "
           "where ours was slower in any run: {slower}. The layer's target is out of reach while "

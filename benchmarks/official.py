@@ -326,8 +326,7 @@ def layer_case(official, side: Torch, n: int, *, preset: str = "cbt_small", roun
         return _skipped("layer", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
                         N=n)
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
-                        schedule=schedule,
-                        target_s=target_s)
+                        target_s=target_s, schedule=schedule)
     row = _row("layer", what, times, diff, N=n)
     row.update(projection_products(side, x_np, cfg.heads * cfg.dim_head, rounds=rounds,
                                    target_s=target_s, options=options, seed=seed,
@@ -364,8 +363,7 @@ def projection_products(side: Torch, x_np: np.ndarray, inner: int, *, rounds: in
         return jax.block_until_ready(compiled(x_j, u_j, k_j))
 
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
-                        schedule=schedule,
-                        target_s=target_s)
+                        target_s=target_s, schedule=schedule)
     return {f"products_{name}_ms": float(np.median(t["wall"])) * 1e3
             for name, t in times.items()}
 
@@ -438,8 +436,7 @@ def block_case(official, side: Torch, preset: str, batch: int, n: int, part: str
         return _skipped("block", what, f"gradients disagree ({diff:.1e} > {tolerance:.0e})",
                         diff, **base)
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
-                        schedule=schedule,
-                        target_s=target_s)
+                        target_s=target_s, schedule=schedule)
     return _row("block", what, times, diff, **base)
 
 
@@ -509,8 +506,7 @@ def train_case(official, side: Torch, preset: str, batch: int, *, image_size: in
         return jax.block_until_ready(metrics["loss"])
 
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
-                        schedule=schedule,
-                        target_s=target_s)
+                        target_s=target_s, schedule=schedule)
     return _row("train", what, times, diff, peak_mb=peak_gb * 1e3,
                 gflop=h.cost_analysis(compiled)["flops"] / 1e9 * base["devices"], **base)
 
@@ -545,8 +541,7 @@ def infer_case(official, side: Torch, preset: str, batch: int, *, image_size: in
         return _skipped("infer", what, f"outputs disagree ({diff:.1e} > {tolerance:.0e})", diff,
                         preset=preset, batch=batch)
     times = interleaved({"official": torch_call, "ours": ours_call}, rounds=rounds,
-                        schedule=schedule,
-                        target_s=target_s)
+                        target_s=target_s, schedule=schedule)
     return _row("infer", what, times, diff, preset=preset, batch=batch,
                 gflop=h.cost_analysis(compiled)["flops"] / 1e9)
 

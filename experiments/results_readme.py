@@ -864,7 +864,6 @@ def _official_facts(res: Results) -> dict[str, Any]:
     phases = {c: step(_PHASES, c) for c in rows[_ONE_DEVICE]}
     one = {c: step(_ONE_DEVICE, c) for c in rows[_ONE_DEVICE]}
     alone = {_case(r): r["ratio"] for r in res[_ALONE]["rows"]}
-    at_phases = {_case(r): r["ratio"] for r in res[_PHASES]["rows"]}
     infer_only = {_case(r): r for r in res[_INFER_ONLY]["rows"]}
     i1 = "CBT-T inference, batch 1"
     bimodal = [(n, r) for n in OFFICIAL_RUNS[:2] for r in res[n]["rows"]
@@ -894,12 +893,13 @@ def _official_facts(res: Results) -> dict[str, Any]:
         "now_t64": now["CBT-T train step, batch 64"], "now_s64": now["CBT-S train step, batch 64"],
         "floor": _FLOOR.removesuffix(".json"),
         "alone": _ALONE.removesuffix(".json"), "infer_only": _INFER_ONLY.removesuffix(".json"),
-        "alone_ratios": "; ".join(f"{c} {v:.2f} ({at_phases[c]:.2f})" for c, v in alone.items()),
+        "alone_ratios": "; ".join(f"{c} {v:.2f} ({ratio[_PHASES][c]:.2f})"
+                                  for c, v in alone.items()),
         "io_i1": infer_only[i1]["ratio"], "io_i1_ours": ms(infer_only[i1]["ours_ms"]),
         "io_i1_official": ms(infer_only[i1]["official_ms"]),
         "phases": _PHASES.removesuffix(".json"),
         "phases_i1_ours": ms(rows[_PHASES][i1]["ours_ms"]),
-        "phases_i1": rows[_PHASES][i1]["ratio"],
+        "phases_i1": ratio[_PHASES][i1],
         "now_i1_ours": ms(rows[OFFICIAL_RUNS[0]][i1]["ours_ms"]),
         "now_i1_official": ms(rows[OFFICIAL_RUNS[0]][i1]["official_ms"]),
         "floor_big": ", ".join(f"{r['all_products_ratio']:.2f} at N = {r['N']:,}"

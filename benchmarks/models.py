@@ -244,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             payload["train"].append(row)
             print("  " + "  ".join(fn(row) for _, _, fn in TRAIN_COLUMNS), flush=True)
             h.write_json(args.json, payload)
+            training.release_host_memory()  # this step's buffers, before the next one's
     print()
     print(f"Forward cost per image (batch 1, {args.image_size} x {args.image_size}; nano presets "
           "at 32 x 32): XLA cost-analysis GFLOPs (a multiply-add is 2, element-wise work "

@@ -369,3 +369,27 @@ def test_official_benchmark_smoke(tmp_path, capsys):
     assert layer["products_official_ms"] > 0 and layer["products_ours_ms"] > 0
     assert layer["floor_ratio"] == pytest.approx(layer["products_ours_ms"] / layer["official_ms"])
     assert "ours / official" in capsys.readouterr().out
+
+
+def test_official_benchmark_releases_the_heap_between_cases(tmp_path, monkeypatch):
+    """Each case's row is written to the JSON before the next case runs, and the heap's free
+    memory is handed back after every case (the training program's malloc never returns it by
+    itself, and a full run grew until it was killed for memory)."""
+    from benchmarks import official
+
+    events = []
+    monkeypatch.setattr(official.training, "release_host_memory",
+                        lambda: events.append(("release", len(_load(out)["rows"]))))
+    out = tmp_path / "rows.json"
+    payload = {"benchmark": "official", "rows": []}
+
+    def job(i):
+        def run():
+            events.append(("case", i))
+            return official._skipped("train", f"case {i}", "fake", 0.0)
+        return run
+
+    official.run_cases([job(0), job(1), job(2)], payload, out)
+    assert events == [("case", 0), ("release", 1), ("case", 1), ("release", 2), ("case", 2),
+                      ("release", 3)]
+    assert [r["what"] for r in payload["rows"]] == ["case 0", "case 1", "case 2"]

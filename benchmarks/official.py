@@ -41,11 +41,11 @@ Ours is what `python -m train` runs: the train step is `cbsa_jax.training`'s, bu
 of `cbsa_jax.training.compiler_options()`, chosen from the backend and the processor's
 instruction set); the layer and inference cases use the same options (`--ours-options
 xla-default` compiles with XLA's defaults instead). The process's malloc is set as `python -m
-train` sets it (`cbsa_jax.training.configure_host_allocator`, chosen from the CPU's vendor; one
-process: both frameworks alike; `--allocator default` leaves glibc's defaults), and the train
-step runs on the devices `python -m train` splits the CPU into, one per core, each batch split
-over them (`cbsa_jax.training.configure_host_devices`; the layer, block and inference cases run
-on one device; `--devices one` puts the train step on one device too). `--hugepages` restarts the
+train` sets it (`cbsa_jax.training.configure_host_allocator`, one process: both frameworks alike;
+`--allocator default` leaves glibc's defaults), and the train step runs on the devices `python -m
+train` splits the CPU into, one per core, each batch split over them
+(`cbsa_jax.training.configure_host_devices`; the layer, block and inference cases run on one
+device; `--devices one` puts the train step on one device too). `--hugepages` restarts the
 process with glibc's malloc asking for transparent huge pages (both frameworks alike;
 docs/performance.md).
 

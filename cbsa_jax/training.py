@@ -46,7 +46,6 @@ __all__ = [
     "classification_step",
     "step_devices",
     "compiler_options",
-    "allocator_choice",
     "configure_host_allocator",
     "configure_host_devices",
     "host_device_count",
@@ -388,31 +387,10 @@ def classification_step(model: nnx.Module, tx: optax.GradientTransformation, *,
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _ALLOCATOR: dict[str, Any] | None = None
 _LIBC: ctypes.CDLL | None = None  # glibc, once configure_host_allocator has set it
-ALLOCATOR_ENV = "CBSA_JAX_ALLOCATOR"
-#: The CPU vendors whose machines ran the train step faster with the setting (docs/performance.md,
-#: change 14 and the eighth look): a 2-core AMD EPYC (Zen 4) did, a 2-core Intel Xeon did not.
-ALLOCATOR_VENDORS = ("AuthenticAMD",)
 
 
-def allocator_choice(cpu: HostCPU, requested: str = "") -> tuple[bool, str]:
-    """(whether `configure_host_allocator` sets malloc, why) on `cpu`, with `requested` the
-    value of `CBSA_JAX_ALLOCATOR`: "train" sets it, "default" leaves glibc's defaults, empty
-    chooses by the vendor (`ALLOCATOR_VENDORS`)."""
-    if requested == "train":
-        return True, f"{ALLOCATOR_ENV}=train"
-    if requested == "default":
-        return False, f"{ALLOCATOR_ENV}=default"
-    if requested:
-        raise ValueError(f"{ALLOCATOR_ENV} must be 'train', 'default' or unset, got {requested!r}")
-    if cpu.vendor in ALLOCATOR_VENDORS:
-        return True, f"{cpu.vendor}: the setting runs the train step faster"
-    return False, (f"{cpu.vendor or 'unknown vendor'}: glibc's defaults (the setting was slower on "
-                   "an Intel Xeon, and is unmeasured elsewhere)")
-
-
-def configure_host_allocator(cpu: HostCPU | None = None) -> dict[str, Any]:
-    """Keep the memory XLA:CPU's steps free, so that the next step reuses it, on the processors
-    where that is faster.
+def configure_host_allocator() -> dict[str, Any]:
+    """Keep the memory XLA:CPU's steps free, so that the next step reuses it.
 
     XLA:CPU allocates a step's temporary buffer (hundreds of MB for a ViT train step) at every
     call and frees it at the end. glibc's malloc serves allocations above its mmap threshold
@@ -423,21 +401,9 @@ def configure_host_allocator(cpu: HostCPU | None = None) -> dict[str, Any]:
     no trimming of the heap's top at all (`M_TRIM_THRESHOLD = -1`), so freed blocks stay mapped
     and are reused: with any finite threshold a step whose temporaries exceed it (2.4 GB for
     the CBT-T train step at batch 64) hands them back at its end and faults them in again at
-    the next call.
-
-    The one arena has a price: every thread's small allocations share its lock. On a 2-core
-    AMD EPYC (Zen 4) the setting still won the CBT-T train step at batch 8 by about 7% (about
-    1,200 page faults per step instead of 52,000), and left a small program run afterwards
-    (CBT-T's batch-1 forward) about a fifth slower. On a 2-core Intel Xeon it won nothing: the
-    same step took 213-219 ms against 208-216 ms with glibc's defaults (five processes each),
-    and the batch-1 forward took 10.4-11.6 ms instead of 9.2-9.7 before any train step, 14.4-15.6
-    ms instead of 9.7-10.3 after (docs/performance.md, eighth look). So it is applied where the
-    CPU's vendor is in `ALLOCATOR_VENDORS`, chosen at run time from /proc/cpuinfo (`cpu`:
-    `host_cpu()` by default); `CBSA_JAX_ALLOCATOR=train` applies it anywhere,
-    `CBSA_JAX_ALLOCATOR=default` nowhere (`allocator_choice`). It touches nothing where the C
-    library is not glibc; it is decided once per process and reports what it did
-    (`{"applied": bool, "reason": ..., ..., "threads": the process's threads when it was
-    applied}`).
+    the next call. It touches nothing where the C library is not glibc; it is applied once per
+    process and reports what it did (`{"applied": bool, ..., "threads": the process's threads
+    when it was applied}`). Set `CBSA_JAX_ALLOCATOR=default` to leave malloc as it is.
 
     Nothing is handed back by itself, so a process that runs one program after another (one
     model's training, then the next's) calls `release_host_memory` between them: without it the
@@ -452,10 +418,8 @@ def configure_host_allocator(cpu: HostCPU | None = None) -> dict[str, Any]:
     global _ALLOCATOR, _LIBC
     if _ALLOCATOR is not None:
         return _ALLOCATOR
-    apply, reason = allocator_choice(host_cpu() if cpu is None else cpu,
-                                     os.environ.get(ALLOCATOR_ENV, "").strip())
-    if not apply:
-        _ALLOCATOR = {"applied": False, "reason": reason}
+    if os.environ.get("CBSA_JAX_ALLOCATOR", "") == "default":
+        _ALLOCATOR = {"applied": False, "reason": "CBSA_JAX_ALLOCATOR=default"}
         return _ALLOCATOR
     libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     try:
@@ -470,8 +434,7 @@ def configure_host_allocator(cpu: HostCPU | None = None) -> dict[str, Any]:
     settings = {"M_ARENA_MAX": (_M_ARENA_MAX, 1), "M_MMAP_MAX": (_M_MMAP_MAX, 0),
                 "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, -1)}  # -1: never trim
     results = {name: bool(libc.mallopt(code, value)) for name, (code, value) in settings.items()}
-    _ALLOCATOR = {"applied": all(results.values()), "reason": reason,
-                  "glibc": version().decode(),
+    _ALLOCATOR = {"applied": all(results.values()), "glibc": version().decode(),
                   **{name: value for name, (_, value) in settings.items()},
                   "threads": len(os.listdir("/proc/self/task"))}
     _LIBC = libc if _ALLOCATOR["applied"] else None

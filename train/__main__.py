@@ -8,10 +8,9 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or `--distributed` 
 Bad configs, unknown datasets, missing data and meshes that do not fit exit with code 2 and one
 line on stderr; a run stopped for a non-finite loss (config.nonfinite='stop') exits with code 3.
 
-The program sets the process's malloc for XLA:CPU's per-step buffers itself where the CPU's
-vendor runs the step faster with it (`cbsa_jax.training.configure_host_allocator`, decided when
-`train` is imported, before other libraries start threads: AMD yes, Intel no;
-`CBSA_JAX_ALLOCATOR=train` or `default` overrides the choice). A single-process
+The program sets the process's malloc for XLA:CPU's per-step buffers itself
+(`cbsa_jax.training.configure_host_allocator`, applied when `train` is imported, before
+other libraries start threads; `CBSA_JAX_ALLOCATOR=default` leaves it alone). A single-process
 run with the default mesh splits the CPU into one XLA device per core (at most 8, dividing the
 batch), each batch sharded over them (`train.mesh.split_host`; `CBSA_JAX_HOST_DEVICES=N` sets
 the count, 1 keeps JAX's one device).

@@ -282,37 +282,3 @@ def test_the_benchmarks_step_on_several_devices_is_the_one_device_step(rng):
         np.testing.assert_allclose(split_metrics["grad_norm"], one_metrics["grad_norm"],
                                    rtol=1e-4)
     assert training.step_devices(6)[-1] == jax.devices()[5]  # 6 of the 8 divide a batch of 6
-
-
-def test_the_allocator_follows_the_cpu_vendor():
-    """The malloc setting is chosen at run time from what the CPU is: applied on the vendors where
-    it ran the train step faster (AMD), glibc's defaults elsewhere (it was slower on an Intel
-    Xeon); the environment variable overrides either way, and a wrong value is an error."""
-    amd = HostCPU("AuthenticAMD", "AMD EPYC", ("avx2", "fma", "avx512f"))
-    intel = HostCPU("GenuineIntel", "Intel(R) Xeon(R)", ("avx2", "fma", "avx512f"))
-    other = HostCPU("", "unknown", ())
-    assert training.allocator_choice(amd)[0] is True
-    assert training.allocator_choice(intel) == (
-        False, "GenuineIntel: glibc's defaults (the setting was slower on an Intel Xeon, and is "
-               "unmeasured elsewhere)")
-    assert training.allocator_choice(other)[0] is False
-    assert training.allocator_choice(intel, "train") == (True, "CBSA_JAX_ALLOCATOR=train")
-    assert training.allocator_choice(amd, "default") == (False, "CBSA_JAX_ALLOCATOR=default")
-    with pytest.raises(ValueError, match="CBSA_JAX_ALLOCATOR must be 'train', 'default' or unset"):
-        training.allocator_choice(amd, "on")
-
-
-_CHOICE = textwrap.dedent("""
-    from cbsa_jax import training, reporting
-    applied = training.configure_host_allocator()
-    expected = reporting.host_cpu().vendor in training.ALLOCATOR_VENDORS
-    print(applied["applied"], expected, applied["reason"].replace(" ", "_"))
-""")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
-def test_the_process_applies_the_choice_for_its_own_cpu():
-    """Without the environment variable the process applies the setting exactly where its CPU's
-    vendor asks for it (this machine's /proc/cpuinfo), and says why."""
-    applied, expected, reason = _run_script(_CHOICE, allocator="")
-    assert applied == expected, reason

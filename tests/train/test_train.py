@@ -156,8 +156,7 @@ def test_importing_train_sets_malloc_before_threads_start_and_keeps_one_arena():
     """`python -m train`'s imports apply the allocator setting (in `train/__init__.py`) before
     the libraries its modules import start threads, which would otherwise keep malloc arenas of
     their own: after computations on XLA's threads the process has one arena (16 when the
-    setting comes after the imports). `CBSA_JAX_ALLOCATOR=train` asks for the setting on any CPU
-    (by default it follows the vendor: `test_the_allocator_follows_the_cpu_vendor`)."""
+    setting comes after the imports)."""
     code = ("import ctypes, os, tempfile\n"
             "import train.__main__\n"
             "from cbsa_jax import training\n"
@@ -173,6 +172,5 @@ def test_importing_train_sets_malloc_before_threads_start_and_keeps_one_arena():
             "print(training.configure_host_allocator()['applied'], heaps)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, check=True,
-                         env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu",
-                              "CBSA_JAX_ALLOCATOR": "train"})
+                         env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"})
     assert out.stdout.split() == ["True", "1"], out.stderr[-2000:]

@@ -694,6 +694,22 @@ _FLOOR = "official_products_floor.json"
 _ALONE = "official_alone.json"
 #: The inference cases in a process of their own (`--parts infer`).
 _INFER_ONLY = "official_infer_only.json"
+#: The full run on an Intel Xeon (every other run above is on an AMD EPYC), with the training
+#: program's malloc setting (written to runs/ and moved here).
+_INTEL = "official_intel.json"
+#: The same Intel Xeon with glibc's defaults, run while the setting was chosen by the CPU's
+#: vendor (commit d9ea5e9, reverted: as `--allocator default` runs today).
+_INTEL_GLIBC = "official_intel_glibc.json"
+#: Issue 21's run on an Intel Xeon (2 cores, AVX-512), before the train step was the training
+#: program's: ours / official, quoted from the issue (its JSON was not committed).
+_ISSUE_INTEL = {
+    "CBSA layer fwd+bwd, N = 65": 0.83, "CBSA layer fwd+bwd, N = 257": 1.11,
+    "CBSA layer fwd+bwd, N = 1,025": 1.17, "CBSA layer fwd+bwd, N = 4,097": 1.14,
+    "CBT-T train step, batch 8": 1.21, "CBT-S train step, batch 8": 1.11,
+    "CBT-T train step, batch 64": 1.24, "CBT-S train step, batch 64": 1.20,
+    "CBT-T inference, batch 1": 0.92, "CBT-S inference, batch 1": 0.99,
+    "CBT-T inference, batch 64": 0.95, "CBT-S inference, batch 64": 0.91,
+}
 
 
 def _official_command(data: Mapping[str, Any]) -> str:
@@ -767,15 +783,19 @@ OFFICIAL_TARGETS = (
 )
 
 
+# The runs the targets are read in: the Intel run, then the three newest AMD runs.
+_TARGET_RUNS = (_INTEL, *OFFICIAL_RUNS[:3])
+
+
 def _target_rows(res: Results) -> list[dict[str, Any]]:
     rows = []
     for what, cases, bound in OFFICIAL_TARGETS:
         row: dict[str, Any] = {"what": what, "bound": bound}
-        for name in OFFICIAL_RUNS[:3]:
+        for name in _TARGET_RUNS:
             ratio = {_case(r): r["ratio"] for r in res[name]["rows"]}
             row[name] = (max(ratio[c] for c in cases) if all(c in ratio for c in cases)
                          else None)  # the one-device run times the train steps only
-        row["met"] = [n.removesuffix(".json") for n in OFFICIAL_RUNS[:3]
+        row["met"] = [n.removesuffix(".json") for n in _TARGET_RUNS
                       if row[n] is not None and row[n] <= bound]
         rows.append(row)
     return rows
@@ -788,12 +808,12 @@ OFFICIAL_TARGETS_TABLE = Table(
         Column("target: ours / official at most", lambda r: f"{r['what']}: {r['bound']:.2f}",
                align="<"),
         *(Column(f"`{name.removesuffix('.json')}`", lambda r, n=name: r[n], dash("{:.2f}"))
-          for name in OFFICIAL_RUNS[:3]),
+          for name in _TARGET_RUNS),
         Column("met in", lambda r: r["met"],
                lambda v: ", ".join(f"`{n}`" for n in v) if v else "none", align="<"),
     ),
-    caption="The targets against the three newest runs (for the layer, its largest ratio over "
-            "N).",
+    caption="The targets against the Intel run `{intel}` and the three newest AMD runs (for the "
+            "layer, its largest ratio over N).",
 )
 
 
@@ -845,6 +865,40 @@ OFFICIAL_FLOOR_TABLE = Table(
 )
 
 
+def _vendor_rows(res: Results) -> list[dict[str, Any]]:
+    """Each case of the Intel run: its times and ratio, the ratio with glibc's malloc, issue 21's
+    Intel ratio, and the ratio of the newest AMD run."""
+    amd = {_case(r): r["ratio"] for r in res[OFFICIAL_RUNS[0]]["rows"]}
+    glibc = {_case(r): r["ratio"] for r in res[_INTEL_GLIBC]["rows"]}
+    return [{"case": _case(r), "official_ms": r["official_ms"], "ours_ms": r["ours_ms"],
+             "ratio": r["ratio"], "glibc": glibc.get(_case(r)),
+             "issue": _ISSUE_INTEL.get(_case(r)), "amd": amd.get(_case(r))}
+            for r in res[_INTEL]["rows"]]
+
+
+OFFICIAL_VENDORS_TABLE = Table(
+    id="official_vendors",
+    rows=_vendor_rows,
+    columns=(
+        Column("case (float32, 224 x 224)", lambda r: r["case"], align="<"),
+        Column("Intel: official ms", lambda r: r["official_ms"], ms),
+        Column("ours ms", lambda r: r["ours_ms"], ms),
+        Column(f"`{_INTEL.removesuffix('.json')}`", lambda r: r["ratio"], dash("{:.2f}")),
+        Column(f"`{_INTEL_GLIBC.removesuffix('.json')}`", lambda r: r["glibc"],
+               dash("{:.2f}")),
+        Column("issue 21 (Intel)", lambda r: r["issue"], dash("{:.2f}")),
+        Column(f"`{OFFICIAL_RUNS[0].removesuffix('.json')}` (AMD)", lambda r: r["amd"],
+               dash("{:.2f}")),
+    ),
+    caption="Ours / official on an {intel_processor} ({intel_isa}, {intel_cores} cores; the "
+            "step `python -m train` compiles, on {intel_devices} CPU devices for the train "
+            "steps): `{intel}` with the training program's malloc setting, `{intel_glibc}` with "
+            "glibc's defaults, issue 21's run on an Intel Xeon before the benchmark timed the "
+            "training program's step (quoted from the issue, not committed), and the newest AMD "
+            "run; the times are `{intel}`'s.",
+)
+
+
 def _official_facts(res: Results) -> dict[str, Any]:
     current = OFFICIAL_RUNS[:3]
     ratio = {n: {_case(r): r["ratio"] for r in res[n]["rows"]} for n in OFFICIAL_RUNS}
@@ -866,6 +920,10 @@ def _official_facts(res: Results) -> dict[str, Any]:
     alone = {_case(r): r["ratio"] for r in res[_ALONE]["rows"]}
     infer_only = {_case(r): r for r in res[_INFER_ONLY]["rows"]}
     i1 = "CBT-T inference, batch 1"
+    intel = {_case(r): r for r in res[_INTEL]["rows"]}
+    glibc = {_case(r): r for r in res[_INTEL_GLIBC]["rows"]}
+    intel_layer = [r["ratio"] for c, r in intel.items() if c.startswith("CBSA layer")]
+    intel_machine = res[_INTEL]["machine"]
     bimodal = [(n, r) for n in OFFICIAL_RUNS[:2] for r in res[n]["rows"]
                if r.get("ratio_of_minima") is not None and r["ratio"] - r["ratio_of_minima"] > 0.2]
     return {
@@ -892,6 +950,27 @@ def _official_facts(res: Results) -> dict[str, Any]:
         "now_i1": now["CBT-T inference, batch 1"], "now_i1s": now["CBT-S inference, batch 1"],
         "now_t64": now["CBT-T train step, batch 64"], "now_s64": now["CBT-S train step, batch 64"],
         "floor": _FLOOR.removesuffix(".json"),
+        "intel": _INTEL.removesuffix(".json"),
+        "intel_glibc": _INTEL_GLIBC.removesuffix(".json"),
+        "intel_processor": intel_machine["processor"],
+        "intel_isa": vector_isa(intel_machine["cpu_isa"]), "intel_cores": intel_machine["cpu_count"],
+        "intel_devices": intel[t8].get("devices", 1),
+        "intel_t8": intel[t8]["ratio"], "intel_s8": intel["CBT-S train step, batch 8"]["ratio"],
+        "intel_t64": intel["CBT-T train step, batch 64"]["ratio"],
+        "intel_s64": intel["CBT-S train step, batch 64"]["ratio"],
+        "intel_i1": intel[i1]["ratio"], "intel_i1s": intel["CBT-S inference, batch 1"]["ratio"],
+        "intel_layer_lo": min(intel_layer), "intel_layer_hi": max(intel_layer),
+        "intel_slower": ", ".join(f"{c} ({r['ratio']:.2f})" for c, r in intel.items()
+                                  if r["ratio"] >= 1) or "none",
+        "glibc_t8": glibc[t8]["ratio"], "glibc_s8": glibc["CBT-S train step, batch 8"]["ratio"],
+        "glibc_i1": glibc[i1]["ratio"], "glibc_i1s": glibc["CBT-S inference, batch 1"]["ratio"],
+        "glibc_t64": glibc["CBT-T train step, batch 64"]["ratio"],
+        "glibc_t64_ours": ms(glibc["CBT-T train step, batch 64"]["ours_ms"]),
+        "intel_t64_ours": ms(intel["CBT-T train step, batch 64"]["ours_ms"]),
+        "intel_i1_ours": ms(intel[i1]["ours_ms"]), "glibc_i1_ours": ms(glibc[i1]["ours_ms"]),
+        "issue_t8": _ISSUE_INTEL[t8], "issue_s8": _ISSUE_INTEL["CBT-S train step, batch 8"],
+        "issue_t64": _ISSUE_INTEL["CBT-T train step, batch 64"],
+        "issue_s64": _ISSUE_INTEL["CBT-S train step, batch 64"],
         "alone": _ALONE.removesuffix(".json"), "infer_only": _INFER_ONLY.removesuffix(".json"),
         "alone_ratios": "; ".join(f"{c} {v:.2f} ({ratio[_PHASES][c]:.2f})"
                                   for c, v in alone.items()),
@@ -949,8 +1028,12 @@ OFFICIAL = Experiment(
           "instruction set was not recorded) with glibc's malloc as the process started, the "
           "`hugepages` runs with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` for both frameworks. "
           "`official`, `official_run2` and `official_targets_2036` predate the steady-state rounds"
-          " (at least three calls a side per round).",
-    tables=(OFFICIAL_TABLE, OFFICIAL_TARGETS_TABLE, OFFICIAL_FLOOR_TABLE),
+          " (at least three calls a side per round). `{intel}` and `{intel_glibc}` ran on an "
+          "{intel_processor}: `{intel}` was written to runs/ and moved here; `{intel_glibc}` ran "
+          "as `official_intel.json` while the training program chose its malloc setting by the "
+          "CPU's vendor (commit d9ea5e9, reverted), which left glibc's defaults on this Xeon: "
+          "`--allocator default` runs the same today.",
+    tables=(OFFICIAL_TABLE, OFFICIAL_TARGETS_TABLE, OFFICIAL_VENDORS_TABLE, OFFICIAL_FLOOR_TABLE),
     shows="On the earlier EPYC ours was faster in every case: the CBSA layer alone took "
           "{layer_lo:.2f} to {layer_hi:.2f} of the official time, and huge pages moved the "
           "train steps most (CBT-T at batch 8 from {t8_run4:.2f} with glibc's defaults to "
@@ -968,7 +1051,16 @@ OFFICIAL = Experiment(
           "alternation does not bias the ratios: `{alone}` times the same train steps at batch "
           "8 and inference at batch 1 with `--schedule alone` (every round of the official side, "
           "then every round of ours), ours / official {alone_ratios} (in brackets: `{phases}`, "
-          "interleaved).",
+          "interleaved). On an Intel Xeon ({intel_isa}), where issue 21 had the CBT-T / CBT-S "
+          "train steps at {issue_t8:.2f} / {issue_s8:.2f} at batch 8 and {issue_t64:.2f} / "
+          "{issue_s64:.2f} at batch 64 before the benchmark timed the training program's step, "
+          "`{intel}` has them at {intel_t8:.2f} / {intel_s8:.2f} and {intel_t64:.2f} / "
+          "{intel_s64:.2f}. The training program's malloc setting trades there as on AMD: with "
+          "glibc's defaults (`{intel_glibc}`) our CBT-T train step at batch 64 took "
+          "{glibc_t64_ours} ms ({glibc_t64:.2f}) against {intel_t64_ours} ms, the steps at "
+          "batch 8 were at {glibc_t8:.2f} / {glibc_s8:.2f}, and inference at batch 1 at "
+          "{glibc_i1:.2f} / {glibc_i1s:.2f} ({glibc_i1_ours} ms against {intel_i1_ours} ms with "
+          "the setting; docs/performance.md, eighth look).",
     loses="On the {now_isa} EPYC every target is still missed: in `{now}` the CBT-T train step "
           "at batch 8 is at {now_t8:.2f} (target 0.75; {blocks_t8:.2f} in `{blocks}`, "
           "{trimmed_t8:.2f} in `official_train_step`), CBT-S at {now_s8:.2f}, the layer at "
@@ -986,9 +1078,14 @@ OFFICIAL = Experiment(
           "fast as torch's and take {floor_proj_lo:.2f} to {floor_proj_hi:.2f} of the official "
           "layer's time; with the layer's other products at the same rate and everything else "
           "(softmaxes, pooling, transposes, scaling) free, the ratio would be {floor_big}, "
-          "against the target of 0.70.",
+          "against the target of 0.70. On the Intel Xeon every target is missed too: in "
+          "`{intel}` the CBT-T / CBT-S train steps at batch 8 are at {intel_t8:.2f} / "
+          "{intel_s8:.2f} (target 0.75), the layer at {intel_layer_lo:.2f} to "
+          "{intel_layer_hi:.2f} (target 0.70), CBT-T inference at batch 1 at {intel_i1:.2f} "
+          "(target 0.80; {glibc_i1:.2f} with glibc's malloc); ours is slower in: "
+          "{intel_slower}.",
     facts=_official_facts,
-    also=(*OFFICIAL_RUNS[1:], _FLOOR, _ALONE, _INFER_ONLY),
+    also=(*OFFICIAL_RUNS[1:], _FLOOR, _ALONE, _INFER_ONLY, _INTEL, _INTEL_GLIBC),
     wall_clock=_official_wall_clock,
     command=_official_command,
 )
@@ -1587,9 +1684,11 @@ HEADLINES = (
              lambda r: f"{_official(r, OFFICIAL_RUNS[0], 'ours_ms')} ms (ours / "
                        f"official {_official(r, OFFICIAL_RUNS[0])}, "
                        f"{vector_isa(r[OFFICIAL_RUNS[0]]['machine']['cpu_isa'])} EPYC; "
-                       f"earlier EPYC {_official(r, 'official_run4.json')})",
-             lambda r: f"official {_official(r, OFFICIAL_RUNS[0], 'official_ms')} ms",
-             (OFFICIAL_RUNS[0], "official_run4.json")),
+                       f"earlier EPYC {_official(r, 'official_run4.json')}; Intel Xeon "
+                       f"{_official(r, _INTEL)}, {_official(r, _INTEL, 'ours_ms')} ms)",
+             lambda r: f"official {_official(r, OFFICIAL_RUNS[0], 'official_ms')} ms (Intel "
+                       f"{_official(r, _INTEL, 'official_ms')} ms)",
+             (OFFICIAL_RUNS[0], "official_run4.json", _INTEL)),
     Headline("Causal layer fwd+bwd, 4,096 / 65,536 tokens",
              lambda r: f"{_causal_ms(r, 'cbsa', 4096)} / {_causal_ms(r, 'cbsa', 65536)}",
              lambda r: f"softmax {_causal_ms(r, 'softmax', 4096)} / "

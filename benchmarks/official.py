@@ -31,9 +31,13 @@ with `torch.set_num_threads(os.cpu_count())` (or the cores `taskset` leaves it),
 with `block_until_ready`.
 
 The cases run inference first, then the layer and block cases, then the train steps (the JSON
-lists them layer, train, infer, block): after one of our train steps the process stays slower
-for the small programs that follow it, which a process that only serves does not see
-(docs/performance.md, seventh look).
+lists them layer, train, infer, block). On a CPU the inference cases run in a process of their
+own with glibc's malloc (`--infer-process own`, the default; `same`: in this process), as a
+process that serves a model runs them: it does not import `train`, so the training program's
+malloc setting, whose one arena makes small programs slower (CBT-T's batch-1 forward 10.4-11.6
+ms instead of 9.2-9.7 on an Intel Xeon, and about a fifth slower after train steps on AMD:
+docs/performance.md, seventh and eighth looks), is not its own. Those rows carry `"process":
+"own"`.
 
 Ours is what `python -m train` runs: the train step is `cbsa_jax.training`'s, built by
 `make_task` from the classification task and compiled by `compile_step` exactly as
@@ -81,10 +85,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import pathlib
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -107,6 +114,7 @@ BLOCK_PARTS = ("block", "attention", "cbsa", "ista", "norm")
 OPTIONS = {"train": training.compiler_options, "xla-default": dict}
 SCHEDULES = ("interleaved", "alone")
 ALLOCATORS = ("train", "default")
+INFER_PROCESSES = ("own", "same")
 OFFICIAL_MODULE = "cbsa_official_models"
 
 
@@ -624,6 +632,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="'train': the process's malloc as python -m train sets it "
                         "(cbsa_jax.training.configure_host_allocator; both frameworks, one "
                         "process); 'default': glibc's own")
+    p.add_argument("--infer-process", default="own", choices=INFER_PROCESSES,
+                   help="where the inference cases run on a CPU: 'own': in a process of their own "
+                        "with glibc's malloc, as a process that serves a model has it (it does "
+                        "not import train); 'same': in this process, with --allocator")
     p.add_argument("--devices", default="train", choices=("train", "one"),
                    help="our train step's devices: 'train': as python -m train splits the CPU, "
                         "one XLA device per core dividing the batch, each batch split over them "
@@ -667,6 +679,32 @@ def run_cases(jobs, payload: dict, path) -> None:
         print("  " + "  ".join(fn(row) for _, _, fn in COLUMNS), flush=True)
         h.write_json(path, payload)
         training.release_host_memory()
+
+
+def infer_argv(args: argparse.Namespace, path: str) -> list[str]:
+    """The arguments of the process of their own that runs `args`' inference cases (`--infer-process
+    own`): the same cases and timing, glibc's malloc, rows written to `path`."""
+    argv = ["--repo", args.repo, "--json", path, "--parts", "infer", "--allocator", "default",
+            "--infer-process", "same", "--presets", ",".join(args.presets),
+            "--infer-batches", ",".join(map(str, args.infer_batches)),
+            "--image-size", str(args.image_size), "--num-classes", str(args.num_classes),
+            "--rounds", str(args.rounds), "--schedule", args.schedule,
+            "--target-s", str(args.target_s), "--tolerance", str(args.tolerance),
+            "--dtype", args.dtype, "--ours-options", args.ours_options,
+            "--threads", str(args.threads)]
+    return [*argv, "--hugepages"] if args.hugepages else argv
+
+
+def run_infer_process(args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Run the inference cases in a process of their own (`infer_argv`; its rows print as they
+    come) and return (its rows, each marked `"process": "own"`, its malloc)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "infer.json")
+        subprocess.run([sys.executable, "-m", "benchmarks.official", *infer_argv(args, path)],
+                       check=True)
+        with open(path) as f:
+            data = json.load(f)
+    return ([{**row, "process": "own"} for row in data["rows"]], data["machine"]["allocator"])
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -714,7 +752,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # process that only serves does not see. The JSON lists the rows in the order of PARTS.
     jobs = []
     model_kw = dict(image_size=args.image_size, num_classes=args.num_classes, **common)
-    if "infer" in args.parts:
+    t_start = time.perf_counter()
+    own = "infer" in args.parts and args.infer_process == "own" and not gpu
+    info["infer_process"] = "own" if own else "same"
+    if own:  # first, while this process is idle
+        rows, info["infer_allocator"] = run_infer_process(args)
+        payload["rows"] += rows
+        h.write_json(args.json, payload)
+    elif "infer" in args.parts:
         jobs += [lambda p=p, b=b: infer_case(official, side, p, b, **model_kw)
                  for b in args.infer_batches for p in args.presets]
     if "layer" in args.parts:
@@ -728,7 +773,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                              budget_gb=args.memory_budget_gb,
                                              split=args.devices == "train", **model_kw)
                  for b in args.train_batches for p in args.presets]
-    t_start = time.perf_counter()
     run_cases(jobs, payload, args.json)
     payload["rows"].sort(key=lambda r: PARTS.index(r["case"]))  # stable: each part's own order
     payload["wall_s"] = time.perf_counter() - t_start

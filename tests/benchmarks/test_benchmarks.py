@@ -362,6 +362,10 @@ def test_official_benchmark_smoke(tmp_path, capsys):
     # divide the batch of 2
     assert data["machine"]["host_devices"]["applied"] is False
     assert data["rows"][1]["devices"] == 2
+    # the inference case ran in a process of its own, with glibc's malloc
+    assert data["machine"]["infer_process"] == "own"
+    assert data["machine"]["infer_allocator"]["applied"] is False
+    assert [r.get("process") for r in data["rows"]][2] == "own"
     for row in data["rows"]:
         assert row["max_rel_diff"] < 1e-4  # the converted model computes the official function
         assert row["official_ms"] > 0 and row["ours_ms"] > 0 and row["ratio"] > 0
@@ -393,3 +397,26 @@ def test_official_benchmark_releases_the_heap_between_cases(tmp_path, monkeypatc
     assert events == [("case", 0), ("release", 1), ("case", 1), ("release", 2), ("case", 2),
                       ("release", 3)]
     assert [r["what"] for r in payload["rows"]] == ["case 0", "case 1", "case 2"]
+
+
+def test_official_benchmark_runs_inference_in_a_process_of_its_own(tmp_path):
+    """The child that times the inference cases gets the same cases and timing, glibc's malloc,
+    and runs them in its own process only (no recursion)."""
+    from benchmarks import official
+
+    args = official.parse_args(["--repo", str(tmp_path), "--presets", "cbt_tiny",
+                                "--infer-batches", "1,4", "--rounds", "3", "--target-s", "0.1",
+                                "--image-size", "64", "--num-classes", "10", "--threads", "1",
+                                "--ours-options", "xla-default"])
+    assert args.infer_process == "own" and args.allocator == "train"
+    child = official.parse_args(official.infer_argv(args, str(tmp_path / "infer.json")))
+    assert child.parts == ["infer"] and child.allocator == "default"
+    assert child.infer_process == "same" and child.json == str(tmp_path / "infer.json")
+    for key in ("repo", "presets", "infer_batches", "image_size", "num_classes", "rounds",
+                "schedule", "target_s", "tolerance", "dtype", "ours_options", "threads",
+                "hugepages"):
+        assert getattr(child, key) == getattr(args, key), key
+    hugepages = official.parse_args(["--repo", str(tmp_path), "--hugepages"])
+    assert official.parse_args(official.infer_argv(hugepages, "x.json")).hugepages
+    with pytest.raises(SystemExit):
+        official.parse_args(["--repo", str(tmp_path), "--infer-process", "other"])

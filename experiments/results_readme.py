@@ -695,8 +695,11 @@ _ALONE = "official_alone.json"
 #: The inference cases in a process of their own (`--parts infer`).
 _INFER_ONLY = "official_infer_only.json"
 #: The full run on an Intel Xeon (every other run above is on an AMD EPYC), with the training
-#: program's malloc setting (written to runs/ and moved here).
+#: program's malloc setting, the inference cases in a process of their own with glibc's.
 _INTEL = "official_intel.json"
+#: The same Intel Xeon with the inference cases in the training process, as earlier runs did
+#: (written to runs/official_intel.json, moved here and renamed).
+_INTEL_SAME = "official_intel_same.json"
 #: The same Intel Xeon with glibc's defaults, run while the setting was chosen by the CPU's
 #: vendor (commit d9ea5e9, reverted: as `--allocator default` runs today).
 _INTEL_GLIBC = "official_intel_glibc.json"
@@ -866,12 +869,14 @@ OFFICIAL_FLOOR_TABLE = Table(
 
 
 def _vendor_rows(res: Results) -> list[dict[str, Any]]:
-    """Each case of the Intel run: its times and ratio, the ratio with glibc's malloc, issue 21's
-    Intel ratio, and the ratio of the newest AMD run."""
+    """Each case of the Intel run: its times and ratio, the ratio with inference in the training
+    process, with glibc's malloc throughout, issue 21's Intel ratio, and the ratio of the newest
+    AMD run."""
     amd = {_case(r): r["ratio"] for r in res[OFFICIAL_RUNS[0]]["rows"]}
     glibc = {_case(r): r["ratio"] for r in res[_INTEL_GLIBC]["rows"]}
+    same = {_case(r): r["ratio"] for r in res[_INTEL_SAME]["rows"]}
     return [{"case": _case(r), "official_ms": r["official_ms"], "ours_ms": r["ours_ms"],
-             "ratio": r["ratio"], "glibc": glibc.get(_case(r)),
+             "ratio": r["ratio"], "glibc": glibc.get(_case(r)), "same": same.get(_case(r)),
              "issue": _ISSUE_INTEL.get(_case(r)), "amd": amd.get(_case(r))}
             for r in res[_INTEL]["rows"]]
 
@@ -884,6 +889,7 @@ OFFICIAL_VENDORS_TABLE = Table(
         Column("Intel: official ms", lambda r: r["official_ms"], ms),
         Column("ours ms", lambda r: r["ours_ms"], ms),
         Column(f"`{_INTEL.removesuffix('.json')}`", lambda r: r["ratio"], dash("{:.2f}")),
+        Column(f"`{_INTEL_SAME.removesuffix('.json')}`", lambda r: r["same"], dash("{:.2f}")),
         Column(f"`{_INTEL_GLIBC.removesuffix('.json')}`", lambda r: r["glibc"],
                dash("{:.2f}")),
         Column("issue 21 (Intel)", lambda r: r["issue"], dash("{:.2f}")),
@@ -892,10 +898,11 @@ OFFICIAL_VENDORS_TABLE = Table(
     ),
     caption="Ours / official on an {intel_processor} ({intel_isa}, {intel_cores} cores; the "
             "step `python -m train` compiles, on {intel_devices} CPU devices for the train "
-            "steps): `{intel}` with the training program's malloc setting, `{intel_glibc}` with "
-            "glibc's defaults, issue 21's run on an Intel Xeon before the benchmark timed the "
-            "training program's step (quoted from the issue, not committed), and the newest AMD "
-            "run; the times are `{intel}`'s.",
+            "steps): `{intel}` with the training program's malloc setting and the inference "
+            "cases in a process of their own with glibc's, `{intel_same}` with them in the "
+            "training process, `{intel_glibc}` with glibc's defaults throughout, issue 21's run "
+            "on an Intel Xeon before the benchmark timed the training program's step (quoted "
+            "from the issue, not committed), and the newest AMD run; the times are `{intel}`'s.",
 )
 
 
@@ -922,6 +929,7 @@ def _official_facts(res: Results) -> dict[str, Any]:
     i1 = "CBT-T inference, batch 1"
     intel = {_case(r): r for r in res[_INTEL]["rows"]}
     glibc = {_case(r): r for r in res[_INTEL_GLIBC]["rows"]}
+    same = {_case(r): r for r in res[_INTEL_SAME]["rows"]}
     intel_layer = [r["ratio"] for c, r in intel.items() if c.startswith("CBSA layer")]
     intel_machine = res[_INTEL]["machine"]
     bimodal = [(n, r) for n in OFFICIAL_RUNS[:2] for r in res[n]["rows"]
@@ -952,6 +960,7 @@ def _official_facts(res: Results) -> dict[str, Any]:
         "floor": _FLOOR.removesuffix(".json"),
         "intel": _INTEL.removesuffix(".json"),
         "intel_glibc": _INTEL_GLIBC.removesuffix(".json"),
+        "intel_same": _INTEL_SAME.removesuffix(".json"),
         "intel_processor": intel_machine["processor"],
         "intel_isa": vector_isa(intel_machine["cpu_isa"]),
         "intel_cores": intel_machine["cpu_count"],
@@ -968,7 +977,10 @@ def _official_facts(res: Results) -> dict[str, Any]:
         "glibc_t64": glibc["CBT-T train step, batch 64"]["ratio"],
         "glibc_t64_ours": ms(glibc["CBT-T train step, batch 64"]["ours_ms"]),
         "intel_t64_ours": ms(intel["CBT-T train step, batch 64"]["ours_ms"]),
-        "intel_i1_ours": ms(intel[i1]["ours_ms"]), "glibc_i1_ours": ms(glibc[i1]["ours_ms"]),
+        "intel_i1_ours": ms(intel[i1]["ours_ms"]), "same_i1_ours": ms(same[i1]["ours_ms"]),
+        "same_i1": same[i1]["ratio"], "same_i1s": same["CBT-S inference, batch 1"]["ratio"],
+        "same_t8": same[t8]["ratio"], "same_s8": same["CBT-S train step, batch 8"]["ratio"],
+        "same_t64": same["CBT-T train step, batch 64"]["ratio"],
         "issue_t8": _ISSUE_INTEL[t8], "issue_s8": _ISSUE_INTEL["CBT-S train step, batch 8"],
         "issue_t64": _ISSUE_INTEL["CBT-T train step, batch 64"],
         "issue_s64": _ISSUE_INTEL["CBT-S train step, batch 64"],
@@ -1029,11 +1041,14 @@ OFFICIAL = Experiment(
           "instruction set was not recorded) with glibc's malloc as the process started, the "
           "`hugepages` runs with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` for both frameworks. "
           "`official`, `official_run2` and `official_targets_2036` predate the steady-state rounds"
-          " (at least three calls a side per round). `{intel}` and `{intel_glibc}` ran on an "
-          "{intel_processor}: `{intel}` was written to runs/ and moved here; `{intel_glibc}` ran "
-          "as `official_intel.json` while the training program chose its malloc setting by the "
-          "CPU's vendor (commit d9ea5e9, reverted), which left glibc's defaults on this Xeon: "
-          "`--allocator default` runs the same today.",
+          " (at least three calls a side per round). `{intel}`, `{intel_same}` and "
+          "`{intel_glibc}` ran on an {intel_processor}: `{intel}` is the first run with the "
+          "inference cases in a process of their own with glibc's malloc (`--infer-process own`,"
+          " the default since; every earlier run timed them in the training process, with its "
+          "malloc setting); `{intel_same}` was written to runs/official_intel.json and moved "
+          "here; `{intel_glibc}` ran as `official_intel.json` while the training program chose "
+          "its malloc setting by the CPU's vendor (commit d9ea5e9, reverted), which left glibc's "
+          "defaults on this Xeon: `--allocator default` runs the same today.",
     tables=(OFFICIAL_TABLE, OFFICIAL_TARGETS_TABLE, OFFICIAL_VENDORS_TABLE, OFFICIAL_FLOOR_TABLE),
     shows="On the earlier EPYC ours was faster in every case: the CBSA layer alone took "
           "{layer_lo:.2f} to {layer_hi:.2f} of the official time, and huge pages moved the "
@@ -1056,12 +1071,15 @@ OFFICIAL = Experiment(
           "train steps at {issue_t8:.2f} / {issue_s8:.2f} at batch 8 and {issue_t64:.2f} / "
           "{issue_s64:.2f} at batch 64 before the benchmark timed the training program's step, "
           "`{intel}` has them at {intel_t8:.2f} / {intel_s8:.2f} and {intel_t64:.2f} / "
-          "{intel_s64:.2f}. The training program's malloc setting trades there as on AMD: with "
-          "glibc's defaults (`{intel_glibc}`) our CBT-T train step at batch 64 took "
-          "{glibc_t64_ours} ms ({glibc_t64:.2f}) against {intel_t64_ours} ms, the steps at "
-          "batch 8 were at {glibc_t8:.2f} / {glibc_s8:.2f}, and inference at batch 1 at "
-          "{glibc_i1:.2f} / {glibc_i1s:.2f} ({glibc_i1_ours} ms against {intel_i1_ours} ms with "
-          "the setting; docs/performance.md, eighth look).",
+          "{intel_s64:.2f} ({same_t8:.2f} / {same_s8:.2f} and {same_t64:.2f} for CBT-T at batch "
+          "64 in `{intel_same}`). The training program's malloc setting trades there as on AMD: "
+          "with glibc's defaults throughout (`{intel_glibc}`) our CBT-T train step at batch 64 "
+          "took {glibc_t64_ours} ms ({glibc_t64:.2f}) against {intel_t64_ours} ms, the steps at "
+          "batch 8 were at {glibc_t8:.2f} / {glibc_s8:.2f}; inference at batch 1, timed in the "
+          "training process with its setting (`{intel_same}`), was at {same_i1:.2f} / "
+          "{same_i1s:.2f} (CBT-T {same_i1_ours} ms), in a process of its own with glibc's malloc "
+          "(`{intel}`) at {intel_i1:.2f} / {intel_i1s:.2f} ({intel_i1_ours} ms; "
+          "docs/performance.md, eighth look).",
     loses="On the {now_isa} EPYC every target is still missed: in `{now}` the CBT-T train step "
           "at batch 8 is at {now_t8:.2f} (target 0.75; {blocks_t8:.2f} in `{blocks}`, "
           "{trimmed_t8:.2f} in `official_train_step`), CBT-S at {now_s8:.2f}, the layer at "
@@ -1083,10 +1101,9 @@ OFFICIAL = Experiment(
           "`{intel}` the CBT-T / CBT-S train steps at batch 8 are at {intel_t8:.2f} / "
           "{intel_s8:.2f} (target 0.75), the layer at {intel_layer_lo:.2f} to "
           "{intel_layer_hi:.2f} (target 0.70), CBT-T inference at batch 1 at {intel_i1:.2f} "
-          "(target 0.80; {glibc_i1:.2f} with glibc's malloc); ours is slower in: "
-          "{intel_slower}.",
+          "(target 0.80); ours is slower in: {intel_slower}.",
     facts=_official_facts,
-    also=(*OFFICIAL_RUNS[1:], _FLOOR, _ALONE, _INFER_ONLY, _INTEL, _INTEL_GLIBC),
+    also=(*OFFICIAL_RUNS[1:], _FLOOR, _ALONE, _INFER_ONLY, _INTEL, _INTEL_SAME, _INTEL_GLIBC),
     wall_clock=_official_wall_clock,
     command=_official_command,
 )

@@ -761,13 +761,18 @@ def _official_rows(res: Results) -> list[dict[str, Any]]:
     return rows
 
 
+def _case_times(official: str = "official ms") -> tuple[Column, ...]:
+    """The columns every official table starts with: the case, then both sides' median times."""
+    return (Column("case (float32, 224 x 224)", lambda r: r["case"], align="<"),
+            Column(official, lambda r: r["official_ms"], ms),
+            Column("ours ms", lambda r: r["ours_ms"], ms))
+
+
 OFFICIAL_TABLE = Table(
     id="official",
     rows=_official_rows,
     columns=(
-        Column("case (float32, 224 x 224)", lambda r: r["case"], align="<"),
-        Column("official ms", lambda r: r["official_ms"], ms),
-        Column("ours ms", lambda r: r["ours_ms"], ms),
+        *_case_times(),
         *(Column(f"`{name.removesuffix('.json')}`", lambda r, n=name: r[n], dash("{:.2f}"))
           for name in OFFICIAL_RUNS),
     ),
@@ -885,9 +890,7 @@ OFFICIAL_VENDORS_TABLE = Table(
     id="official_vendors",
     rows=_vendor_rows,
     columns=(
-        Column("case (float32, 224 x 224)", lambda r: r["case"], align="<"),
-        Column("Intel: official ms", lambda r: r["official_ms"], ms),
-        Column("ours ms", lambda r: r["ours_ms"], ms),
+        *_case_times("Intel: official ms"),
         Column(f"`{_INTEL.removesuffix('.json')}`", lambda r: r["ratio"], dash("{:.2f}")),
         Column(f"`{_INTEL_SAME.removesuffix('.json')}`", lambda r: r["same"], dash("{:.2f}")),
         Column(f"`{_INTEL_GLIBC.removesuffix('.json')}`", lambda r: r["glibc"],

@@ -742,21 +742,31 @@ def _case(row: Mapping[str, Any]) -> str:
     return f"{preset} {what}, batch {row['batch']}"
 
 
+def _by_case(res: Results, name: str) -> dict[str, Mapping[str, Any]]:
+    """The rows of the official run `name`, by their case (`_case`)."""
+    return {_case(r): r for r in res[name]["rows"]}
+
+
+def _ratios(res: Results, name: str) -> dict[str, float]:
+    """Ours / official of each case of the official run `name`."""
+    return {c: r["ratio"] for c, r in _by_case(res, name).items()}
+
+
 def _official_rows(res: Results) -> list[dict[str, Any]]:
     """One row per case of the newest run that has it (every case of any of the three newest
     runs, and the block parts of `_BLOCKS`): its times, and the ratio of every run."""
     runs = dict.fromkeys((*OFFICIAL_RUNS[:3], _BLOCKS))
     newest = {}
     for name in reversed(runs):
-        newest.update({_case(r): r for r in res[name]["rows"]})
+        newest.update(_by_case(res, name))
     order = dict.fromkeys(_case(r) for n in runs for r in res[n]["rows"])
+    ratios = {name: _ratios(res, name) for name in OFFICIAL_RUNS}
     rows = []
     for case in order:
         base = newest[case]
         row = {"case": case, "official_ms": base["official_ms"], "ours_ms": base["ours_ms"]}
         for name in OFFICIAL_RUNS:
-            match = {_case(r): r for r in res[name]["rows"]}.get(row["case"])
-            row[name] = None if match is None else match["ratio"]
+            row[name] = ratios[name].get(case)
         rows.append(row)
     return rows
 
@@ -800,7 +810,7 @@ def _target_rows(res: Results) -> list[dict[str, Any]]:
     for what, cases, bound in OFFICIAL_TARGETS:
         row: dict[str, Any] = {"what": what, "bound": bound}
         for name in _TARGET_RUNS:
-            ratio = {_case(r): r["ratio"] for r in res[name]["rows"]}
+            ratio = _ratios(res, name)
             row[name] = (max(ratio[c] for c in cases) if all(c in ratio for c in cases)
                          else None)  # the one-device run times the train steps only
         row["met"] = [n.removesuffix(".json") for n in _TARGET_RUNS
@@ -877,9 +887,7 @@ def _vendor_rows(res: Results) -> list[dict[str, Any]]:
     """Each case of the Intel run: its times and ratio, the ratio with inference in the training
     process, with glibc's malloc throughout, issue 21's Intel ratio, and the ratio of the newest
     AMD run."""
-    amd = {_case(r): r["ratio"] for r in res[OFFICIAL_RUNS[0]]["rows"]}
-    glibc = {_case(r): r["ratio"] for r in res[_INTEL_GLIBC]["rows"]}
-    same = {_case(r): r["ratio"] for r in res[_INTEL_SAME]["rows"]}
+    amd, glibc, same = (_ratios(res, n) for n in (OFFICIAL_RUNS[0], _INTEL_GLIBC, _INTEL_SAME))
     return [{"case": _case(r), "official_ms": r["official_ms"], "ours_ms": r["ours_ms"],
              "ratio": r["ratio"], "glibc": glibc.get(_case(r)), "same": same.get(_case(r)),
              "issue": _ISSUE_INTEL.get(_case(r)), "amd": amd.get(_case(r))}
@@ -911,14 +919,13 @@ OFFICIAL_VENDORS_TABLE = Table(
 
 def _official_facts(res: Results) -> dict[str, Any]:
     current = OFFICIAL_RUNS[:3]
-    ratio = {n: {_case(r): r["ratio"] for r in res[n]["rows"]} for n in OFFICIAL_RUNS}
+    ratio = {n: _ratios(res, n) for n in OFFICIAL_RUNS}
     slower = sorted((v, n, c) for n in OFFICIAL_RUNS for c, v in ratio[n].items() if v >= 1)
     t8 = "CBT-T train step, batch 8"
     layer = [v for c, v in ratio["official_run4.json"].items() if c.startswith("CBSA layer")]
     now = ratio[OFFICIAL_RUNS[0]]
     now_layer = [v for c, v in now.items() if c.startswith("CBSA layer")]
-    rows = {n: {_case(r): r for r in res[n]["rows"]} for n in (OFFICIAL_RUNS[0], _PHASES, _SPLIT,
-                                                                _ONE_DEVICE)}
+    rows = {n: _by_case(res, n) for n in (OFFICIAL_RUNS[0], _PHASES, _SPLIT, _ONE_DEVICE)}
 
     def step(name, case):  # "ours ms (ours / official)"
         r = rows[name][case]
@@ -927,12 +934,10 @@ def _official_facts(res: Results) -> dict[str, Any]:
     split = {c: step(_SPLIT, c) for c in rows[_ONE_DEVICE]}
     phases = {c: step(_PHASES, c) for c in rows[_ONE_DEVICE]}
     one = {c: step(_ONE_DEVICE, c) for c in rows[_ONE_DEVICE]}
-    alone = {_case(r): r["ratio"] for r in res[_ALONE]["rows"]}
-    infer_only = {_case(r): r for r in res[_INFER_ONLY]["rows"]}
+    alone = _ratios(res, _ALONE)
+    infer_only = _by_case(res, _INFER_ONLY)
     i1 = "CBT-T inference, batch 1"
-    intel = {_case(r): r for r in res[_INTEL]["rows"]}
-    glibc = {_case(r): r for r in res[_INTEL_GLIBC]["rows"]}
-    same = {_case(r): r for r in res[_INTEL_SAME]["rows"]}
+    intel, glibc, same = (_by_case(res, n) for n in (_INTEL, _INTEL_GLIBC, _INTEL_SAME))
     intel_layer = [r["ratio"] for c, r in intel.items() if c.startswith("CBSA layer")]
     intel_machine = res[_INTEL]["machine"]
     bimodal = [(n, r) for n in OFFICIAL_RUNS[:2] for r in res[n]["rows"]
@@ -1656,7 +1661,7 @@ def _causal_ms(res: Results, attention: str, n: int) -> str:
 
 def _official(res: Results, name: str, key: str = "ratio",
               case: str = "CBT-T train step, batch 8") -> str:
-    row = {_case(r): r for r in res[name]["rows"]}[case]
+    row = _by_case(res, name)[case]
     return f"{row[key]:.2f}" if key == "ratio" else ms(row[key])
 
 

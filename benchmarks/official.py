@@ -746,10 +746,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                   options=OPTIONS[args.ours_options]() or None, dtype=dtype,
                   schedule=args.schedule)
     info["ours_compiler_options"] = common["options"] or {}
-    # Inference first and the train steps last: after one of our train steps the process stays
-    # slower for the small programs that follow (CBT-T inference at batch 1: 13 -> 15.5 ms; with
-    # the malloc settings of the training program, docs/performance.md, seventh look), which a
-    # process that only serves does not see. The JSON lists the rows in the order of PARTS.
+    # Inference first and the train steps last. On a CPU the inference cases run in a process of
+    # their own with glibc's malloc (the module docstring); with --infer-process same (or on a
+    # GPU) they run here, first, because after one of our train steps the process stays slower
+    # for the small programs that follow (CBT-T inference at batch 1: 13 -> 15.5 ms with the
+    # training program's malloc setting, docs/performance.md, seventh look). The JSON lists the
+    # rows in the order of PARTS.
     jobs = []
     model_kw = dict(image_size=args.image_size, num_classes=args.num_classes, **common)
     t_start = time.perf_counter()

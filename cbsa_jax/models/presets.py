@@ -2,19 +2,22 @@
 
 | family | preset names | attention / ffn | widths |
 |---|---|---|---|
-| CBT (the paper) | cbt_{nano,tiny,small,base,large} | CBSA / ISTA | 192, 384, 768, 1024 |
-| CBT, exact step | cbt_exact_{nano,tiny,small} | exact CBSA / ISTA | as CBT |
-| CRATE (official) | crate_{nano,tiny,small,base,large} | MSSA / ISTA | 384, 576, 768, 1024 |
+| CBT (the paper) | cbt_{pico,nano,tiny,small,base,large} | CBSA / ISTA | 192, 384, 768, 1024 |
+| CBT, exact step | cbt_exact_{pico,nano,tiny,small} | exact CBSA / ISTA | as CBT |
+| CRATE (official) | crate_{pico,nano,tiny,small,base,large} | MSSA / ISTA | 384, 576, 768, 1024 |
 | CRATE at CBT widths (the reference's) | crate_cbt_{tiny,small,base,large} | MSSA / ISTA | as CBT |
-| ToST at CBT widths (the reference's) | tost_{nano,tiny,small,base,large} | TSSA / ISTA | as CBT |
-| softmax ViT | vit_{nano,tiny,small,base,large} | softmax / MLP | as CBT |
-| timm's ViT (pretrained weights) | vit_timm_{nano,tiny,small,base,large} | softmax / MLP | as CBT |
+| ToST (the reference's widths) | tost_{pico,nano,tiny,small,base,large} | TSSA / ISTA | as CBT |
+| softmax ViT | vit_{pico,nano,tiny,small,base,large} | softmax / MLP | as CBT |
+| timm's ViT (pretrained) | vit_timm_{pico,nano,tiny,small,base,large} | softmax / MLP | as CBT |
 
 Official CRATE uses the linear patch embedding, the others the reference's conv stem; the
 `vit_timm` presets are timm's architecture (plain patch projection, qkv bias, LayerNorm eps
 1e-6), which `cbsa_jax.convert.vit_from_timm` / `save_timm` read and write. `nano`
 presets (dim 64, depth 4, 4 heads of 16, a 2-block conv stem for 4 x 4 patches, 4 x 4
 representative cells) are for CPU runs; every nano uses the same stem, for fair comparisons.
+`pico` presets halve the nano's width (dim 32, 2 heads of 16, the stem's widths halved with it):
+the second size of each family on a CPU budget, for accuracy against FLOPs and parameters along
+a frontier rather than at one point.
 
 `create_segmenter(encoder, num_classes=..., decoder="cbt" | "softmax" | "linear")` puts any of
 these encoders under a segmentation decoder (`cbsa_jax.models.segmenter`).
@@ -38,6 +41,7 @@ _WIDTHS = {  # dim, depth, heads (head width 64)
     "large": (1024, 24, 16),
 }
 _NANO = dict(dim=64, depth=4, heads=4, dim_head=16, patch_size=4, cells=(4, 4))
+_PICO = {**_NANO, "dim": 32, "heads": 2}
 _CRATE = {  # the official CRATE widths: dim, depth, heads, head width
     "tiny": (384, 12, 6, 64),
     "small": (576, 12, 12, 48),
@@ -50,6 +54,7 @@ def _family(attention: str, **extra) -> dict[str, ModelConfig]:
     out = {size: ModelConfig(attention, dim=d, depth=n, heads=h, **extra)
            for size, (d, n, h) in _WIDTHS.items()}
     out["nano"] = ModelConfig(attention, **{**_NANO, **extra})
+    out["pico"] = ModelConfig(attention, **{**_PICO, **extra})
     return out
 
 
@@ -58,15 +63,16 @@ def _build() -> dict[str, ModelConfig]:
     for size, cfg in _family("cbsa").items():
         presets[f"cbt_{size}"] = cfg
     for size, cfg in _family("cbsa_exact").items():
-        if size in ("nano", "tiny", "small"):
+        if size in ("pico", "nano", "tiny", "small"):
             presets[f"cbt_exact_{size}"] = cfg
     for size, cfg in _family("mssa").items():
-        if size != "nano":
+        if size not in ("pico", "nano"):
             presets[f"crate_cbt_{size}"] = cfg
     for size, (d, n, h, p) in _CRATE.items():
         presets[f"crate_{size}"] = ModelConfig("mssa", dim=d, depth=n, heads=h, dim_head=p,
                                                patch_embed="linear")
     presets["crate_nano"] = ModelConfig("mssa", **_NANO)
+    presets["crate_pico"] = ModelConfig("mssa", **_PICO)
     for size, cfg in _family("tssa").items():
         presets[f"tost_{size}"] = cfg
     for size, cfg in _family("softmax", ffn="mlp").items():
@@ -101,12 +107,12 @@ def create(name: str, *, num_classes: int, image_size=224, seed: int = 0,
 
 def decoder_config(decoder: str | DecoderConfig, encoder: str = "") -> DecoderConfig:
     """A `DecoderConfig`, or the `DECODER_PRESETS` entry `decoder`. A bare kind ("cbt",
-    "softmax", "linear") takes the CPU-sized `<kind>_nano` widths for a nano encoder and the
+    "softmax", "linear") takes the CPU-sized `<kind>_nano` widths for a nano or pico encoder and the
     reference's (2 blocks, 3 heads of 100, 10 x 10 cells) otherwise."""
     if isinstance(decoder, DecoderConfig):
         return decoder
     key = str(decoder).lower().replace("-", "_")
-    if encoder.lower().endswith("nano") and f"{key}_nano" in DECODER_PRESETS:
+    if encoder.lower().endswith(("nano", "pico")) and f"{key}_nano" in DECODER_PRESETS:
         key = f"{key}_nano"
     if key not in DECODER_PRESETS:
         raise ValueError(f"unknown decoder {decoder!r}; decoders are {sorted(DECODER_PRESETS)}")

@@ -157,7 +157,7 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
     "cbt": DecoderConfig("cbt"),
     "softmax": DecoderConfig("softmax"),
     "linear": DecoderConfig("linear"),
-    # CPU-sized mask transformers for the nano encoders (dim 64)
+    # CPU-sized mask transformers for the nano and pico encoders (dim 64 and 32)
     "cbt_nano": DecoderConfig("cbt", **_NANO),
     "softmax_nano": DecoderConfig("softmax", **_NANO),
     "linear_nano": DecoderConfig("linear"),

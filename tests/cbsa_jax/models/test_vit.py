@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cbsa_jax.models import PRESETS, create
+from cbsa_jax.models import DECODER_PRESETS, PRESETS, create, decoder_config
 from tests._models import count_params, forward, host_initialised
 
 # Trainable parameters at 224 x 224 and 1000 classes, counted on the official PyTorch models
@@ -52,6 +52,20 @@ def test_vit_parameter_counts(size, dims):
     assert count_params(model) == _vit_count(*dims, dim_head=64)
 
 
+@pytest.mark.parametrize("family", ["cbt", "cbt_exact", "crate", "tost", "vit", "vit_timm"])
+def test_pico_is_the_nano_at_half_the_width(family):
+    """The second CPU size of each family: only the width and the heads change (head width,
+    depth, stem, cells stay), so a pico against its nano is a point along one family's frontier;
+    its stem halves with it, and its segmenter takes the CPU-sized decoder."""
+    nano, pico = PRESETS[f"{family}_nano"], PRESETS[f"{family}_pico"]
+    assert (pico.dim, pico.heads) == (nano.dim // 2, nano.heads // 2)
+    assert pico == nano.replace(dim=pico.dim, heads=pico.heads)
+    small = nnx.eval_shape(lambda: create(f"{family}_pico", num_classes=10, image_size=32))
+    big = nnx.eval_shape(lambda: create(f"{family}_nano", num_classes=10, image_size=32))
+    assert count_params(small) < count_params(big) / 3
+    assert decoder_config("cbt", f"{family}_pico") == DECODER_PRESETS["cbt_nano"]
+
+
 def _loss_and_grads(model, images):
     def loss(m):
         return jnp.mean(m(images) ** 2)
@@ -60,7 +74,7 @@ def _loss_and_grads(model, images):
 
 
 def _image_size(name):
-    return 32 if "nano" in name else 128
+    return 32 if name.endswith(("nano", "pico")) else 128
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

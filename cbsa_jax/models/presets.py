@@ -6,7 +6,7 @@
 | CBT, exact step | cbt_exact_{pico,nano,tiny,small} | exact CBSA / ISTA | as CBT |
 | CRATE (official) | crate_{pico,nano,tiny,small,base,large} | MSSA / ISTA | 384, 576, 768, 1024 |
 | CRATE at CBT widths (the reference's) | crate_cbt_{tiny,small,base,large} | MSSA / ISTA | as CBT |
-| ToST (the reference's widths) | tost_{pico,nano,tiny,small,base,large} | TSSA / ISTA | as CBT |
+| ToST at CBT widths (reference) | tost_{pico,nano,tiny,small,base,large} | TSSA / ISTA | as CBT |
 | softmax ViT | vit_{pico,nano,tiny,small,base,large} | softmax / MLP | as CBT |
 | timm's ViT (pretrained) | vit_timm_{pico,nano,tiny,small,base,large} | softmax / MLP | as CBT |
 

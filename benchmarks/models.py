@@ -11,8 +11,8 @@ multiply-add of every matmul and convolution, `benchmarks/_macs.py`), twice: as 
 executes the forward, and with the ISTA step associated as the reference computes it
 (`X M - (X M^T) M`, which fvcore counts; this library picks `X (M - M^T M)` when cheaper, see
 `cbsa_jax.unroll.ista_association`), beside fvcore's count of the official model where there is
-one. Batch 1, at 224 x 224; the `nano` presets (4 x 4 patches, 4 x 4 cells) at their natural
-32 x 32. Models are abstract (`nnx.eval_shape`): nothing big is allocated.
+one. Batch 1, at 224 x 224; the `nano` and `pico` presets (4 x 4 patches, 4 x 4 cells) at their
+natural 32 x 32. Models are abstract (`nnx.eval_shape`): nothing big is allocated.
 
 Table 2 (`--train-presets`, default CBT-T and CBT-S at 224 x 224, batch 8): the train step
 `python -m train` compiles for a classification run with AdamW (`cbsa_jax.training`: the
@@ -54,7 +54,7 @@ FVCORE_GMACS = {"cbt_tiny": 0.654, "cbt_small": 2.374, "cbt_base": 9.014, "cbt_l
 
 
 def natural_size(name: str, image_size: int = 224) -> int:
-    return 32 if "nano" in name else image_size
+    return 32 if name.endswith(("nano", "pico")) else image_size
 
 
 def forward_cost(name: str, *, image_size: int = 224, num_classes: int = 1000, dtype=None,
@@ -246,8 +246,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             h.write_json(args.json, payload)
             training.release_host_memory()  # this step's buffers, before the next one's
     print()
-    print(f"Forward cost per image (batch 1, {args.image_size} x {args.image_size}; nano presets "
-          "at 32 x 32): XLA cost-analysis GFLOPs (a multiply-add is 2, element-wise work "
+    print(f"Forward cost per image (batch 1, {args.image_size} x {args.image_size}; nano and pico "
+          "presets at 32 x 32): XLA cost-analysis GFLOPs (a multiply-add is 2, element-wise work "
           "included) and GMACs of the matrix products and convolutions (fvcore's convention):")
     print(h.table(payload["presets"], PRESET_COLUMNS))
     if payload["train"]:

@@ -210,8 +210,11 @@ def _compare_wall_clock(data: Mapping[str, Any]) -> str:
             f"{minutes(data['wall_seconds'])})")
 
 
-_MODEL_NAMES = {"cbt_nano": "CBT", "crate_nano": "CRATE (MSSA)", "tost_nano": "ToST (TSSA)",
-                "vit_nano": "softmax ViT"}
+#: The four families of the compare tables, and their names in prose.
+_FAMILIES = {"cbt": "CBT", "crate": "CRATE (MSSA)", "tost": "ToST (TSSA)", "vit": "softmax ViT"}
+#: The nano presets are the comparisons' size; pico (half the width) their second size.
+_MODEL_NAMES = {**{f"{key}_nano": name for key, name in _FAMILIES.items()},
+                **{f"{key}_pico": f"pico {name}" for key, name in _FAMILIES.items()}}
 
 
 def _points(fraction: float) -> str:
@@ -588,12 +591,102 @@ def _rerun(res: Results, name: str, version: str | None = None) -> str:
 
 def _shapes64_facts(res: Results) -> dict[str, Any]:
     data = res["shapes64.json"]
-    facts = {**_compare_facts(data), **_shapes64_notes(res, "shapes64.json")}
+    facts = {**_compare_facts(data), **_shapes64_notes(res, "shapes64.json"),
+             **_frontier_facts(res)}
     facts["center_note"] = (
         "" if facts["placement"] else
         ": the main shape fills much of the image and usually covers its centre, so the box is "
         "a strong baseline on this data set")
     return facts
+
+
+def _frontier(res: Results, name: str = "shapes64.json") -> tuple[str | None, dict[str, Any]]:
+    """The second size of each family: the file whose table has the `pico` rows (`name` once
+    its comparison has them, else its partial record while they train: the rows whose every seed
+    has finished) and that file's rows by model; (None, {}) before any pico row has finished."""
+    for source in (name, f"{PARTIAL}/{name}"):
+        rows = _by((res.get(source) or {}).get("table", []), "model")
+        if any(f"{key}_pico" in rows for key in _FAMILIES):
+            return source, rows
+    return None, {}
+
+
+def _frontier_rows(res: Results) -> list[dict[str, Any]]:
+    """One row per family with a finished pico row: its pico and nano rows (one file's, so that
+    both sizes' train images/s come from one side-by-side timing)."""
+    _, rows = _frontier(res)
+    return [{"family": _FAMILIES[key], "pico": rows[f"{key}_pico"],
+             "nano": rows.get(f"{key}_nano")} for key in _FAMILIES if f"{key}_pico" in rows]
+
+
+def _sizes(value: Callable[[Mapping[str, Any]], Any], fmt: str) -> Callable[[Row], str]:
+    """A frontier cell: `value` of the pico row / the nano row."""
+    def cell(r: Row) -> str:
+        return " / ".join("-" if r[size] is None else fmt.format(value(r[size]))
+                          for size in ("pico", "nano"))
+    return cell
+
+
+def _width_gain(r: Row) -> float | None:
+    """Test-accuracy points that doubling the width (pico -> nano) adds, seeds' means."""
+    if r["nano"] is None:
+        return None
+    return 100 * (r["nano"]["final_accuracy"]["mean"] - r["pico"]["final_accuracy"]["mean"])
+
+
+FRONTIER_TABLE = Table(
+    id="shapes64_frontier",
+    rows=_frontier_rows,
+    columns=(
+        Column("family", lambda r: r["family"], align="<"),
+        Column("params, pico / nano", _sizes(lambda x: x["params"], "{:,}")),
+        Column("GFLOPs / image, pico / nano", _sizes(lambda x: x["gflops_per_image"], "{:.4f}")),
+        Column("train images/s, pico / nano", _sizes(lambda x: x["images_per_sec"], "{:,.0f}")),
+        Column("test accuracy, pico", lambda r: r["pico"]["final_accuracy"], accuracy),
+        Column("test accuracy, nano", lambda r: r["nano"] and r["nano"]["final_accuracy"],
+               accuracy),
+        Column("nano - pico", _width_gain, dash("{:+.1f} pt")),
+        Column("last-fifth range, pico", lambda r: last_fifth_cell(r["pico"])),
+        Column("seeds, pico", lambda r: len(r["pico"]["seeds"])),
+    ),
+    caption="The second size of each family, for accuracy against FLOPs and parameters along a "
+            "frontier rather than at one point: `pico` is the nano at half the width (dim 32, "
+            "2 heads of 16; the depth, head width, stem depth and cells of the nano), trained "
+            "with the same recipe and seeds.{frontier_source}",
+)
+
+
+def _frontier_facts(res: Results) -> dict[str, str]:
+    """`frontier_source` (the table's caption: where its rows come from), `frontier` (the
+    shows sentence) and `frontier_loses` (the loses sentence) of the second size."""
+    source, rows = _frontier(res)
+    families = _frontier_rows(res)
+    if source is None:
+        runs = (res.get(f"{PARTIAL}/shapes64.json") or {}).get("runs", [])
+        done = sum(str(r.get("model", "")).endswith("_pico") for r in runs)
+        return {"frontier_source": f" No family has finished its every seed yet ({done} pico "
+                                   f"run{'s' * (done != 1)} so far).",
+                "frontier": "", "frontier_loses": ""}
+    note = ("" if source == "shapes64.json" else
+            f" From `{source}` while the pico runs go on: the families whose every seed has "
+            "finished, with the train images/s of that comparison's own side-by-side timing.")
+    if len(families) < len(_FAMILIES):
+        done = ", ".join(r["family"] for r in families)
+        return {"frontier_source": note, "frontier_loses": "",
+                "frontier": f" The second size has finished for {done} so far."}
+    gains = ", ".join(f"{r['family']} {_width_gain(r):+.1f}" for r in families)
+    vit, cbt = rows["vit_pico"], rows["cbt_nano"]
+    acc_vit, acc_cbt = vit["final_accuracy"]["mean"], cbt["final_accuracy"]["mean"]
+    versus = _versus(acc_vit, acc_cbt)
+    matched = (f"the pico softmax ViT ({accuracy(vit['final_accuracy'])}), with "
+               f"{vit['params'] / cbt['params']:.2f}x the parameters and "
+               f"{vit['gflops_per_image'] / cbt['gflops_per_image']:.2f}x the FLOPs of CBT's "
+               f"nano, ends {versus} it ({accuracy(cbt['final_accuracy'])})")
+    shows = (f" Doubling the width (pico to nano, second table) moves the test accuracy by "
+             f"{gains} points; {matched}.")
+    loses = ("" if versus != "above" else
+             f" Along the frontier the ViT keeps its lead: {matched}.")
+    return {"frontier_source": note, "frontier": shows, "frontier_loses": loses}
 
 
 _SWEEP = Table(
@@ -642,14 +735,14 @@ SHAPES64 = Experiment(
           "classes on textured backgrounds, labelled by the class with the most visible pixels "
           "(the main shape); 8 x 8 patches (64 patches + cls = 65 tokens), 16 representatives. "
           "One recipe for every model ({recipe}). There are 5 classes: chance is 20%.{rerun}",
-    tables=(_compare_table("shapes64", "shapes64.json"),),
+    tables=(_compare_table("shapes64", "shapes64.json"), FRONTIER_TABLE),
     shows="At the end of the recipe ({plateau}; {seeds}), CBT ({cbt_acc}) ends {vs_crate} CRATE "
           "({crate_acc}), {vs_tost} ToST ({tost_acc}) and {vs_vit} the softmax ViT ({vit_acc}), "
           "at {flops_vs_vit:.2f}x the ViT's FLOPs and {params_vs_vit:.2f}x its parameters; it "
           "trains {speed_vs_crate:.1f}x faster than CRATE and {speed_vs_vit:.1f}x faster than "
-          "the ViT (train images/s).",
-    loses="{vit_verdict}; the ViT has {vit_ratio_params:.1f}x CBT's parameters. The best "
-          "cls-attention Jaccard against the foreground is {best_jaccard:.3f} "
+          "the ViT (train images/s).{frontier}",
+    loses="{vit_verdict}; the ViT has {vit_ratio_params:.1f}x CBT's parameters.{frontier_loses} "
+          "The best cls-attention Jaccard against the foreground is {best_jaccard:.3f} "
           "({best_jaccard_model}), {jaccard_vs_center} the image-blind central box "
           "({center:.3f}){center_note}; CBT's is {cbt_jaccard:.3f}, {cbt_jaccard_vs_center} it.",
     facts=_shapes64_facts,

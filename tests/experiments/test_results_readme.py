@@ -283,6 +283,53 @@ def test_the_shapes64_sections_name_the_version_their_files_were_measured_on():
         **old, "dataset_version": "3.0.0"}})["center_note"] == ""
 
 
+def _pico(row: dict, accuracy: float) -> dict:
+    """A nano row of a compare table as its pico (the second size) with `accuracy`."""
+    return {**row, "model": row["model"].replace("_nano", "_pico"), "params": row["params"] // 4,
+            "gflops_per_image": row["gflops_per_image"] / 3,
+            "final_accuracy": {**row["final_accuracy"], "mean": accuracy}}
+
+
+def test_the_frontier_table_shows_the_second_size_as_it_finishes():
+    """The pico rows (the second size of each family) come from shapes64.json once it has them,
+    else from its partial record while they train; the sentences wait for all four families,
+    and the ViT's lead at matched cost is said where it holds."""
+    results = {k: v for k, v in rr.load(rr.RESULTS).items() if not k.startswith("partial/")}
+    data = results["shapes64.json"]
+    nano = {r["model"]: r for r in data["table"] if r["model"].endswith("_nano")}
+    results = {**results, "shapes64.json": {**data, "table": list(nano.values())}}
+    assert rr._frontier_rows(results) == []
+    assert rr._frontier_facts(results)["frontier_source"] == (
+        " No family has finished its every seed yet (0 pico runs so far).")
+    cbt_pico = _pico(nano["cbt_nano"], 0.90)
+    one = {"partial": True, "runs": [{**data["runs"][0], "model": "cbt_pico"}], "table": []}
+    assert rr._frontier_facts({**results, "partial/shapes64.json": one})["frontier_source"] == (
+        " No family has finished its every seed yet (1 pico run so far).")
+    partial = {"partial": True, "dataset_version": data["dataset_version"], "runs": [],
+               "table": [*nano.values(), cbt_pico]}
+    under_way = {**results, "partial/shapes64.json": partial}
+    body = rr.FRONTIER_TABLE.render(under_way).splitlines()[2:]
+    gain = 100 * (nano["cbt_nano"]["final_accuracy"]["mean"] - 0.90)
+    assert len(body) == 1 and body[0].startswith("| CBT | ") and f"| {gain:+.1f} pt |" in body[0]
+    facts = rr._frontier_facts(under_way)
+    assert facts["frontier_source"].startswith(" From `partial/shapes64.json` while the pico")
+    assert facts["frontier"] == " The second size has finished for CBT so far."
+    assert facts["frontier_loses"] == ""
+    cbt = nano["cbt_nano"]["final_accuracy"]["mean"]
+    for vit, loses in ((cbt + 0.01, True), (cbt - 0.01, False)):
+        picos = [cbt_pico, *(_pico(nano[f"{k}_nano"], vit if k == "vit" else 0.9)
+                             for k in ("crate", "tost", "vit"))]
+        done = {**results, "shapes64.json": {**data, "table": [*nano.values(), *picos]}}
+        facts = rr._frontier_facts(done)
+        assert facts["frontier_source"] == ""
+        assert facts["frontier"].startswith(" Doubling the width (pico to nano, second table) "
+                                            f"moves the test accuracy by CBT {gain:+.1f}, ")
+        versus = "above" if loses else "below"
+        assert f"of CBT's nano, ends {versus} it" in facts["frontier"]
+        assert bool(facts["frontier_loses"]) == loses
+        assert len(rr.FRONTIER_TABLE.render(done).splitlines()) == 2 + 4
+
+
 def test_a_stray_file_in_the_partial_folder_fails_with_its_name(tmp_path, capsys):
     folder = tmp_path / "results"
     shutil.copytree(rr.RESULTS, folder)

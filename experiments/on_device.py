@@ -6,13 +6,14 @@ in one prepared call, within a time budget.
                                     [--compare-args ARGS]
 
 A lent GPU comes for minutes, bare and without TensorFlow, so everything it should train is
-planned here: the comparisons of `docs/results` (shapes64, shapes64_seg, the MNIST
-representatives sweep), split into jobs (`JOBS`: one `experiments.compare` per model, decoder or
-sweep point, with the committed recipes, so that the records match the CPU's) and run `--jobs`
-at a time as separate processes sharing the device (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), on
-the in-memory input the configs default to, in `--workdir` (checkpoints and logs stay there).
-At `--budget-s` the jobs still running get SIGTERM (a run saves its checkpoint and stops; what
-it has not finished is lost with the machine).
+planned here: the comparisons of `docs/results` (each family's second size, `pico`, on shapes64
+and MNIST; shapes64, shapes64_seg, the MNIST representatives sweep), split into jobs (`JOBS`:
+one `experiments.compare` per model, decoder or sweep point, with the committed recipes, so
+that the records match the CPU's) and run `--jobs` at a time as separate processes sharing the
+device (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), on the in-memory input the configs default to,
+in `--workdir` (checkpoints and logs stay there). At `--budget-s` the jobs still running get
+SIGTERM (a run saves its checkpoint and stops; what it has not finished is lost with the
+machine).
 
 Whatever finished lands in `DIR/NAME.json`, one file per comparison (the partial record of
 `experiments.compare`: the recipe, this machine and the finished runs of all its jobs),
@@ -65,8 +66,16 @@ class Job:
         return os.path.splitext(os.path.basename(self.config))[0]
 
 
-#: In priority order: what is not yet measured at convergence comes first.
+#: The four families of the comparisons, at their second size (the frontier of issue 24).
+PICO = ("cbt_pico", "crate_pico", "tost_pico", "vit_pico")
+
+#: In priority order: what is not yet measured at convergence comes first (each family's
+#: second size, then the tables the CPU has finished: with --runs-from they train nothing).
 JOBS: tuple[Job, ...] = (
+    *(Job(f"shapes64_{m}", "configs/shapes64.py", ("--models", m, "--seeds", "3"))
+      for m in PICO),
+    *(Job(f"mnist_{m}", "configs/mnist.py", ("--models", m, "--seeds", "3", *MNIST80))
+      for m in PICO),
     *(Job(f"shapes64_{m}", "configs/shapes64.py", ("--models", m, "--seeds", "3"))
       for m in ("cbt_nano", "crate_nano", "tost_nano", "vit_nano")),
     *(Job(f"shapes64_seg_{d}", "configs/shapes64_seg.py",

@@ -600,23 +600,31 @@ def _shapes64_facts(res: Results) -> dict[str, Any]:
     return facts
 
 
-def _frontier(res: Results, name: str = "shapes64.json") -> tuple[str | None, dict[str, Any]]:
-    """The second size of each family: the file whose table has the `pico` rows (`name` once
-    its comparison has them, else its partial record while they train: the rows whose every seed
-    has finished) and that file's rows by model; (None, {}) before any pico row has finished."""
-    for source in (name, f"{PARTIAL}/{name}"):
+#: The comparison whose table holds the second size (its partial record while it trains).
+_FRONTIER = "shapes64.json"
+
+
+def _frontier(res: Results) -> tuple[str | None, dict[str, Any]]:
+    """The second size of each family: the file whose table has the `pico` rows (`_FRONTIER`
+    once its comparison has them, else its partial record while they train: the rows whose every
+    seed has finished) and that file's rows by model; (None, {}) before any pico row has
+    finished."""
+    for source in (_FRONTIER, f"{PARTIAL}/{_FRONTIER}"):
         rows = _by((res.get(source) or {}).get("table", []), "model")
         if any(f"{key}_pico" in rows for key in _FAMILIES):
             return source, rows
     return None, {}
 
 
-def _frontier_rows(res: Results) -> list[dict[str, Any]]:
-    """One row per family with a finished pico row: its pico and nano rows (one file's, so that
-    both sizes' train images/s come from one side-by-side timing)."""
-    _, rows = _frontier(res)
+def _family_rows(rows: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per family with a finished pico row in `rows` (one file's, by model, so that both
+    sizes' train images/s come from one side-by-side timing): its pico and nano rows."""
     return [{"family": _FAMILIES[key], "pico": rows[f"{key}_pico"],
              "nano": rows.get(f"{key}_nano")} for key in _FAMILIES if f"{key}_pico" in rows]
+
+
+def _frontier_rows(res: Results) -> list[dict[str, Any]]:
+    return _family_rows(_frontier(res)[1])
 
 
 def _sizes(value: Callable[[Mapping[str, Any]], Any], fmt: str) -> Callable[[Row], str]:
@@ -660,14 +668,14 @@ def _frontier_facts(res: Results) -> dict[str, str]:
     """`frontier_source` (the table's caption: where its rows come from), `frontier` (the
     shows sentence) and `frontier_loses` (the loses sentence) of the second size."""
     source, rows = _frontier(res)
-    families = _frontier_rows(res)
+    families = _family_rows(rows)
     if source is None:
-        runs = (res.get(f"{PARTIAL}/shapes64.json") or {}).get("runs", [])
+        runs = (res.get(f"{PARTIAL}/{_FRONTIER}") or {}).get("runs", [])
         done = sum(str(r.get("model", "")).endswith("_pico") for r in runs)
         return {"frontier_source": f" No family has finished its every seed yet ({done} pico "
                                    f"run{'s' * (done != 1)} so far).",
                 "frontier": "", "frontier_loses": ""}
-    note = ("" if source == "shapes64.json" else
+    note = ("" if source == _FRONTIER else
             f" From `{source}` while the pico runs go on: the families whose every seed has "
             "finished, with the train images/s of that comparison's own side-by-side timing.")
     if len(families) < len(_FAMILIES):

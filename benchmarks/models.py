@@ -44,7 +44,7 @@ from benchmarks import _harness as h
 from benchmarks import _macs
 from benchmarks._params import host_initialised
 from cbsa_jax import training
-from cbsa_jax.models import PRESETS, create
+from cbsa_jax.models import CPU_SIZES, PRESETS, create
 
 DEFAULT_TRAIN = ("cbt_tiny", "cbt_small")
 
@@ -54,7 +54,7 @@ FVCORE_GMACS = {"cbt_tiny": 0.654, "cbt_small": 2.374, "cbt_base": 9.014, "cbt_l
 
 
 def natural_size(name: str, image_size: int = 224) -> int:
-    return 32 if name.endswith(("nano", "pico")) else image_size
+    return 32 if name.endswith(CPU_SIZES) else image_size
 
 
 def forward_cost(name: str, *, image_size: int = 224, num_classes: int = 1000, dtype=None,

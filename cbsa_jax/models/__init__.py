@@ -4,6 +4,7 @@ language models (`cbsa_jax.models.lm`: causal CBSA, softmax, linear) and their p
 from cbsa_jax.models.config import AttentionKind, FFNKind, ModelConfig, PatchEmbedKind, Pool
 from cbsa_jax.models.lm import LM_PRESETS, LanguageModel, LMConfig, create_lm, get_lm_config
 from cbsa_jax.models.presets import (
+    CPU_SIZES,
     PRESETS,
     create,
     create_segmenter,
@@ -28,6 +29,7 @@ __all__ = [
     "create_lm",
     "get_lm_config",
     "PRESETS",
+    "CPU_SIZES",
     "DecoderConfig",
     "DecoderKind",
     "LinearDecoder",

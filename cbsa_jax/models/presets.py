@@ -32,7 +32,7 @@ from cbsa_jax.models.config import ModelConfig, lookup
 from cbsa_jax.models.segmenter import DECODER_PRESETS, DecoderConfig, Segmenter, build_decoder
 from cbsa_jax.models.vit import VisionTransformer
 
-__all__ = ["PRESETS", "create", "get_config", "create_segmenter", "decoder_config"]
+__all__ = ["PRESETS", "CPU_SIZES", "create", "get_config", "create_segmenter", "decoder_config"]
 
 _WIDTHS = {  # dim, depth, heads (head width 64)
     "tiny": (192, 12, 3),
@@ -42,6 +42,8 @@ _WIDTHS = {  # dim, depth, heads (head width 64)
 }
 _NANO = dict(dim=64, depth=4, heads=4, dim_head=16, patch_size=4, cells=(4, 4))
 _PICO = {**_NANO, "dim": 32, "heads": 2}
+#: The sizes for CPU runs (4 x 4 patches, natural at 32 x 32; the CPU-sized decoders).
+CPU_SIZES = ("pico", "nano")
 _CRATE = {  # the official CRATE widths: dim, depth, heads, head width
     "tiny": (384, 12, 6, 64),
     "small": (576, 12, 12, 48),
@@ -63,10 +65,10 @@ def _build() -> dict[str, ModelConfig]:
     for size, cfg in _family("cbsa").items():
         presets[f"cbt_{size}"] = cfg
     for size, cfg in _family("cbsa_exact").items():
-        if size in ("pico", "nano", "tiny", "small"):
+        if size in (*CPU_SIZES, "tiny", "small"):
             presets[f"cbt_exact_{size}"] = cfg
     for size, cfg in _family("mssa").items():
-        if size not in ("pico", "nano"):
+        if size not in CPU_SIZES:
             presets[f"crate_cbt_{size}"] = cfg
     for size, (d, n, h, p) in _CRATE.items():
         presets[f"crate_{size}"] = ModelConfig("mssa", dim=d, depth=n, heads=h, dim_head=p,
@@ -112,7 +114,7 @@ def decoder_config(decoder: str | DecoderConfig, encoder: str = "") -> DecoderCo
     if isinstance(decoder, DecoderConfig):
         return decoder
     key = str(decoder).lower().replace("-", "_")
-    if encoder.lower().endswith(("nano", "pico")) and f"{key}_nano" in DECODER_PRESETS:
+    if encoder.lower().endswith(CPU_SIZES) and f"{key}_nano" in DECODER_PRESETS:
         key = f"{key}_nano"
     if key not in DECODER_PRESETS:
         raise ValueError(f"unknown decoder {decoder!r}; decoders are {sorted(DECODER_PRESETS)}")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cbsa_jax.models import DECODER_PRESETS, PRESETS, create, decoder_config
+from cbsa_jax.models import CPU_SIZES, DECODER_PRESETS, PRESETS, create, decoder_config
 from tests._models import count_params, forward, host_initialised
 
 # Trainable parameters at 224 x 224 and 1000 classes, counted on the official PyTorch models
@@ -74,7 +74,7 @@ def _loss_and_grads(model, images):
 
 
 def _image_size(name):
-    return 32 if name.endswith(("nano", "pico")) else 128
+    return 32 if name.endswith(CPU_SIZES) else 128
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

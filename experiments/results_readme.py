@@ -418,58 +418,85 @@ def _mnist_facts(res: Results) -> dict[str, Any]:
     return facts
 
 
-# ---- experiments.compare --name mnist_crate100: CRATE alone, trained longer
-
-LONGER = "mnist_crate100.json"
+# ---- Follow-ups that train some models of a comparison longer (experiments.compare --name)
 
 
-def _crate_runs(data: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
-    """A comparison's CRATE runs by seed."""
+@dataclass(frozen=True)
+class Longer:
+    """A follow-up comparison (`file`) that trains `models` of the comparison in `base` for
+    more epochs, with the same recipe and seeds: is a model whose curve still moved at the
+    shared budget only undertrained?"""
+
+    base: str
+    file: str
+    models: tuple[str, ...]
+
+
+#: CRATE of the MNIST comparison, 80 -> 100 epochs.
+CRATE_LONGER = Longer("mnist.json", "mnist_crate100.json", ("crate_nano",))
+#: The pico CBT and CRATE of the shapes64 frontier, 60 -> 100 epochs.
+PICO_LONGER = Longer("shapes64.json", "shapes64_pico100.json", ("cbt_pico", "crate_pico"))
+LONGER = CRATE_LONGER.file
+
+
+def _model_runs(data: Mapping[str, Any], model: str) -> dict[int, Mapping[str, Any]]:
+    """A comparison's runs of `model` by seed."""
     return {r["seed"]: r for r in sorted(data["runs"], key=lambda r: r["seed"])
-            if r["model"] == "crate_nano"}
+            if r["model"] == model}
 
 
-def _budgets(res: Results) -> list[tuple[int, Mapping[str, Any]]]:
-    """(epochs, file) of the MNIST comparison and of its longer CRATE runs."""
-    return [(res[n]["recipe"]["num_epochs"], res[n]) for n in ("mnist.json", LONGER)]
+def _budgets(res: Results, spec: Longer) -> list[tuple[int, Mapping[str, Any]]]:
+    """(epochs, file) of the comparison and of its longer runs."""
+    return [(res[n]["recipe"]["num_epochs"], res[n]) for n in (spec.base, spec.file)]
 
 
-def _longer_run_rows(res: Results) -> list[dict[str, Any]]:
-    return [{"epochs": epochs, **run} for epochs, data in _budgets(res)
-            for run in _crate_runs(data).values()]
+def _longer_run_rows(spec: Longer) -> Callable[[Results], list[dict[str, Any]]]:
+    def rows(res: Results) -> list[dict[str, Any]]:
+        return [{"epochs": epochs, **run} for model in spec.models
+                for epochs, data in _budgets(res, spec)
+                for run in _model_runs(data, model).values()]
+    return rows
 
 
-def _longer_rows(res: Results) -> list[dict[str, Any]]:
-    return [{"epochs": epochs, **row} for epochs, data in _budgets(res)
-            for row in data["table"] if row["model"] == "crate_nano"]
+def _longer_rows(spec: Longer) -> Callable[[Results], list[dict[str, Any]]]:
+    def rows(res: Results) -> list[dict[str, Any]]:
+        return [{"epochs": epochs, **row} for model in spec.models
+                for epochs, data in _budgets(res, spec)
+                for row in data["table"] if row["model"] == model]
+    return rows
 
 
-_LONGER_RUNS = Table(
-    id="mnist_longer_runs",
-    rows=_longer_run_rows,
-    columns=(
-        Column("epochs", lambda r: r["epochs"]),
-        Column("seed", lambda r: r["seed"]),
-        Column("test accuracy", lambda r: r["final_accuracy"], percent),
-        Column("best test accuracy", lambda r: r["best_accuracy"], percent),
-        Column("last-fifth range",
-               lambda r: _range_text(r["plateau"]["range"], r["plateau"]["holds"])),
-        Column("wall clock", lambda r: r.get("wall_seconds"),
-               lambda v: "-" if v is None else minutes(v)),
-    ),
-    caption="Each run:",
-)
-
-_LONGER_TABLE = Table(
-    id="mnist_longer",
-    rows=_longer_rows,
-    columns=(
-        Column("epochs", lambda r: r["epochs"]),
-        Column("test accuracy", lambda r: r["final_accuracy"], accuracy),
-        _PLATEAU, _SEEDS,
-    ),
-    caption="The seeds' mean (a budget's row appears once its every seed has finished):",
-)
+def _longer_tables(spec: Longer, id: str) -> tuple[Table, Table]:
+    """Each run of both budgets, and the seeds' means; a model column where there are several."""
+    model = (Column("model", lambda r: _row_name(r), align="<"),) if len(spec.models) > 1 else ()
+    runs = Table(
+        id=f"{id}_runs",
+        rows=_longer_run_rows(spec),
+        columns=(
+            *model,
+            Column("epochs", lambda r: r["epochs"]),
+            Column("seed", lambda r: r["seed"]),
+            Column("test accuracy", lambda r: r["final_accuracy"], percent),
+            Column("best test accuracy", lambda r: r["best_accuracy"], percent),
+            Column("last-fifth range",
+                   lambda r: _range_text(r["plateau"]["range"], r["plateau"]["holds"])),
+            Column("wall clock", lambda r: r.get("wall_seconds"),
+                   lambda v: "-" if v is None else minutes(v)),
+        ),
+        caption="Each run:",
+    )
+    means = Table(
+        id=id,
+        rows=_longer_rows(spec),
+        columns=(
+            *model,
+            Column("epochs", lambda r: r["epochs"]),
+            Column("test accuracy", lambda r: r["final_accuracy"], accuracy),
+            _PLATEAU, _SEEDS,
+        ),
+        caption="The seeds' mean (a budget's row appears once its every seed has finished):",
+    )
+    return runs, means
 
 
 def _seed_stats(values: Sequence[float]) -> dict[str, Any]:
@@ -480,27 +507,30 @@ def _seed_stats(values: Sequence[float]) -> dict[str, Any]:
 
 def _crate_longer(res: Results) -> str:
     """CRATE trained longer, in the headline: its mean accuracy over the seeds finished so far."""
-    epochs, data = _budgets(res)[1]
-    runs = _crate_runs(data)
+    epochs, data = _budgets(res, CRATE_LONGER)[1]
+    runs = _model_runs(data, "crate_nano")
     acc = accuracy(_seed_stats([r["final_accuracy"] for r in runs.values()]))
     so_far = " so far" if data.get("partial") else ""
     return f" (at {epochs} epochs {acc}, {len(runs)} seed{'s' * (len(runs) != 1)}{so_far})"
 
 
-def _longer_facts(res: Results) -> dict[str, Any]:
-    (short_epochs, short), (long_epochs, long) = _budgets(res)
-    before, after = _crate_runs(short), _crate_runs(long)
+def _seed_list(seeds: Sequence[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} " + " and ".join(
+        filter(None, [", ".join(map(str, seeds[:-1])), str(seeds[-1])]))
+
+
+def _longer_model(res: Results, spec: Longer, model: str) -> dict[str, Any] | None:
+    """What the longer budget did to `model`, over the seeds both budgets have finished (None
+    before the first): its mean accuracy at each, the gain (overall and per seed), and whether
+    its mean curve reaches the plateau (a sentence)."""
+    (_, short), (long_epochs, long) = _budgets(res, spec)
+    before, after = _model_runs(short, model), _model_runs(long, model)
     seeds = sorted(set(before) & set(after))
     if not seeds:
-        raise ResultsError(f"{LONGER}: no CRATE run of a seed that mnist.json has")
-
+        return None
     acc_before, acc_after = (_seed_stats([runs[s]["final_accuracy"] for s in seeds])
                              for runs in (before, after))
-    gain = acc_after["mean"] - acc_before["mean"]
-    rows = _by(short["table"], "model")
-    crate_row = rows["crate_nano"]
-    cbt = rows["cbt_nano"]
-    long_row = _by(long["table"], "model").get("crate_nano")
+    long_row = _by(long["table"], "model").get(model)
     if long_row is not None:
         holds = "at its plateau" if long_row["plateau_holds"] else "still moving"
         plateau = (f"The seeds' mean curve moves {_points(long_row['plateau_range'])} pt over "
@@ -511,28 +541,52 @@ def _longer_facts(res: Results) -> dict[str, Any]:
                    f"the single seed{'s' * (len(moved) != 1)} moved " + ", ".join(
                        "-" if x is None else f"{_points(x)} pt" for x in moved) +
                    " over their last fifth.")
-    beside_cbt = acc_after["mean"] - cbt["final_accuracy"]["mean"]
-    gains = (after[s]["final_accuracy"] - before[s]["final_accuracy"] for s in seeds)
+    short_row = _by(short["table"], "model")[model]
     return {
-        "short": short_epochs, "long": long_epochs,
-        "under_way": (f" Under way: {len(after)} run{'s' * (len(after) != 1)} finished "
-                      f"so far, from the partial record (`{PARTIAL}/{LONGER}`)."
-                      if long.get("partial") else ""),
-        "seeds": f"seed{'s' if len(seeds) > 1 else ''} " + " and ".join(
-            filter(None, [", ".join(map(str, seeds[:-1])), str(seeds[-1])])),
-        "every": long["recipe"]["eval_every_steps"] * long_epochs / after[seeds[0]]["steps"],
+        "seeds": _seed_list(seeds), "steps": after[seeds[0]]["steps"],
         "acc_before": accuracy(acc_before), "acc_after": accuracy(acc_after),
-        "gain": f"{100 * gain:+.2f}",
-        "per_seed": ", ".join(f"{100 * g:+.1f}" for g in gains),
+        "mean_after": acc_after["mean"],
+        "gain": f"{100 * (acc_after['mean'] - acc_before['mean']):+.2f}",
+        "per_seed": ", ".join(
+            f"{100 * (after[s]['final_accuracy'] - before[s]['final_accuracy']):+.1f}"
+            for s in seeds),
         "plateau": plateau,
-        "short_range": _points(crate_row["plateau_range"]),
-        "short_verdict": "at its plateau" if crate_row["plateau_holds"] else "still moving",
-        "cbt": accuracy(cbt["final_accuracy"]),
-        "cbt_range": _points(cbt["plateau_range"]),
-        "beside_cbt": f"{100 * abs(beside_cbt):.1f} points "
-                      f"{'above' if beside_cbt > 0 else 'below'}",
+        "short_range": _points(short_row["plateau_range"]),
+        "short_verdict": "at its plateau" if short_row["plateau_holds"] else "still moving",
     }
 
+
+def _longer_common(res: Results, spec: Longer) -> dict[str, Any]:
+    """The budgets, the evaluation interval and the under-way note of a follow-up."""
+    (short_epochs, _), (long_epochs, long) = _budgets(res, spec)
+    steps = next(iter(long["runs"]), {}).get("steps")
+    return {
+        "short": short_epochs, "long": long_epochs,
+        "under_way": (f" Under way: {len(long['runs'])} run{'s' * (len(long['runs']) != 1)} "
+                      f"finished so far, from the partial record (`{PARTIAL}/{spec.file}`)."
+                      if long.get("partial") else ""),
+        "every": (long["recipe"]["eval_every_steps"] * long_epochs / steps) if steps else 0,
+    }
+
+
+def _beside(gap: float) -> str:
+    return f"{100 * abs(gap):.1f} points {'above' if gap > 0 else 'below'}"
+
+
+def _longer_facts(res: Results) -> dict[str, Any]:
+    crate = _longer_model(res, CRATE_LONGER, "crate_nano")
+    if crate is None:
+        raise ResultsError(f"{LONGER}: no CRATE run of a seed that mnist.json has")
+    cbt = _by(res[CRATE_LONGER.base]["table"], "model")["cbt_nano"]
+    return {
+        **_longer_common(res, CRATE_LONGER), **crate,
+        "cbt": accuracy(cbt["final_accuracy"]),
+        "cbt_range": _points(cbt["plateau_range"]),
+        "beside_cbt": _beside(crate["mean_after"] - cbt["final_accuracy"]["mean"]),
+    }
+
+
+_LONGER_RUNS, _LONGER_TABLE = _longer_tables(CRATE_LONGER, "mnist_longer")
 
 MNIST_LONGER = Experiment(
     title="Is CRATE still learning at 80 epochs? The MNIST comparison's CRATE, trained longer",
@@ -550,6 +604,59 @@ MNIST_LONGER = Experiment(
           "{cbt}, whose own mean curve moved {cbt_range} pt over its last fifth.",
     facts=_longer_facts,
     beside=("mnist_crate100.md", "mnist_crate100.png"),
+    wall_clock=_compare_wall_clock,
+)
+
+
+def _pico_longer_facts(res: Results) -> dict[str, Any]:
+    """Per model trained longer: its setup clause, its shows sentence and its place beside the
+    other families' picos at the shared budget (the loses sentence)."""
+    short = _by(res[PICO_LONGER.base]["table"], "model")
+    others = [m for m in (f"{key}_pico" for key in _FAMILIES)
+              if m in short and m not in PICO_LONGER.models]
+    moved, shows, loses = [], [], []
+    for model in PICO_LONGER.models:
+        name = _MODEL_NAMES[model]
+        if model not in short:
+            raise ResultsError(f"{PICO_LONGER.file}: {PICO_LONGER.base} has no {model} row")
+        row = short[model]
+        moved.append(f"{name} {_points(row['plateau_range'])} pt")
+        facts = _longer_model(res, PICO_LONGER, model)
+        if facts is None:
+            shows.append(f"{name}: no seed finished yet.")
+            continue
+        shows.append(f"Over {facts['seeds']}, {name} ends at {facts['acc_after']} after "
+                     f"{{long}} epochs against {facts['acc_before']} after {{short}} "
+                     f"({facts['gain']} pt; per seed {facts['per_seed']}). {facts['plateau']}")
+        loses.append(f"{name} at {{long}} epochs is " + ", ".join(
+            f"{_beside(facts['mean_after'] - short[o]['final_accuracy']['mean'])} "
+            f"{_MODEL_NAMES[o]}'s {accuracy(short[o]['final_accuracy'])}" for o in others))
+    common = _longer_common(res, PICO_LONGER)
+    fill = {k: common[k] for k in ("long", "short")}
+    return {**common, "moved": " and ".join(moved),
+            "models": " and ".join(f"`{m}`" for m in PICO_LONGER.models),
+            "shows": " ".join(s.format(**fill) for s in shows),
+            "loses": "; ".join(s.format(**fill) for s in loses) + "." if loses else "",
+            "others": " and ".join(_MODEL_NAMES[o] for o in others)}
+
+
+_PICO_RUNS, _PICO_TABLE = _longer_tables(PICO_LONGER, "shapes64_pico_longer")
+
+SHAPES64_PICO_LONGER = Experiment(
+    title="Are the small CBT and CRATE still learning at 60 epochs? The shapes64 picos, "
+          "trained longer",
+    setup="On the shapes64 frontier (the second table of the shapes64 section above), the "
+          "mean test-accuracy curves of two picos moved more than 0.5 pt over the last fifth "
+          "of the {short} epochs: {moved}. The same recipe and seeds for {models} over {long} "
+          "epochs (warmup and cosine schedule stretched over the longer run, evaluated every "
+          "{every:g} epochs) ask whether they were only undertrained.{under_way}",
+    tables=(_PICO_RUNS, _PICO_TABLE),
+    shows="{shows}",
+    loses="Only these two picos were trained longer: the frontier compares every model at "
+          "{short} epochs, and the {others} were not given {long}. At the longer budget: "
+          "{loses}",
+    facts=_pico_longer_facts,
+    beside=("shapes64_pico100.md", "shapes64_pico100.png"),
     wall_clock=_compare_wall_clock,
 )
 

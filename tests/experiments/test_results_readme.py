@@ -357,3 +357,67 @@ def test_every_official_row_has_its_own_case_name():
     names = [rr._case(r) for r in rows]
     assert len(set(names)) == len(names)
     assert names[-1] == "CBT-T block, norm fwd+bwd, batch 8, N = 197"
+
+
+def _picos_longer(data: dict, seeds: dict, *, gain: float, partial: bool) -> dict:
+    """shapes64's pico runs of `seeds` ({model: seeds}) trained 100 epochs, each `gain` more
+    accurate; the whole file has the models' table rows, the partial record none."""
+    runs = [{**r, "final_accuracy": r["final_accuracy"] + gain, "steps": 24000}
+            for r in data["runs"] if r["seed"] in seeds.get(r["model"], ())]
+    record = {"benchmark": "experiments.compare", "name": "shapes64_pico100", "runs": runs,
+              "recipe": {**data["recipe"], "num_epochs": 100, "eval_every_steps": 1200},
+              "table": []}
+    if partial:
+        return {**record, "partial": True}
+    return {**record, "table": [{**r, "plateau_range": 0.003, "plateau_holds": True}
+                                for r in data["table"] if r["model"] in seeds]}
+
+
+def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
+    """The shapes64 follow-up that trains the moving picos longer: each model's gain over the
+    seeds both budgets have finished, its plateau once every seed has, and its place beside the
+    picos trained only at the shared budget."""
+    results = {k: v for k, v in rr.load(rr.RESULTS).items() if not k.startswith("partial/")}
+    data = results["shapes64.json"]
+    nano = [r for r in data["table"] if r["model"].endswith("_nano")]
+    accs = {"cbt": 0.90, "crate": 0.86, "tost": 0.91, "vit": 0.95}
+    picos = [_pico(r, accs[r["model"].split("_")[0]]) for r in nano]
+    for r in picos:
+        r.update(plateau_range=0.006, plateau_holds=r["model"] in ("tost_pico", "vit_pico"))
+    nano_runs = [r for r in data["runs"] if r["model"].endswith("_nano")]
+    pico_runs = [{**r, "model": r["model"].replace("_nano", "_pico"), "final_accuracy": 0.9}
+                 for r in nano_runs]
+    base = {**data, "table": [*nano, *picos], "runs": [*nano_runs, *pico_runs]}
+    results = {**results, "shapes64.json": base}
+    name = rr.PICO_LONGER.file
+    under_way = {**results, name: _picos_longer(base, {"cbt_pico": (0, 2)}, gain=0.02,
+                                                partial=True)}
+    facts = rr._pico_longer_facts(under_way)
+    assert facts["moved"] == "pico CBT 0.60 pt and pico CRATE (MSSA) 0.60 pt"
+    assert facts["under_way"] == (" Under way: 2 runs finished so far, from the partial record "
+                                  f"(`partial/{name}`).")
+    assert facts["every"] == 5 and (facts["short"], facts["long"]) == (60, 100)
+    assert facts["shows"].startswith("Over seeds 0 and 2, pico CBT ends at ")
+    assert "after 100 epochs against " in facts["shows"] and "after 60 (+2.00 pt; per seed " \
+        "+2.0, +2.0). The mean curve's range is measured once" in facts["shows"]
+    assert facts["shows"].endswith("pico CRATE (MSSA): no seed finished yet.")
+    assert facts["others"] == "pico ToST (TSSA) and pico softmax ViT"
+    assert facts["loses"] == ("pico CBT at 100 epochs is 1.0 points above pico ToST (TSSA)'s "
+                              f"{rr.accuracy(picos[2]['final_accuracy'])}, 3.0 points below "
+                              f"pico softmax ViT's {rr.accuracy(picos[3]['final_accuracy'])}.")
+    body = rr._PICO_RUNS.render(under_way).splitlines()[2:]
+    assert [line.split(" | ")[:3] for line in body] == [
+        ["| pico CBT", "60", str(s)] for s in range(3)] + [
+        ["| pico CBT", "100", str(s)] for s in (0, 2)] + [
+        ["| pico CRATE (MSSA)", "60", str(s)] for s in range(3)]
+    assert len(rr._PICO_TABLE.render(under_way).splitlines()) == 2 + 2  # the 60-epoch rows
+    done = {**results, name: _picos_longer(
+        base, {"cbt_pico": (0, 1, 2), "crate_pico": (0, 1, 2)}, gain=-0.01, partial=False)}
+    facts = rr._pico_longer_facts(done)
+    assert facts["under_way"] == ""
+    assert facts["shows"].count("The seeds' mean curve moves 0.30 pt over the last fifth of "
+                                "the 100 epochs: at its plateau.") == 2
+    assert len(rr._PICO_TABLE.render(done).splitlines()) == 2 + 4
+    del base["table"][4]  # shapes64.json without the pico CBT row
+    with pytest.raises(rr.ResultsError, match="shapes64.json has no cbt_pico row"):
+        rr._pico_longer_facts(done)

@@ -540,7 +540,7 @@ def _longer_model(res: Results, spec: Longer, model: str) -> dict[str, Any] | No
         plateau = ("The mean curve's range is measured once every seed has finished; so far "
                    f"the single seed{'s' * (len(moved) != 1)} moved " + ", ".join(
                        "-" if x is None else f"{_points(x)} pt" for x in moved) +
-                   " over their last fifth.")
+                   f" over {'its' if len(moved) == 1 else 'their'} last fifth.")
     short_row = _by(short["table"], "model")[model]
     return {
         "seeds": _seed_list(seeds), "steps": after[seeds[0]]["steps"],
@@ -623,7 +623,7 @@ def _pico_longer_facts(res: Results) -> dict[str, Any]:
         moved.append(f"{name} {_points(row['plateau_range'])} pt")
         facts = _longer_model(res, PICO_LONGER, model)
         if facts is None:
-            shows.append(f"{name}: no seed finished yet.")
+            shows.append(f"No {name} run has finished yet.")
             continue
         shows.append(f"Over {facts['seeds']}, {name} ends at {facts['acc_after']} after "
                      f"{{long}} epochs against {facts['acc_before']} after {{short}} "
@@ -1820,6 +1820,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     LONGER: MNIST_LONGER,
     "mnist_recipe.json": MNIST_RECIPE,
     "shapes64.json": SHAPES64,
+    PICO_LONGER.file: SHAPES64_PICO_LONGER,
     OFFICIAL_RUNS[0]: OFFICIAL,
     "causal.json": CAUSAL,
     "lm_compare.json": LM_COMPARE,

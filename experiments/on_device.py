@@ -7,13 +7,13 @@ in one prepared call, within a time budget.
 
 A lent GPU comes for minutes, bare and without TensorFlow, so everything it should train is
 planned here: the comparisons of `docs/results` (each family's second size, `pico`, on shapes64
-and MNIST; shapes64, shapes64_seg, the MNIST representatives sweep), split into jobs (`JOBS`:
-one `experiments.compare` per model, decoder or sweep point, with the committed recipes, so
-that the records match the CPU's) and run `--jobs` at a time as separate processes sharing the
-device (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), on the in-memory input the configs default to,
-in `--workdir` (checkpoints and logs stay there). At `--budget-s` the jobs still running get
-SIGTERM (a run saves its checkpoint and stops; what it has not finished is lost with the
-machine).
+trained 100 epochs and on MNIST; shapes64, shapes64_seg, the MNIST representatives sweep), split
+into jobs (`JOBS`: one `experiments.compare` per model, decoder or sweep point, with the
+committed recipes, so that the records match the CPU's) and run `--jobs` at a time as separate
+processes sharing the device (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), on the in-memory input
+the configs default to, in `--workdir` (checkpoints and logs stay there). At `--budget-s` the
+jobs still running get SIGTERM (a run saves its checkpoint and stops; what it has not finished
+is lost with the machine).
 
 Whatever finished lands in `DIR/NAME.json`, one file per comparison (the partial record of
 `experiments.compare`: the recipe, this machine and the finished runs of all its jobs),
@@ -55,29 +55,39 @@ MNIST80 = ("--config.num_epochs=80", "--config.eval_every_steps=320",
 @dataclasses.dataclass(frozen=True)
 class Job:
     """One `experiments.compare` process: `name` (its folder and log), the comparison it adds
-    runs to (`config`, whose file name names the record) and its flags."""
+    runs to (`config`, whose file name names the record unless `record` does: compare's
+    `--name`, a follow-up of the config's comparison) and its flags."""
 
     name: str
     config: str
     flags: tuple[str, ...]
+    record: str = ""
 
     @property
     def comparison(self) -> str:
-        return os.path.splitext(os.path.basename(self.config))[0]
+        return self.record or os.path.splitext(os.path.basename(self.config))[0]
 
 
 #: The four families of the comparisons, at their second size (the frontier of issue 24).
 PICO = ("cbt_pico", "crate_pico", "tost_pico", "vit_pico")
 
+#: The shapes64 picos trained longer (docs/results/shapes64_pico100.json): 100 epochs,
+#: evaluated every 5.
+PICO100 = ("--config.num_epochs=100", "--config.eval_every_steps=1200",
+           "--config.checkpoint_every_steps=1200")
+
 #: In priority order: what is not yet measured at convergence comes first (each family's
-#: second size, then the tables the CPU has finished: with --runs-from they train nothing).
+#: second size trained longer on shapes64 and at the committed recipe on MNIST, then the tables
+#: the CPU has finished: with --runs-from they train nothing).
 JOBS: tuple[Job, ...] = (
-    *(Job(f"shapes64_{m}", "configs/shapes64.py", ("--models", m, "--seeds", "3"))
+    *(Job(f"shapes64_pico100_{m}", "configs/shapes64.py",
+          ("--models", m, "--seeds", "3", *PICO100),
+          record="shapes64_pico100")
       for m in PICO),
     *(Job(f"mnist_{m}", "configs/mnist.py", ("--models", m, "--seeds", "3", *MNIST80))
       for m in PICO),
     *(Job(f"shapes64_{m}", "configs/shapes64.py", ("--models", m, "--seeds", "3"))
-      for m in ("cbt_nano", "crate_nano", "tost_nano", "vit_nano")),
+      for m in (*PICO, "cbt_nano", "crate_nano", "tost_nano", "vit_nano")),
     *(Job(f"shapes64_seg_{d}", "configs/shapes64_seg.py",
           ("--models", "cbt_nano", "--decoders", d, "--seeds", "3"))
       for d in ("cbt", "softmax", "linear")),
@@ -94,7 +104,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the jobs' 
 def _command(job: Job, workdir: str, extra: Sequence[str], runs_from: Sequence[str] = ()
              ) -> list[str]:
     kept = ["--runs-from", ",".join(runs_from)] if runs_from else []
-    return [sys.executable, "-m", "experiments.compare", "--config", job.config, *job.flags,
+    named = ["--name", job.record] if job.record else []
+    return [sys.executable, "-m", "experiments.compare", "--config", job.config, *named,
+            *job.flags,
             "--speed-rounds", "0", "--out", os.path.join(workdir, job.name), *kept, *extra]
 
 

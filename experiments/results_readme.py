@@ -434,8 +434,9 @@ class Longer:
 
 #: CRATE of the MNIST comparison, 80 -> 100 epochs.
 CRATE_LONGER = Longer("mnist.json", "mnist_crate100.json", ("crate_nano",))
-#: The pico CBT and CRATE of the shapes64 frontier, 60 -> 100 epochs.
-PICO_LONGER = Longer("shapes64.json", "shapes64_pico100.json", ("cbt_pico", "crate_pico"))
+#: The picos of the shapes64 frontier (each family's second size), 60 -> 100 epochs.
+PICO_LONGER = Longer("shapes64.json", "shapes64_pico100.json",
+                     ("cbt_pico", "crate_pico", "tost_pico", "vit_pico"))
 LONGER = CRATE_LONGER.file
 
 
@@ -608,53 +609,70 @@ MNIST_LONGER = Experiment(
 )
 
 
+def _either(names: Sequence[str]) -> str:
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
 def _pico_longer_facts(res: Results) -> dict[str, Any]:
-    """Per model trained longer: its setup clause, its shows sentence and its place beside the
-    other families' picos at the shared budget (the loses sentence)."""
+    """Per pico: whether it moved at the shared budget (`moved`), what the longer one did to it
+    (`shows`), and where the picos stand at the longer budget (`loses`: against each other once
+    every seed of every pico has finished, until then the finished ones against the picos still
+    at the shared budget)."""
     short = _by(res[PICO_LONGER.base]["table"], "model")
-    others = [m for m in (f"{key}_pico" for key in _FAMILIES)
-              if m in short and m not in PICO_LONGER.models]
-    moved, shows, loses = [], [], []
+    long_rows = _by(res[PICO_LONGER.file]["table"], "model")
+    common = _longer_common(res, PICO_LONGER)
+    epochs = {k: common[k] for k in ("long", "short")}
+    moving, shows, waiting, done = [], [], [], {}
     for model in PICO_LONGER.models:
-        name = _MODEL_NAMES[model]
         if model not in short:
             raise ResultsError(f"{PICO_LONGER.file}: {PICO_LONGER.base} has no {model} row")
-        row = short[model]
-        moved.append(f"{name} {_points(row['plateau_range'])} pt")
+        name = _MODEL_NAMES[model]
+        if not short[model]["plateau_holds"]:
+            moving.append(f"{name} ({_points(short[model]['plateau_range'])} pt)")
         facts = _longer_model(res, PICO_LONGER, model)
         if facts is None:
-            shows.append(f"No {name} run has finished yet.")
+            waiting.append(name)
             continue
-        shows.append(f"Over {facts['seeds']}, {name} ends at {facts['acc_after']} after "
-                     f"{{long}} epochs against {facts['acc_before']} after {{short}} "
-                     f"({facts['gain']} pt; per seed {facts['per_seed']}). {facts['plateau']}")
-        loses.append(f"{name} at {{long}} epochs is " + ", ".join(
-            f"{_beside(facts['mean_after'] - short[o]['final_accuracy']['mean'])} "
-            f"{_MODEL_NAMES[o]}'s {accuracy(short[o]['final_accuracy'])}" for o in others))
-    common = _longer_common(res, PICO_LONGER)
-    fill = {k: common[k] for k in ("long", "short")}
-    return {**common, "moved": " and ".join(moved),
-            "models": " and ".join(f"`{m}`" for m in PICO_LONGER.models),
-            "shows": " ".join(s.format(**fill) for s in shows),
-            "loses": "; ".join(s.format(**fill) for s in loses) + "." if loses else "",
-            "others": " and ".join(_MODEL_NAMES[o] for o in others)}
+        done[model] = facts
+        shows.append("Over {seeds}, {name} ends at {acc_after} after {long} epochs against "
+                     "{acc_before} after {short} ({gain} pt; per seed {per_seed}). {plateau}"
+                     .format(name=name, **facts, **epochs))
+    if waiting:
+        shows.append(f"No run of {_either(waiting)} has finished yet.")
+    moved = (f"the mean test-accuracy curves of {' and '.join(moving)} still moved more than "
+             "0.5 pt over the last fifth" if moving else
+             "every pico's mean test-accuracy curve moved less than 0.5 pt over the last fifth")
+    if all(m in long_rows for m in PICO_LONGER.models):
+        cbt = long_rows["cbt_pico"]["final_accuracy"]
+        loses = (f"At {common['long']} epochs pico CBT ({accuracy(cbt)}) ends " + ", ".join(
+            f"{_versus(cbt['mean'], long_rows[o]['final_accuracy']['mean'])} "
+            f"{_MODEL_NAMES[o]} ({accuracy(long_rows[o]['final_accuracy'])})"
+            for o in PICO_LONGER.models if o != "cbt_pico") + ".")
+    else:
+        behind = [m for m in PICO_LONGER.models if m not in done]
+        loses = (f"Until every pico has run {common['long']} epochs, the frontier compares "
+                 f"them at {common['short']}." + "".join(
+                     f" {_MODEL_NAMES[m][:1].upper()}{_MODEL_NAMES[m][1:]} at "
+                     f"{common['long']} epochs ({done[m]['acc_after']}) is " + ", ".join(
+                         f"{_beside(done[m]['mean_after'] - short[o]['final_accuracy']['mean'])}"
+                         f" {_MODEL_NAMES[o]}'s {common['short']}-epoch "
+                         f"{accuracy(short[o]['final_accuracy'])}" for o in behind) + "."
+                     for m in done if behind))
+    return {**common, "moved": moved, "shows": " ".join(shows), "loses": loses}
 
 
 _PICO_RUNS, _PICO_TABLE = _longer_tables(PICO_LONGER, "shapes64_pico_longer")
 
 SHAPES64_PICO_LONGER = Experiment(
-    title="Are the small CBT and CRATE still learning at 60 epochs? The shapes64 picos, "
-          "trained longer",
-    setup="On the shapes64 frontier (the second table of the shapes64 section above), the "
-          "mean test-accuracy curves of two picos moved more than 0.5 pt over the last fifth "
-          "of the {short} epochs: {moved}. The same recipe and seeds for {models} over {long} "
-          "epochs (warmup and cosine schedule stretched over the longer run, evaluated every "
-          "{every:g} epochs) ask whether they were only undertrained.{under_way}",
+    title="Are the small models at their plateau? The shapes64 picos, trained longer",
+    setup="On the shapes64 frontier (the second table of the shapes64 section above), every "
+          "family's pico had the shared {short} epochs, and {moved}. The same recipe and seeds "
+          "for every pico over {long} epochs (the warmup and cosine schedule stretched over the "
+          "longer run, evaluated every {every:g} epochs) ask whether the small models were only "
+          "undertrained, and whether the frontier's order holds when they are not.{under_way}",
     tables=(_PICO_RUNS, _PICO_TABLE),
     shows="{shows}",
-    loses="Only these two picos were trained longer: the frontier compares every model at "
-          "{short} epochs, and the {others} were not given {long}. At the longer budget: "
-          "{loses}",
+    loses="{loses}",
     facts=_pico_longer_facts,
     beside=("shapes64_pico100.md", "shapes64_pico100.png"),
     wall_clock=_compare_wall_clock,

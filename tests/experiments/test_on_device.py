@@ -130,6 +130,26 @@ def test_the_mnist_sweep_jobs_run_the_committed_mnist_recipe():
         assert len(kept) == len(committed), job.name  # every run: none differs in recipe
 
 
+def test_the_pico100_jobs_join_the_committed_follow_up():
+    """The shapes64 picos trained longer: compare's `--name` is the record's, and the recipe is
+    that of docs/results' shapes64_pico100 runs (whole or still partial), so they join it."""
+    name = "shapes64_pico100"
+    path = next(p for p in (os.path.join(RESULTS, f"{name}.json"),
+                            os.path.join(RESULTS, "partial", f"{name}.json")) if os.path.exists(p))
+    with open(path) as f:
+        committed = json.load(f)["runs"]
+    jobs = [j for j in on_device.JOBS if j.comparison == name]
+    assert [j.flags[1] for j in jobs] == list(on_device.PICO)
+    for job in jobs:
+        command = on_device._command(job, "w", [])
+        assert command[command.index("--name") + 1] == name
+        overrides = dict(a.removeprefix("--config.").split("=", 1) for a in job.flags
+                         if a.startswith("--config."))
+        config = cli.load_config(os.path.join(on_device.REPO, job.config), overrides)
+        kept = _runs.earlier_results([path], json.loads(config.to_json()), "3.0.0", 0.6)
+        assert len(kept) == len(committed), job.name
+
+
 @pytest.mark.parametrize("args,message", [
     (["--only", "nope"], "--only: expected some of"),
     (["--only", ""], "--only: expected some of"),

@@ -371,14 +371,16 @@ def _picos_longer(data: dict, seeds: dict, *, gain: float, partial: bool) -> dic
               "table": []}
     if partial:
         return {**record, "partial": True}
-    return {**record, "table": [{**r, "plateau_range": 0.003, "plateau_holds": True}
-                                for r in data["table"] if r["model"] in seeds]}
+    return {**record, "table": [
+        {**r, "plateau_range": 0.003, "plateau_holds": True, "final_accuracy": {
+            **r["final_accuracy"], "mean": r["final_accuracy"]["mean"] + gain}}
+        for r in data["table"] if r["model"] in seeds]}
 
 
 def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
-    """The shapes64 follow-up that trains the moving picos longer: each model's gain over the
-    seeds both budgets have finished, its plateau once every seed has, and its place beside the
-    picos trained only at the shared budget."""
+    """The shapes64 follow-up that trains every pico longer: each model's gain over the seeds
+    both budgets have finished, its plateau once every seed has; the finished ones beside the
+    picos still at the shared budget, then the picos against each other at the longer one."""
     results = {k: v for k, v in rr.load(rr.RESULTS).items() if not k.startswith("partial/")}
     data = results["shapes64.json"]
     nano = [r for r in data["table"] if r["model"].endswith("_nano")]
@@ -395,31 +397,42 @@ def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
     under_way = {**results, name: _picos_longer(base, {"cbt_pico": (0, 2)}, gain=0.02,
                                                 partial=True)}
     facts = rr._pico_longer_facts(under_way)
-    assert facts["moved"] == "pico CBT 0.60 pt and pico CRATE (MSSA) 0.60 pt"
+    assert facts["moved"] == ("the mean test-accuracy curves of pico CBT (0.60 pt) and pico "
+                              "CRATE (MSSA) (0.60 pt) still moved more than 0.5 pt over the last "
+                              "fifth")
     assert facts["under_way"] == (" Under way: 2 runs finished so far, from the partial record "
                                   f"(`partial/{name}`).")
     assert facts["every"] == 5 and (facts["short"], facts["long"]) == (60, 100)
     assert facts["shows"].startswith("Over seeds 0 and 2, pico CBT ends at ")
     assert "after 100 epochs against " in facts["shows"] and "after 60 (+2.00 pt; per seed " \
         "+2.0, +2.0). The mean curve's range is measured once" in facts["shows"]
-    assert facts["shows"].endswith("No pico CRATE (MSSA) run has finished yet.")
-    assert facts["others"] == "pico ToST (TSSA) and pico softmax ViT"
-    assert facts["loses"] == ("pico CBT at 100 epochs is 1.0 points above pico ToST (TSSA)'s "
-                              f"{rr.accuracy(picos[2]['final_accuracy'])}, 3.0 points below "
-                              f"pico softmax ViT's {rr.accuracy(picos[3]['final_accuracy'])}.")
+    assert facts["shows"].endswith("No run of pico CRATE (MSSA), pico ToST (TSSA) or pico "
+                                   "softmax ViT has finished yet.")
+    assert facts["loses"] == (
+        "Until every pico has run 100 epochs, the frontier compares them at 60. Pico CBT at "
+        "100 epochs (92.0% ± 0.0) is 6.0 points above pico CRATE (MSSA)'s 60-epoch "
+        f"{rr.accuracy(picos[1]['final_accuracy'])}, 1.0 points above pico ToST (TSSA)'s "
+        f"60-epoch {rr.accuracy(picos[2]['final_accuracy'])}, 3.0 points below pico softmax "
+        f"ViT's 60-epoch {rr.accuracy(picos[3]['final_accuracy'])}.")
     body = rr._PICO_RUNS.render(under_way).splitlines()[2:]
     assert [line.split(" | ")[:3] for line in body] == [
         ["| pico CBT", "60", str(s)] for s in range(3)] + [
         ["| pico CBT", "100", str(s)] for s in (0, 2)] + [
-        ["| pico CRATE (MSSA)", "60", str(s)] for s in range(3)]
-    assert len(rr._PICO_TABLE.render(under_way).splitlines()) == 2 + 2  # the 60-epoch rows
-    done = {**results, name: _picos_longer(
-        base, {"cbt_pico": (0, 1, 2), "crate_pico": (0, 1, 2)}, gain=-0.01, partial=False)}
+        [f"| pico {m}", "60", str(s)] for m in ("CRATE (MSSA)", "ToST (TSSA)", "softmax ViT")
+        for s in range(3)]
+    assert len(rr._PICO_TABLE.render(under_way).splitlines()) == 2 + 4  # the 60-epoch rows
+    every = {f"{k}_pico": (0, 1, 2) for k in accs}
+    done = {**results, name: _picos_longer(base, every, gain=-0.01, partial=False)}
     facts = rr._pico_longer_facts(done)
     assert facts["under_way"] == ""
     assert facts["shows"].count("The seeds' mean curve moves 0.30 pt over the last fifth of "
-                                "the 100 epochs: at its plateau.") == 2
-    assert len(rr._PICO_TABLE.render(done).splitlines()) == 2 + 4
+                                "the 100 epochs: at its plateau.") == 4
+    assert facts["loses"].startswith("At 100 epochs pico CBT (") and \
+        facts["loses"].endswith(") ends above pico CRATE (MSSA) (" + rr.accuracy(
+            {**picos[1]["final_accuracy"], "mean": 0.85}) + "), below pico ToST (TSSA) (" +
+            rr.accuracy({**picos[2]["final_accuracy"], "mean": 0.90}) + "), below pico "
+            "softmax ViT (" + rr.accuracy({**picos[3]["final_accuracy"], "mean": 0.94}) + ").")
+    assert len(rr._PICO_TABLE.render(done).splitlines()) == 2 + 8
     del base["table"][4]  # shapes64.json without the pico CBT row
     with pytest.raises(rr.ResultsError, match="shapes64.json has no cbt_pico row"):
         rr._pico_longer_facts(done)

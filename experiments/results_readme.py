@@ -544,7 +544,7 @@ def _longer_model(res: Results, spec: Longer, model: str) -> dict[str, Any] | No
                    f" over {'its' if len(moved) == 1 else 'their'} last fifth.")
     short_row = _by(short["table"], "model")[model]
     return {
-        "seeds": _seed_list(seeds), "steps": after[seeds[0]]["steps"],
+        "seeds": _seed_list(seeds),
         "acc_before": accuracy(acc_before), "acc_after": accuracy(acc_after),
         "mean_after": acc_after["mean"],
         "gain": f"{100 * (acc_after['mean'] - acc_before['mean']):+.2f}",

@@ -658,6 +658,13 @@ def _pico_longer_facts(res: Results) -> dict[str, Any]:
                          f" {_MODEL_NAMES[o]}'s {common['short']}-epoch "
                          f"{accuracy(short[o]['final_accuracy'])}" for o in behind) + "."
                      for m in done if behind))
+        if "cbt_pico" in done and len(done) > 1:
+            cbt = done["cbt_pico"]
+            loses += (f" Between the picos run {common['long']} epochs so far, pico CBT "
+                      f"({cbt['acc_after']}) ends " + ", ".join(
+                          f"{_versus(cbt['mean_after'], f['mean_after'])} {_MODEL_NAMES[o]} "
+                          f"({f['acc_after']}, {f['seeds']})"
+                          for o, f in done.items() if o != "cbt_pico") + ".")
     return {**common, "moved": moved, "shows": " ".join(shows), "loses": loses}
 
 

@@ -414,6 +414,11 @@ def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
         f"{rr.accuracy(picos[1]['final_accuracy'])}, 1.0 points above pico ToST (TSSA)'s "
         f"60-epoch {rr.accuracy(picos[2]['final_accuracy'])}, 3.0 points below pico softmax "
         f"ViT's 60-epoch {rr.accuracy(picos[3]['final_accuracy'])}.")
+    two = {**results, name: _picos_longer(base, {"cbt_pico": (0, 2), "crate_pico": (0,)},
+                                          gain=0.02, partial=True)}
+    assert rr._pico_longer_facts(two)["loses"].endswith(
+        "Between the picos run 100 epochs so far, pico CBT (92.0% ± 0.0) ends level with pico "
+        "CRATE (MSSA) (92.0%, seed 0).")
     body = rr._PICO_RUNS.render(under_way).splitlines()[2:]
     assert [line.split(" | ")[:3] for line in body] == [
         ["| pico CBT", "60", str(s)] for s in range(3)] + [

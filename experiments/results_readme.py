@@ -469,7 +469,7 @@ def _longer_rows(spec: Longer) -> Callable[[Results], list[dict[str, Any]]]:
 
 def _longer_tables(spec: Longer, id: str) -> tuple[Table, Table]:
     """Each run of both budgets, and the seeds' means; a model column where there are several."""
-    model = (Column("model", lambda r: _row_name(r), align="<"),) if len(spec.models) > 1 else ()
+    model = (Column("model", _row_name, align="<"),) if len(spec.models) > 1 else ()
     runs = Table(
         id=f"{id}_runs",
         rows=_longer_run_rows(spec),
@@ -515,9 +515,14 @@ def _crate_longer(res: Results) -> str:
     return f" (at {epochs} epochs {acc}, {len(runs)} seed{'s' * (len(runs) != 1)}{so_far})"
 
 
+def _listing(items: Sequence[Any], last: str = "and") -> str:
+    """'a', 'a and b', 'a, b and c' (with `last` for the final joint)."""
+    words = [str(x) for x in items]
+    return f" {last} ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
+
+
 def _seed_list(seeds: Sequence[int]) -> str:
-    return f"seed{'s' if len(seeds) > 1 else ''} " + " and ".join(
-        filter(None, [", ".join(map(str, seeds[:-1])), str(seeds[-1])]))
+    return f"seed{'s' if len(seeds) > 1 else ''} {_listing(seeds)}"
 
 
 def _longer_model(res: Results, spec: Longer, model: str) -> dict[str, Any] | None:
@@ -609,10 +614,6 @@ MNIST_LONGER = Experiment(
 )
 
 
-def _either(names: Sequence[str]) -> str:
-    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
-
-
 def _pico_longer_facts(res: Results) -> dict[str, Any]:
     """Per pico: whether it moved at the shared budget (`moved`), what the longer one did to it
     (`shows`), and where the picos stand at the longer budget (`loses`: against each other once
@@ -638,8 +639,8 @@ def _pico_longer_facts(res: Results) -> dict[str, Any]:
                      "{acc_before} after {short} ({gain} pt; per seed {per_seed}). {plateau}"
                      .format(name=name, **facts, **epochs))
     if waiting:
-        shows.append(f"No run of {_either(waiting)} has finished yet.")
-    moved = (f"the mean test-accuracy curves of {' and '.join(moving)} still moved more than "
+        shows.append(f"No run of {_listing(waiting, 'or')} has finished yet.")
+    moved = (f"the mean test-accuracy curves of {_listing(moving)} still moved more than "
              "0.5 pt over the last fifth" if moving else
              "every pico's mean test-accuracy curve moved less than 0.5 pt over the last fifth")
     if all(m in long_rows for m in PICO_LONGER.models):

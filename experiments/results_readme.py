@@ -434,8 +434,10 @@ class Longer:
 
 #: CRATE of the MNIST comparison, 80 -> 100 epochs.
 CRATE_LONGER = Longer("mnist.json", "mnist_crate100.json", ("crate_nano",))
+#: The comparison whose table holds the second size (its partial record while it trains).
+_FRONTIER = "shapes64.json"
 #: The picos of the shapes64 frontier (each family's second size), 60 -> 100 epochs.
-PICO_LONGER = Longer("shapes64.json", "shapes64_pico100.json",
+PICO_LONGER = Longer(_FRONTIER, "shapes64_pico100.json",
                      ("cbt_pico", "crate_pico", "tost_pico", "vit_pico"))
 LONGER = CRATE_LONGER.file
 
@@ -731,10 +733,6 @@ def _shapes64_facts(res: Results) -> dict[str, Any]:
         ": the main shape fills much of the image and usually covers its centre, so the box is "
         "a strong baseline on this data set")
     return facts
-
-
-#: The comparison whose table holds the second size (its partial record while it trains).
-_FRONTIER = "shapes64.json"
 
 
 def _frontier(res: Results) -> tuple[str | None, dict[str, Any]]:

@@ -448,9 +448,21 @@ def _model_runs(data: Mapping[str, Any], model: str) -> dict[int, Mapping[str, A
             if r["model"] == model}
 
 
+def _longer_runs(res: Results, spec: Longer) -> Mapping[str, Any]:
+    """The longer runs: the file, with the runs and rows of its partial record (more of its runs
+    training) over the file's where both have them; the partial record alone before the file."""
+    data, partial = res[spec.file], res.get(f"{PARTIAL}/{spec.file}")
+    if partial is None or partial is data:
+        return data
+    runs = {_run_key(r): r for r in [*data["runs"], *partial["runs"]]}
+    rows = {r["model"]: r for r in [*data["table"], *partial["table"]]}
+    return {**partial, "runs": list(runs.values()), "table": list(rows.values())}
+
+
 def _budgets(res: Results, spec: Longer) -> list[tuple[int, Mapping[str, Any]]]:
-    """(epochs, file) of the comparison and of its longer runs."""
-    return [(res[n]["recipe"]["num_epochs"], res[n]) for n in (spec.base, spec.file)]
+    """(epochs, file) of the comparison and of its longer runs (`_longer_runs`)."""
+    return [(data["recipe"]["num_epochs"], data)
+            for data in (res[spec.base], _longer_runs(res, spec))]
 
 
 def _longer_run_rows(spec: Longer) -> Callable[[Results], list[dict[str, Any]]]:

@@ -438,6 +438,22 @@ def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
             rr.accuracy({**picos[2]["final_accuracy"], "mean": 0.90}) + "), below pico "
             "softmax ViT (" + rr.accuracy({**picos[3]["final_accuracy"], "mean": 0.94}) + ").")
     assert len(rr._PICO_TABLE.render(done).splitlines()) == 2 + 8
+    # the file holds two whole picos and more runs train: the partial record's runs join them
+    two_whole = _picos_longer(base, {"cbt_pico": (0, 1, 2), "crate_pico": (0, 1, 2)}, gain=0.02,
+                              partial=False)
+    more = {**results, name: two_whole,
+            f"partial/{name}": _picos_longer(base, {"tost_pico": (0,)}, gain=0.01, partial=True)}
+    facts = rr._pico_longer_facts(more)
+    assert facts["under_way"] == (" Under way: 7 runs finished so far, from the partial record "
+                                  f"(`partial/{name}`).")
+    assert facts["shows"].count("at its plateau.") == 2
+    assert "Over seed 0, pico ToST (TSSA) ends at " in facts["shows"]
+    assert facts["shows"].endswith("No run of pico softmax ViT has finished yet.")
+    hundred = [line.split(" | ")[:3] for line in rr._PICO_RUNS.render(more).splitlines()[2:]
+               if line.split(" | ")[1] == "100"]
+    assert hundred == [[f"| pico {m}", "100", str(s)] for m in ("CBT", "CRATE (MSSA)")
+                       for s in range(3)] + [["| pico ToST (TSSA)", "100", "0"]]
+    assert len(rr._PICO_TABLE.render(more).splitlines()) == 2 + 4 + 2
     del base["table"][4]  # shapes64.json without the pico CBT row
     with pytest.raises(rr.ResultsError, match="shapes64.json has no cbt_pico row"):
         rr._pico_longer_facts(done)

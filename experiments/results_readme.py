@@ -634,7 +634,7 @@ def _pico_longer_facts(res: Results) -> dict[str, Any]:
     every seed of every pico has finished, until then the finished ones against the picos still
     at the shared budget)."""
     short = _by(res[PICO_LONGER.base]["table"], "model")
-    long_rows = _by(res[PICO_LONGER.file]["table"], "model")
+    long_rows = _by(_longer_runs(res, PICO_LONGER)["table"], "model")
     common = _longer_common(res, PICO_LONGER)
     epochs = {k: common[k] for k in ("long", "short")}
     moving, shows, waiting, done = [], [], [], {}
@@ -663,6 +663,13 @@ def _pico_longer_facts(res: Results) -> dict[str, Any]:
             f"{_versus(cbt['mean'], long_rows[o]['final_accuracy']['mean'])} "
             f"{_MODEL_NAMES[o]} ({accuracy(long_rows[o]['final_accuracy'])})"
             for o in PICO_LONGER.models if o != "cbt_pico") + ".")
+        if "cbt_nano" in short:  # the frontier's matched-cost point, every model at its plateau
+            nano = short["cbt_nano"]
+            plateau = ("at its plateau" if nano["plateau_holds"] else
+                       f"still moving {_points(nano['plateau_range'])} pt")
+            loses += " At about the cost of CBT's nano, {}.".format(_matched(
+                long_rows["vit_pico"], nano, vit_note=f", {common['long']} epochs",
+                cbt_note=f", {common['short']} epochs, {plateau}")[1])
     else:
         behind = [m for m in PICO_LONGER.models if m not in done]
         loses = (f"Until every pico has run {common['long']} epochs, the frontier compares "
@@ -807,6 +814,17 @@ FRONTIER_TABLE = Table(
 )
 
 
+def _matched(vit: Mapping[str, Any], cbt: Mapping[str, Any], *, vit_note: str = "",
+             cbt_note: str = "") -> tuple[str, str]:
+    """How the pico softmax ViT's row `vit` stands to CBT's nano row `cbt`, near its cost: the
+    `_versus` word and the sentence, each accuracy followed by its note (", 100 epochs")."""
+    versus = _versus(vit["final_accuracy"]["mean"], cbt["final_accuracy"]["mean"])
+    return versus, (f"the pico softmax ViT ({accuracy(vit['final_accuracy'])}{vit_note}), with "
+                    f"{vit['params'] / cbt['params']:.2f}x the parameters and "
+                    f"{vit['gflops_per_image'] / cbt['gflops_per_image']:.2f}x the FLOPs of "
+                    f"CBT's nano, ends {versus} it ({accuracy(cbt['final_accuracy'])}{cbt_note})")
+
+
 def _frontier_facts(res: Results) -> dict[str, str]:
     """`frontier_source` (the table's caption: where its rows come from), `frontier` (the
     shows sentence) and `frontier_loses` (the loses sentence) of the second size."""
@@ -826,13 +844,7 @@ def _frontier_facts(res: Results) -> dict[str, str]:
         return {"frontier_source": note, "frontier_loses": "",
                 "frontier": f" The second size has finished for {done} so far."}
     gains = ", ".join(f"{r['family']} {_width_gain(r):+.1f}" for r in families)
-    vit, cbt = rows["vit_pico"], rows["cbt_nano"]
-    acc_vit, acc_cbt = vit["final_accuracy"]["mean"], cbt["final_accuracy"]["mean"]
-    versus = _versus(acc_vit, acc_cbt)
-    matched = (f"the pico softmax ViT ({accuracy(vit['final_accuracy'])}), with "
-               f"{vit['params'] / cbt['params']:.2f}x the parameters and "
-               f"{vit['gflops_per_image'] / cbt['gflops_per_image']:.2f}x the FLOPs of CBT's "
-               f"nano, ends {versus} it ({accuracy(cbt['final_accuracy'])})")
+    versus, matched = _matched(rows["vit_pico"], rows["cbt_nano"])
     shows = (f" Doubling the width (pico to nano, second table) moves the test accuracy by "
              f"{gains} points; {matched}.")
     loses = ("" if versus != "above" else

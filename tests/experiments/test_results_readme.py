@@ -432,11 +432,22 @@ def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
     assert facts["under_way"] == ""
     assert facts["shows"].count("The seeds' mean curve moves 0.30 pt over the last fifth of "
                                 "the 100 epochs: at its plateau.") == 4
-    assert facts["loses"].startswith("At 100 epochs pico CBT (") and \
-        facts["loses"].endswith(") ends above pico CRATE (MSSA) (" + rr.accuracy(
+    order, matched = facts["loses"].split(". At about the cost of CBT's nano, ")
+    assert order.startswith("At 100 epochs pico CBT (") and \
+        order.endswith(") ends above pico CRATE (MSSA) (" + rr.accuracy(
             {**picos[1]["final_accuracy"], "mean": 0.85}) + "), below pico ToST (TSSA) (" +
             rr.accuracy({**picos[2]["final_accuracy"], "mean": 0.90}) + "), below pico "
-            "softmax ViT (" + rr.accuracy({**picos[3]["final_accuracy"], "mean": 0.94}) + ").")
+            "softmax ViT (" + rr.accuracy({**picos[3]["final_accuracy"], "mean": 0.94}) + ")")
+    cbt_nano = nano[0]
+    assert cbt_nano["model"] == "cbt_nano" and cbt_nano["plateau_holds"]
+    versus = rr._versus(0.94, cbt_nano["final_accuracy"]["mean"])
+    assert matched == (
+        "the pico softmax ViT (" + rr.accuracy({**picos[3]["final_accuracy"], "mean": 0.94}) +
+        ", 100 epochs), with {:.2f}x the parameters and {:.2f}x the FLOPs of CBT's nano, ends "
+        "{} it ({}, 60 epochs, at its plateau).".format(
+            picos[3]["params"] / cbt_nano["params"],
+            picos[3]["gflops_per_image"] / cbt_nano["gflops_per_image"], versus,
+            rr.accuracy(cbt_nano["final_accuracy"])))
     assert len(rr._PICO_TABLE.render(done).splitlines()) == 2 + 8
     # the file holds two whole picos and more runs train: the partial record's runs join them
     two_whole = _picos_longer(base, {"cbt_pico": (0, 1, 2), "crate_pico": (0, 1, 2)}, gain=0.02,

@@ -566,6 +566,7 @@ def _longer_model(res: Results, spec: Longer, model: str) -> dict[str, Any] | No
         "seeds": _seed_list(seeds),
         "acc_before": accuracy(acc_before), "acc_after": accuracy(acc_after),
         "mean_after": acc_after["mean"],
+        "rise": acc_after["mean"] - acc_before["mean"],
         "gain": f"{100 * (acc_after['mean'] - acc_before['mean']):+.2f}",
         "per_seed": ", ".join(
             f"{100 * (after[s]['final_accuracy'] - before[s]['final_accuracy']):+.1f}"
@@ -670,6 +671,14 @@ def _pico_longer_facts(res: Results) -> dict[str, Any]:
             loses += " At about the cost of CBT's nano, {}.".format(_matched(
                 long_rows["vit_pico"], nano, vit_note=f", {common['long']} epochs",
                 cbt_note=f", {common['short']} epochs, {plateau}")[1])
+        flat = [f"{_MODEL_NAMES[m]} ({100 * done[m]['rise']:+.1f} pt)"
+                for m in PICO_LONGER.models
+                if short[m]["plateau_holds"] and done[m]["rise"] > LEVEL]
+        if flat:  # the plateau test passed at the short budget, and the long one still paid
+            loses += (f" A curve flat over the last fifth of {common['short']} epochs was not a "
+                      f"converged model: {_listing(flat)} had passed that test and still gained "
+                      f"at {common['long']}. The nanos were not trained longer, so they may gain "
+                      "too.")
     else:
         behind = [m for m in PICO_LONGER.models if m not in done]
         loses = (f"Until every pico has run {common['long']} epochs, the frontier compares "

@@ -448,6 +448,11 @@ def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
             picos[3]["params"] / cbt_nano["params"],
             picos[3]["gflops_per_image"] / cbt_nano["gflops_per_image"], versus,
             rr.accuracy(cbt_nano["final_accuracy"])))
+    gained = {**results, name: _picos_longer(base, every, gain=0.02, partial=False)}
+    assert rr._pico_longer_facts(gained)["loses"].endswith(
+        "at its plateau). A curve flat over the last fifth of 60 epochs was not a converged "
+        "model: pico ToST (TSSA) (+2.0 pt) and pico softmax ViT (+2.0 pt) had passed that test "
+        "and still gained at 100. The nanos were not trained longer, so they may gain too.")
     assert len(rr._PICO_TABLE.render(done).splitlines()) == 2 + 8
     # the file holds two whole picos and more runs train: the partial record's runs join them
     two_whole = _picos_longer(base, {"cbt_pico": (0, 1, 2), "crate_pico": (0, 1, 2)}, gain=0.02,

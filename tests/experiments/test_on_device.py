@@ -150,6 +150,20 @@ def test_the_pico100_jobs_join_the_committed_follow_up():
         assert len(kept) == len(committed), job.name
 
 
+def test_the_nanos_train_first_at_the_picos_longer_recipe():
+    """The open question of the frontier: the shapes64 nanos at the picos' 100 epochs, first in
+    the queue, each family's job the pico one's with the model swapped, in their own record."""
+    nano = [j for j in on_device.JOBS if j.comparison == "shapes64_nano100"]
+    pico = {j.flags[1]: j for j in on_device.JOBS if j.comparison == "shapes64_pico100"}
+    assert list(on_device.JOBS[:len(nano)]) == nano
+    assert [j.flags[1] for j in nano] == list(on_device.NANO)
+    for job in nano:
+        twin = pico[job.flags[1].replace("_nano", "_pico")]
+        assert (job.config, job.flags[2:]) == (twin.config, twin.flags[2:]), job.name
+        command = on_device._command(job, "w", [])
+        assert command[command.index("--name") + 1] == "shapes64_nano100"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--only", "nope"], "--only: expected some of"),
     (["--only", ""], "--only: expected some of"),

@@ -566,8 +566,8 @@ def _longer_model(res: Results, spec: Longer, model: str) -> dict[str, Any] | No
         "seeds": _seed_list(seeds),
         "acc_before": accuracy(acc_before), "acc_after": accuracy(acc_after),
         "mean_after": acc_after["mean"],
-        "rise": acc_after["mean"] - acc_before["mean"],
-        "gain": f"{100 * (acc_after['mean'] - acc_before['mean']):+.2f}",
+        "rise": (rise := acc_after["mean"] - acc_before["mean"]),
+        "gain": f"{100 * rise:+.2f}",
         "per_seed": ", ".join(
             f"{100 * (after[s]['final_accuracy'] - before[s]['final_accuracy']):+.1f}"
             for s in seeds),
@@ -664,7 +664,7 @@ def _pico_longer_facts(res: Results) -> dict[str, Any]:
             f"{_versus(cbt['mean'], long_rows[o]['final_accuracy']['mean'])} "
             f"{_MODEL_NAMES[o]} ({accuracy(long_rows[o]['final_accuracy'])})"
             for o in PICO_LONGER.models if o != "cbt_pico") + ".")
-        if "cbt_nano" in short:  # the frontier's matched-cost point, every model at its plateau
+        if "cbt_nano" in short:  # the frontier's matched-cost point at the longer budget
             nano = short["cbt_nano"]
             plateau = ("at its plateau" if nano["plateau_holds"] else
                        f"still moving {_points(nano['plateau_range'])} pt")
@@ -673,7 +673,7 @@ def _pico_longer_facts(res: Results) -> dict[str, Any]:
                 cbt_note=f", {common['short']} epochs, {plateau}")[1])
         flat = [f"{_MODEL_NAMES[m]} ({100 * done[m]['rise']:+.1f} pt)"
                 for m in PICO_LONGER.models
-                if short[m]["plateau_holds"] and done[m]["rise"] > LEVEL]
+                if m in done and short[m]["plateau_holds"] and done[m]["rise"] > LEVEL]
         if flat:  # the plateau test passed at the short budget, and the long one still paid
             loses += (f" A curve flat over the last fifth of {common['short']} epochs was not a "
                       f"converged model: {_listing(flat)} had passed that test and still gained "

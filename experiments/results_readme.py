@@ -268,7 +268,9 @@ def _compare_table(id: str, source: str) -> Table:
                 "seeds' mean test accuracy moved over the last fifth of the steps (a plateau: "
                 "below 0.5 point), and the largest range of a single seed. Image-blind masks "
                 "score {center:.3f} (central box) and {everything:.3f} (every pixel) on the same "
-                "Jaccard. {speed_method}",
+                "Jaccard. ToST's Jaccard is 0 by construction: TSSA mixes no tokens (its "
+                "token-to-token map is `diag(Pi)`, `cbsa_jax.primitives.tssa_effective_map`), so "
+                "the cls row weighs no patch. {speed_method}",
     )
 
 

@@ -78,7 +78,7 @@ NANO = ("cbt_nano", "crate_nano", "tost_nano", "vit_nano")
 #: The shapes64 models trained longer: 100 epochs, evaluated every 5 (the recipe of
 #: docs/results/shapes64_pico100.json, whose ToST and ViT picos gained 3.5 and 4.2 points
 #: after a 60-epoch curve that had already flattened).
-PICO100 = ("--config.num_epochs=100", "--config.eval_every_steps=1200",
+LONGER100 = ("--config.num_epochs=100", "--config.eval_every_steps=1200",
            "--config.checkpoint_every_steps=1200")
 
 #: In priority order: what is not yet measured at convergence comes first (the shapes64 nanos
@@ -87,10 +87,10 @@ PICO100 = ("--config.num_epochs=100", "--config.eval_every_steps=1200",
 #: finished: with --runs-from they train nothing.
 JOBS: tuple[Job, ...] = (
     *(Job(f"shapes64_nano100_{m}", "configs/shapes64.py",
-          ("--models", m, "--seeds", "3", *PICO100), record="shapes64_nano100")
+          ("--models", m, "--seeds", "3", *LONGER100), record="shapes64_nano100")
       for m in NANO),
     *(Job(f"shapes64_pico100_{m}", "configs/shapes64.py",
-          ("--models", m, "--seeds", "3", *PICO100), record="shapes64_pico100")
+          ("--models", m, "--seeds", "3", *LONGER100), record="shapes64_pico100")
       for m in PICO),
     *(Job(f"mnist_{m}", "configs/mnist.py", ("--models", m, "--seeds", "3", *MNIST80))
       for m in PICO),

@@ -441,6 +441,9 @@ _FRONTIER = "shapes64.json"
 #: The picos of the shapes64 frontier (each family's second size), 60 -> 100 epochs.
 PICO_LONGER = Longer(_FRONTIER, "shapes64_pico100.json",
                      ("cbt_pico", "crate_pico", "tost_pico", "vit_pico"))
+#: The nanos of the same frontier, 60 -> 100 epochs: both sizes at the picos' longer budget.
+NANO_LONGER = Longer(_FRONTIER, "shapes64_nano100.json",
+                     ("cbt_nano", "crate_nano", "tost_nano", "vit_nano"))
 LONGER = CRATE_LONGER.file
 
 
@@ -631,23 +634,64 @@ MNIST_LONGER = Experiment(
 )
 
 
-def _pico_longer_facts(res: Results) -> dict[str, Any]:
-    """Per pico: whether it moved at the shared budget (`moved`), what the longer one did to it
-    (`shows`), and where the picos stand at the longer budget (`loses`: against each other once
-    every seed of every pico has finished, until then the finished ones against the picos still
-    at the shared budget)."""
-    short = _by(res[PICO_LONGER.base]["table"], "model")
-    long_rows = _by(_longer_runs(res, PICO_LONGER)["table"], "model")
-    common = _longer_common(res, PICO_LONGER)
+def _sized_name(model: str) -> str:
+    """A frontier model in prose with its size: "pico CBT", "nano softmax ViT"."""
+    name = _MODEL_NAMES[model]
+    return name if model.endswith("_pico") else f"nano {name}"
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _pico_at_nano_cost(res: Results, long_rows: Mapping[str, Any],
+                       short: Mapping[str, Any], common: Mapping[str, Any]) -> str:
+    """The picos' follow-up: the pico ViT at the longer budget beside CBT's nano at the
+    shared one (the nanos' own longer runs are the next section's)."""
+    if "cbt_nano" not in short or "vit_pico" not in long_rows:
+        return ""
+    nano = short["cbt_nano"]
+    plateau = ("at its plateau" if nano["plateau_holds"] else
+               f"still moving {_points(nano['plateau_range'])} pt")
+    return " At about the cost of CBT's nano, {}.".format(_matched(
+        long_rows["vit_pico"], nano, vit_note=f", {common['long']} epochs",
+        cbt_note=f", {common['short']} epochs, {plateau}")[1])
+
+
+def _nano_at_pico_budget(res: Results, long_rows: Mapping[str, Any],
+                         short: Mapping[str, Any], common: Mapping[str, Any]) -> str:
+    """The nanos' follow-up: CBT's nano beside the pico ViT, each at its longer budget (like
+    for like once both budgets are the same)."""
+    picos = _longer_runs(res, PICO_LONGER) if PICO_LONGER.file in res else None
+    vit = None if picos is None else _by(picos["table"], "model").get("vit_pico")
+    if vit is None or "cbt_nano" not in long_rows:
+        return ""
+    return " At about the cost of CBT's nano, {}.".format(_matched(
+        vit, long_rows["cbt_nano"], vit_note=f", {picos['recipe']['num_epochs']} epochs",
+        cbt_note=f", {common['long']} epochs")[1])
+
+
+def _sizes_longer_facts(res: Results, spec: Longer, size: str,
+                        matched: Callable[..., str], untried: str) -> dict[str, Any]:
+    """Per model of one size of the frontier (`spec.models`, CBT's first): whether it moved at
+    the shared budget (`moved`), what the longer one did to it (`shows`), and where the size
+    stands at the longer budget (`loses`: against each other once every seed of every model
+    has finished, until then the finished ones against those still at the shared budget;
+    `matched(res, long_rows, short, common)`, the matched-cost sentence, as soon as its rows
+    are there; `untried`, said after the flat-curve caveat)."""
+    short = _by(res[spec.base]["table"], "model")
+    long_rows = _by(_longer_runs(res, spec)["table"], "model")
+    common = _longer_common(res, spec)
     epochs = {k: common[k] for k in ("long", "short")}
+    cbt_model = spec.models[0]
     moving, shows, waiting, done = [], [], [], {}
-    for model in PICO_LONGER.models:
+    for model in spec.models:
         if model not in short:
-            raise ResultsError(f"{PICO_LONGER.file}: {PICO_LONGER.base} has no {model} row")
-        name = _MODEL_NAMES[model]
+            raise ResultsError(f"{spec.file}: {spec.base} has no {model} row")
+        name = _sized_name(model)
         if not short[model]["plateau_holds"]:
             moving.append(f"{name} ({_points(short[model]['plateau_range'])} pt)")
-        facts = _longer_model(res, PICO_LONGER, model)
+        facts = _longer_model(res, spec, model)
         if facts is None:
             waiting.append(name)
             continue
@@ -659,46 +703,53 @@ def _pico_longer_facts(res: Results) -> dict[str, Any]:
         shows.append(f"No run of {_listing(waiting, 'or')} has finished yet.")
     moved = (f"the mean test-accuracy curves of {_listing(moving)} still moved more than "
              "0.5 pt over the last fifth" if moving else
-             "every pico's mean test-accuracy curve moved less than 0.5 pt over the last fifth")
-    if all(m in long_rows for m in PICO_LONGER.models):
-        cbt = long_rows["cbt_pico"]["final_accuracy"]
-        loses = (f"At {common['long']} epochs pico CBT ({accuracy(cbt)}) ends " + ", ".join(
+             f"every {size}'s mean test-accuracy curve moved less than 0.5 pt over the last "
+             "fifth")
+    cbt_name = _sized_name(cbt_model)
+    if all(m in long_rows for m in spec.models):
+        cbt = long_rows[cbt_model]["final_accuracy"]
+        loses = (f"At {common['long']} epochs {cbt_name} ({accuracy(cbt)}) ends " + ", ".join(
             f"{_versus(cbt['mean'], long_rows[o]['final_accuracy']['mean'])} "
-            f"{_MODEL_NAMES[o]} ({accuracy(long_rows[o]['final_accuracy'])})"
-            for o in PICO_LONGER.models if o != "cbt_pico") + ".")
-        if "cbt_nano" in short:  # the frontier's matched-cost point at the longer budget
-            nano = short["cbt_nano"]
-            plateau = ("at its plateau" if nano["plateau_holds"] else
-                       f"still moving {_points(nano['plateau_range'])} pt")
-            loses += " At about the cost of CBT's nano, {}.".format(_matched(
-                long_rows["vit_pico"], nano, vit_note=f", {common['long']} epochs",
-                cbt_note=f", {common['short']} epochs, {plateau}")[1])
-        flat = [f"{_MODEL_NAMES[m]} ({100 * done[m]['rise']:+.1f} pt)"
-                for m in PICO_LONGER.models
+            f"{_sized_name(o)} ({accuracy(long_rows[o]['final_accuracy'])})"
+            for o in spec.models if o != cbt_model) + ".")
+        loses += matched(res, long_rows, short, common)
+        flat = [f"{_sized_name(m)} ({100 * done[m]['rise']:+.1f} pt)"
+                for m in spec.models
                 if m in done and short[m]["plateau_holds"] and done[m]["rise"] > LEVEL]
         if flat:  # the plateau test passed at the short budget, and the long one still paid
             loses += (f" A curve flat over the last fifth of {common['short']} epochs was not a "
                       f"converged model: {_listing(flat)} had passed that test and still gained "
-                      f"at {common['long']}. The nanos were not trained longer, so they may gain "
-                      "too.")
+                      f"at {common['long']}.{untried}")
     else:
-        behind = [m for m in PICO_LONGER.models if m not in done]
-        loses = (f"Until every pico has run {common['long']} epochs, the frontier compares "
+        behind = [m for m in spec.models if m not in done]
+        loses = (f"Until every {size} has run {common['long']} epochs, the frontier compares "
                  f"them at {common['short']}." + "".join(
-                     f" {_MODEL_NAMES[m][:1].upper()}{_MODEL_NAMES[m][1:]} at "
+                     f" {_capital(_sized_name(m))} at "
                      f"{common['long']} epochs ({done[m]['acc_after']}) is " + ", ".join(
                          f"{_beside(done[m]['mean_after'] - short[o]['final_accuracy']['mean'])}"
-                         f" {_MODEL_NAMES[o]}'s {common['short']}-epoch "
+                         f" {_sized_name(o)}'s {common['short']}-epoch "
                          f"{accuracy(short[o]['final_accuracy'])}" for o in behind) + "."
                      for m in done if behind))
-        if "cbt_pico" in done and len(done) > 1:
-            cbt = done["cbt_pico"]
-            loses += (f" Between the picos run {common['long']} epochs so far, pico CBT "
+        if cbt_model in done and len(done) > 1:
+            cbt = done[cbt_model]
+            loses += (f" Between the {size}s run {common['long']} epochs so far, {cbt_name} "
                       f"({cbt['acc_after']}) ends " + ", ".join(
-                          f"{_versus(cbt['mean_after'], f['mean_after'])} {_MODEL_NAMES[o]} "
+                          f"{_versus(cbt['mean_after'], f['mean_after'])} {_sized_name(o)} "
                           f"({f['acc_after']}, {f['seeds']})"
-                          for o, f in done.items() if o != "cbt_pico") + ".")
+                          for o, f in done.items() if o != cbt_model) + ".")
+        loses += matched(res, long_rows, short, common)
     return {**common, "moved": moved, "shows": " ".join(shows), "loses": loses}
+
+
+def _pico_longer_facts(res: Results) -> dict[str, Any]:
+    untried = (" The nanos' own runs of as many epochs are the next section's."
+               if NANO_LONGER.file in res else
+               " The nanos were not trained longer, so they may gain too.")
+    return _sizes_longer_facts(res, PICO_LONGER, "pico", _pico_at_nano_cost, untried)
+
+
+def _nano_longer_facts(res: Results) -> dict[str, Any]:
+    return _sizes_longer_facts(res, NANO_LONGER, "nano", _nano_at_pico_budget, "")
 
 
 _PICO_RUNS, _PICO_TABLE = _longer_tables(PICO_LONGER, "shapes64_pico_longer")
@@ -715,6 +766,24 @@ SHAPES64_PICO_LONGER = Experiment(
     loses="{loses}",
     facts=_pico_longer_facts,
     beside=("shapes64_pico100.md", "shapes64_pico100.png"),
+    wall_clock=_compare_wall_clock,
+)
+
+_NANO_RUNS, _NANO_TABLE = _longer_tables(NANO_LONGER, "shapes64_nano_longer")
+
+SHAPES64_NANO_LONGER = Experiment(
+    title="Both sizes at one budget: the shapes64 nanos, trained longer",
+    setup="The picos of the section above still gained over {long} epochs, some after a curve "
+          "that was flat at {short}; on the frontier every family's nano had the shared {short} "
+          "epochs, and {moved}. The same recipe and seeds for every nano over {long} epochs (the "
+          "picos' longer recipe, evaluated every {every:g} epochs) compare the two sizes at one "
+          "budget: does the pico softmax ViT still end above CBT's nano at about its cost when "
+          "both have had {long} epochs?{under_way}",
+    tables=(_NANO_RUNS, _NANO_TABLE),
+    shows="{shows}",
+    loses="{loses}",
+    facts=_nano_longer_facts,
+    beside=("shapes64_nano100.md", "shapes64_nano100.png"),
     wall_clock=_compare_wall_clock,
 )
 
@@ -970,6 +1039,10 @@ _INTEL_SAME = "official_intel_same.json"
 #: The same Intel Xeon with glibc's defaults, run while the setting was chosen by the CPU's
 #: vendor (commit d9ea5e9, reverted: as `--allocator default` runs today).
 _INTEL_GLIBC = "official_intel_glibc.json"
+#: The same Intel Xeon in one of its slow stretches (a later sitting, both sides 1.6-1.9x slower
+#: than in `official_intel`): the CBT-T train step at batch 8 alone (docs/performance.md,
+#: eleventh look).
+_INTEL_SLOW = "official_intel_slow.json"
 #: Issue 21's run on an Intel Xeon (2 cores, AVX-512), before the train step was the training
 #: program's: ours / official, quoted from the issue (its JSON was not committed).
 _ISSUE_INTEL = {
@@ -1154,10 +1227,12 @@ def _vendor_rows(res: Results) -> list[dict[str, Any]]:
     """Each case of the Intel run: its times and ratio, the ratio with inference in the training
     process, with glibc's malloc throughout, issue 21's Intel ratio, and the ratio of the newest
     AMD run."""
-    amd, glibc, same = (_ratios(res, n) for n in (OFFICIAL_RUNS[0], _INTEL_GLIBC, _INTEL_SAME))
+    amd, glibc, same, slow = (_ratios(res, n) for n in (OFFICIAL_RUNS[0], _INTEL_GLIBC,
+                                                         _INTEL_SAME, _INTEL_SLOW))
     return [{"case": _case(r), "official_ms": r["official_ms"], "ours_ms": r["ours_ms"],
              "ratio": r["ratio"], "glibc": glibc.get(_case(r)), "same": same.get(_case(r)),
-             "issue": _ISSUE_INTEL.get(_case(r)), "amd": amd.get(_case(r))}
+             "slow": slow.get(_case(r)), "issue": _ISSUE_INTEL.get(_case(r)),
+             "amd": amd.get(_case(r))}
             for r in res[_INTEL]["rows"]]
 
 
@@ -1170,6 +1245,7 @@ OFFICIAL_VENDORS_TABLE = Table(
         Column(f"`{_INTEL_SAME.removesuffix('.json')}`", lambda r: r["same"], dash("{:.2f}")),
         Column(f"`{_INTEL_GLIBC.removesuffix('.json')}`", lambda r: r["glibc"],
                dash("{:.2f}")),
+        Column(f"`{_INTEL_SLOW.removesuffix('.json')}`", lambda r: r["slow"], dash("{:.2f}")),
         Column("issue 21 (Intel)", lambda r: r["issue"], dash("{:.2f}")),
         Column(f"`{OFFICIAL_RUNS[0].removesuffix('.json')}` (AMD)", lambda r: r["amd"],
                dash("{:.2f}")),
@@ -1178,7 +1254,9 @@ OFFICIAL_VENDORS_TABLE = Table(
             "step `python -m train` compiles, on {intel_devices} CPU devices for the train "
             "steps): `{intel}` with the training program's malloc setting and the inference "
             "cases in a process of their own with glibc's, `{intel_same}` with them in the "
-            "training process, `{intel_glibc}` with glibc's defaults throughout, issue 21's run "
+            "training process, `{intel_glibc}` with glibc's defaults throughout, `{intel_slow}` "
+            "the CBT-T step at batch 8 alone in a slow stretch of the same machine ({slow_official}"
+            " / {slow_ours} ms official / ours), issue 21's run "
             "on an Intel Xeon before the benchmark timed the training program's step (quoted "
             "from the issue, not committed), and the newest AMD run; the times are `{intel}`'s.",
 )
@@ -1236,6 +1314,9 @@ def _official_facts(res: Results) -> dict[str, Any]:
         "intel": _INTEL.removesuffix(".json"),
         "intel_glibc": _INTEL_GLIBC.removesuffix(".json"),
         "intel_same": _INTEL_SAME.removesuffix(".json"),
+        "intel_slow": _INTEL_SLOW.removesuffix(".json"),
+        "slow_official": ms(_by_case(res, _INTEL_SLOW)[t8]["official_ms"]),
+        "slow_ours": ms(_by_case(res, _INTEL_SLOW)[t8]["ours_ms"]),
         "intel_processor": intel_machine["processor"],
         "intel_isa": vector_isa(intel_machine["cpu_isa"]),
         "intel_cores": intel_machine["cpu_count"],
@@ -1378,7 +1459,8 @@ OFFICIAL = Experiment(
           "{intel_layer_hi:.2f} (target 0.70), CBT-T inference at batch 1 at {intel_i1:.2f} "
           "(target 0.80); ours is slower in: {intel_slower}.",
     facts=_official_facts,
-    also=(*OFFICIAL_RUNS[1:], _FLOOR, _ALONE, _INFER_ONLY, _INTEL, _INTEL_SAME, _INTEL_GLIBC),
+    also=(*OFFICIAL_RUNS[1:], _FLOOR, _ALONE, _INFER_ONLY, _INTEL, _INTEL_SAME, _INTEL_GLIBC,
+          _INTEL_SLOW),
     wall_clock=_official_wall_clock,
     command=_official_command,
 )
@@ -1880,6 +1962,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "mnist_recipe.json": MNIST_RECIPE,
     "shapes64.json": SHAPES64,
     PICO_LONGER.file: SHAPES64_PICO_LONGER,
+    NANO_LONGER.file: SHAPES64_NANO_LONGER,
     OFFICIAL_RUNS[0]: OFFICIAL,
     "causal.json": CAUSAL,
     "lm_compare.json": LM_COMPARE,

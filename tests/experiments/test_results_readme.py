@@ -361,20 +361,19 @@ def test_every_official_row_has_its_own_case_name():
     assert names[-1] == "CBT-T block, norm fwd+bwd, batch 8, N = 197"
 
 
-def _picos_longer(data: dict, seeds: dict, *, gain: float, partial: bool) -> dict:
-    """shapes64's pico runs of `seeds` ({model: seeds}) trained 100 epochs, each `gain` more
-    accurate; the whole file has the models' table rows, the partial record none."""
+def _picos_longer(data: dict, seeds: dict, *, gain: float, partial: bool,
+                  name: str = "shapes64_pico100", rows: tuple[str, ...] = ()) -> dict:
+    """shapes64's runs of `seeds` ({model: seeds}) trained 100 epochs, each `gain` more
+    accurate; the whole file has the models' table rows, the partial record those of `rows`
+    (the models whose every seed has finished)."""
     runs = [{**r, "final_accuracy": r["final_accuracy"] + gain, "steps": 24000}
             for r in data["runs"] if r["seed"] in seeds.get(r["model"], ())]
-    record = {"benchmark": "experiments.compare", "name": "shapes64_pico100", "runs": runs,
-              "recipe": {**data["recipe"], "num_epochs": 100, "eval_every_steps": 1200},
-              "table": []}
-    if partial:
-        return {**record, "partial": True}
-    return {**record, "table": [
-        {**r, "plateau_range": 0.003, "plateau_holds": True, "final_accuracy": {
-            **r["final_accuracy"], "mean": r["final_accuracy"]["mean"] + gain}}
-        for r in data["table"] if r["model"] in seeds]}
+    record = {"benchmark": "experiments.compare", "name": name, "runs": runs,
+              "recipe": {**data["recipe"], "num_epochs": 100, "eval_every_steps": 1200}}
+    table = [{**r, "plateau_range": 0.003, "plateau_holds": True, "final_accuracy": {
+        **r["final_accuracy"], "mean": r["final_accuracy"]["mean"] + gain}}
+        for r in data["table"] if r["model"] in (rows if partial else seeds)]
+    return {**record, "table": table, **({"partial": True} if partial else {})}
 
 
 def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
@@ -393,6 +392,7 @@ def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
                  for r in nano_runs]
     base = {**data, "table": [*nano, *picos], "runs": [*nano_runs, *pico_runs]}
     results = {**results, "shapes64.json": base}
+    results.pop(rr.NANO_LONGER.file, None)  # the nanos not yet trained longer
     name = rr.PICO_LONGER.file
     under_way = {**results, name: _picos_longer(base, {"cbt_pico": (0, 2)}, gain=0.02,
                                                 partial=True)}
@@ -453,6 +453,9 @@ def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
         "at its plateau). A curve flat over the last fifth of 60 epochs was not a converged "
         "model: pico ToST (TSSA) (+2.0 pt) and pico softmax ViT (+2.0 pt) had passed that test "
         "and still gained at 100. The nanos were not trained longer, so they may gain too.")
+    nanos_too = {**gained, rr.NANO_LONGER.file: {"runs": []}}
+    assert rr._pico_longer_facts(nanos_too)["loses"].endswith(
+        "and still gained at 100. The nanos' own runs of as many epochs are the next section's.")
     assert len(rr._PICO_TABLE.render(done).splitlines()) == 2 + 8
     # the file holds two whole picos and more runs train: the partial record's runs join them
     two_whole = _picos_longer(base, {"cbt_pico": (0, 1, 2), "crate_pico": (0, 1, 2)}, gain=0.02,
@@ -473,3 +476,72 @@ def test_the_picos_trained_longer_are_told_per_model_as_their_seeds_finish():
     del base["table"][4]  # shapes64.json without the pico CBT row
     with pytest.raises(rr.ResultsError, match="shapes64.json has no cbt_pico row"):
         rr._pico_longer_facts(done)
+
+
+def test_the_nanos_trained_longer_meet_the_pico_vit_at_one_budget():
+    """The nanos' follow-up: told per model as for the picos; the matched-cost sentence (the
+    pico ViT beside CBT's nano, both at 100 epochs) as soon as CBT's nano has every seed, before
+    the other nanos finish; the nano rows of the section's tables as they finish."""
+    results = {k: v for k, v in rr.load(rr.RESULTS).items() if not k.startswith("partial/")}
+    data = results["shapes64.json"]
+    nano = [r for r in data["table"] if r["model"].endswith("_nano")]
+    picos = [_pico(r, 0.9) for r in nano]
+    for r in [*nano, *picos]:
+        r.update(plateau_range=0.003, plateau_holds=True)
+    nano_runs = [r for r in data["runs"] if r["model"].endswith("_nano")]
+    pico_runs = [{**r, "model": r["model"].replace("_nano", "_pico")} for r in nano_runs]
+    base = {**data, "table": [*nano, *picos], "runs": [*nano_runs, *pico_runs]}
+    every_pico = {r["model"]: (0, 1, 2) for r in picos}
+    name = rr.NANO_LONGER.file
+    results = {**results, "shapes64.json": base,
+               rr.PICO_LONGER.file: _picos_longer(base, every_pico, gain=0.05, partial=False)}
+    one = {**results, name: _picos_longer(base, {"cbt_nano": (0,)}, gain=0.01, partial=True,
+                                          name="shapes64_nano100")}
+    facts = rr._nano_longer_facts(one)
+    assert facts["moved"] == ("every nano's mean test-accuracy curve moved less than 0.5 pt "
+                              "over the last fifth")
+    assert facts["shows"].startswith("Over seed 0, nano CBT ends at ")
+    assert facts["shows"].endswith("No run of nano CRATE (MSSA), nano ToST (TSSA) or nano "
+                                   "softmax ViT has finished yet.")
+    assert facts["loses"].startswith("Until every nano has run 100 epochs, the frontier "
+                                     "compares them at 60. Nano CBT at 100 epochs (")
+    assert "At about the cost" not in facts["loses"]  # CBT's nano has one seed of three
+    cbt_done = {**results, name: _picos_longer(
+        base, {"cbt_nano": (0, 1, 2), "crate_nano": (1,)}, gain=0.01, partial=True,
+        name="shapes64_nano100", rows=("cbt_nano",))}
+    facts = rr._nano_longer_facts(cbt_done)
+    cbt = nano[0]
+    assert cbt["model"] == "cbt_nano"
+    vit_pico = {**picos[3], "final_accuracy": {**picos[3]["final_accuracy"], "mean": 0.95}}
+    cbt_long = {**cbt, "final_accuracy": {**cbt["final_accuracy"],
+                                          "mean": cbt["final_accuracy"]["mean"] + 0.01}}
+    assert facts["loses"].endswith(
+        " Between the nanos run 100 epochs so far, nano CBT ({}) ends {} nano CRATE (MSSA) "
+        "({}, seed 1). At about the cost of CBT's nano, {}.".format(
+            rr.accuracy(_seed_mean(cbt_done[name], "cbt_nano")),
+            rr._versus(_seed_mean(cbt_done[name], "cbt_nano")["mean"],
+                       _seed_mean(cbt_done[name], "crate_nano")["mean"]),
+            rr.accuracy(_seed_mean(cbt_done[name], "crate_nano")),
+            rr._matched(vit_pico, cbt_long, vit_note=", 100 epochs",
+                        cbt_note=", 100 epochs")[1]))
+    body = rr._NANO_TABLE.render(cbt_done).splitlines()[2:]
+    assert [line.split(" | ")[:2] for line in body] == [["| CBT", "60"], ["| CBT", "100"]] + [
+        [f"| {m}", "60"] for m in ("CRATE (MSSA)", "ToST (TSSA)", "softmax ViT")]
+    whole = {**results, name: _picos_longer(base, {r["model"]: (0, 1, 2) for r in nano},
+                                            gain=0.01, partial=False, name="shapes64_nano100")}
+    facts = rr._nano_longer_facts(whole)
+    assert facts["under_way"] == ""
+    assert facts["loses"].startswith("At 100 epochs nano CBT (")
+    assert facts["loses"].endswith("At about the cost of CBT's nano, {}. A curve flat over the "
+                                   "last fifth of 60 epochs was not a converged model: nano CBT "
+                                   "(+1.0 pt), nano CRATE (MSSA) (+1.0 pt), nano ToST (TSSA) "
+                                   "(+1.0 pt) and nano softmax ViT (+1.0 pt) had passed that "
+                                   "test and still gained at 100.".format(
+                                       rr._matched(vit_pico, cbt_long, vit_note=", 100 epochs",
+                                                   cbt_note=", 100 epochs")[1]))
+    assert len(rr._NANO_TABLE.render(whole).splitlines()) == 2 + 8
+
+
+def _seed_mean(record: dict, model: str) -> dict:
+    """The seeds' mean accuracy of `model`'s runs in a follow-up record, as the section has it."""
+    return rr._seed_stats([r["final_accuracy"] for r in record["runs"] if r["model"] == model])

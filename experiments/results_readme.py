@@ -752,26 +752,29 @@ def _nano_longer_facts(res: Results) -> dict[str, Any]:
     return _sizes_longer_facts(res, NANO_LONGER, "nano", _nano_at_pico_budget, "")
 
 
-_PICO_RUNS, _PICO_TABLE = _longer_tables(PICO_LONGER, "shapes64_pico_longer")
+def _sizes_longer(spec: Longer, id: str, facts: Callable[[Results], dict[str, Any]], *,
+                  title: str, setup: str) -> Experiment:
+    """The section of one size's follow-up (`_sizes_longer_facts`): its runs and means, what
+    the longer budget did to each model, where the size stands at it."""
+    stem = spec.file.removesuffix(".json")
+    return Experiment(title=title, setup=setup, tables=_longer_tables(spec, id),
+                      shows="{shows}", loses="{loses}", facts=facts,
+                      beside=(f"{stem}.md", f"{stem}.png"), wall_clock=_compare_wall_clock)
 
-SHAPES64_PICO_LONGER = Experiment(
+
+SHAPES64_PICO_LONGER = _sizes_longer(
+    PICO_LONGER, "shapes64_pico_longer", _pico_longer_facts,
     title="Are the small models at their plateau? The shapes64 picos, trained longer",
     setup="On the shapes64 frontier (the second table of the shapes64 section above), every "
           "family's pico had the shared {short} epochs, and {moved}. The same recipe and seeds "
           "for every pico over {long} epochs (the warmup and cosine schedule stretched over the "
           "longer run, evaluated every {every:g} epochs) ask whether the small models were only "
           "undertrained, and whether the frontier's order holds when they are not.{under_way}",
-    tables=(_PICO_RUNS, _PICO_TABLE),
-    shows="{shows}",
-    loses="{loses}",
-    facts=_pico_longer_facts,
-    beside=("shapes64_pico100.md", "shapes64_pico100.png"),
-    wall_clock=_compare_wall_clock,
 )
+_PICO_RUNS, _PICO_TABLE = SHAPES64_PICO_LONGER.tables
 
-_NANO_RUNS, _NANO_TABLE = _longer_tables(NANO_LONGER, "shapes64_nano_longer")
-
-SHAPES64_NANO_LONGER = Experiment(
+SHAPES64_NANO_LONGER = _sizes_longer(
+    NANO_LONGER, "shapes64_nano_longer", _nano_longer_facts,
     title="Both sizes at one budget: the shapes64 nanos, trained longer",
     setup="The picos of the section above still gained over {long} epochs, some after a curve "
           "that was flat at {short}; on the frontier every family's nano had the shared {short} "
@@ -779,13 +782,8 @@ SHAPES64_NANO_LONGER = Experiment(
           "picos' longer recipe, evaluated every {every:g} epochs) compare the two sizes at one "
           "budget: does the pico softmax ViT still end above CBT's nano at about its cost when "
           "both have had {long} epochs?{under_way}",
-    tables=(_NANO_RUNS, _NANO_TABLE),
-    shows="{shows}",
-    loses="{loses}",
-    facts=_nano_longer_facts,
-    beside=("shapes64_nano100.md", "shapes64_nano100.png"),
-    wall_clock=_compare_wall_clock,
 )
+_NANO_RUNS, _NANO_TABLE = SHAPES64_NANO_LONGER.tables
 
 
 def _shapes64_version(data: Mapping[str, Any]) -> str:
